@@ -1,0 +1,213 @@
+"""NED's on-disk layout (ned-spec §1): where each file lives, what a directory holds, and safe reads.
+
+A :class:`NedDir` is a NED ``neural_encoding_dataset`` folder on any fsspec filesystem (a local path,
+``s3://bucket/ned``, ``gs://...``). All file access goes through it, and all pickled files go
+through :mod:`ned_ray.safeload`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import fsspec
+
+from . import safeload
+from .ids import SPLIT_ROIS, ModelId, UnknownModelError
+
+__all__ = ["NedDir", "ModelEntry", "MissingFileError", "FMRI_ROOT", "EEG_ROOT", "VIT_IN_NED_DIR"]
+
+FMRI_ROOT = "encoding_models/modality-fmri/train_dataset-nsd/model-fwrf"
+EEG_ROOT = "encoding_models/modality-eeg/train_dataset-things_eeg_2/model-vit_b_32"
+# ned-ray's own, optional place for the ViT-B/32 backbone inside a NED directory (so a cluster can
+# keep it in the same bucket). NED itself never reads it.
+VIT_IN_NED_DIR = f"{EEG_ROOT}/backbone/vit_b_32.pth"
+
+_FWRF_WEIGHTS = re.compile(r"^weights_sub-(\d{2})_roi-([A-Za-z0-9.\-]+?)(?:_split-([12]))?\.pt$")
+_EEG_REGRESSION = re.compile(r"^LinearRegression_param_sub-(\d{2})\.npy$")
+_BERG_EEG_WEIGHTS = re.compile(r"^weights_subject-(\d{2})\.npy$")
+
+
+class MissingFileError(FileNotFoundError):
+    """A file NED's layout requires is not in the directory."""
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model of the catalogue: its id, its on-disk format and the files it is read from."""
+
+    id: ModelId
+    format: str  # "ned" (NED 0.2 files) or "berg" (per-subject EEG weights of BERG)
+    weights: tuple[str, ...]  # paths relative to the NED directory
+    metadata: str
+
+
+@dataclass
+class NedDir:
+    """A NED directory on any fsspec filesystem."""
+
+    url: str
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.url = str(self.url)
+        self.fs, root = fsspec.core.url_to_fs(self.url, **self.storage_options)
+        self.root = root.rstrip("/") or "/"
+        if not self.fs.isdir(self.root):
+            raise MissingFileError(
+                f"NED directory not found: '{self.url}'. Point it at the 'neural_encoding_dataset' folder "
+                "(the one that contains 'encoding_models/'), or create demo models with "
+                "`ned-ray make-demo-models DIR`."
+            )
+
+    # -- paths -------------------------------------------------------------------------------
+    def path(self, relative: str) -> str:
+        """Filesystem path of a file given relative to the NED directory."""
+        return posixpath.join(self.root, relative)
+
+    def uri(self, relative: str) -> str:
+        """A URI of a file (for messages and provenance)."""
+        return self.fs.unstrip_protocol(self.path(relative)) if self.fs.protocol not in ("file", ("file", "local")) else self.path(relative)
+
+    @staticmethod
+    def fwrf_weights(subject: int, roi: str) -> tuple[str, ...]:
+        stem = f"{FMRI_ROOT}/encoding_models_weights/weights_sub-{subject:02d}_roi-{roi}"
+        if roi in SPLIT_ROIS:
+            return (f"{stem}_split-1.pt", f"{stem}_split-2.pt")
+        return (f"{stem}.pt",)
+
+    @staticmethod
+    def fwrf_metadata(subject: int, roi: str) -> str:
+        return f"{FMRI_ROOT}/metadata/metadata_sub-{subject:02d}_roi-{roi}.npy"
+
+    EEG_SCALER = f"{EEG_ROOT}/encoding_models_weights/StandardScaler_param.npy"
+    EEG_PCA = f"{EEG_ROOT}/encoding_models_weights/pca_param.npy"
+
+    @staticmethod
+    def eeg_regression(subject: int) -> str:
+        return f"{EEG_ROOT}/encoding_models_weights/LinearRegression_param_sub-{subject:02d}.npy"
+
+    @staticmethod
+    def eeg_metadata(subject: int) -> str:
+        return f"{EEG_ROOT}/metadata/metadata_sub-{subject:02d}.npy"
+
+    @staticmethod
+    def berg_eeg_weights(subject: int) -> str:
+        return f"{EEG_ROOT}/encoding_models_weights/weights_subject-{subject:02d}.npy"
+
+    @staticmethod
+    def berg_eeg_metadata(subject: int) -> str:
+        return f"{EEG_ROOT}/metadata/metadata_subject-{subject:02d}.npy"
+
+    @staticmethod
+    def pregenerated(modality: str, imageset: str, subject: int, roi: str | None) -> tuple[str, str]:
+        """(responses .h5, metadata .npy) of NED's pre-generated responses."""
+        ds, model = ("nsd", "fwrf") if modality == "fmri" else ("things_eeg_2", "vit_b_32")
+        folder = (
+            f"pregenerated_insilico_neural_responses/modality-{modality}/train_dataset-{ds}/"
+            f"model-{model}/imageset-{imageset}"
+        )
+        tag = f"sub-{subject:02d}" + (f"_roi-{roi}" if modality == "fmri" else "")
+        return (
+            f"{folder}/synthetic_neural_responses_{tag}.h5",
+            f"{folder}/synthetic_neural_responses_metadata_{tag}.npy",
+        )
+
+    # -- reading -----------------------------------------------------------------------------
+    def exists(self, relative: str) -> bool:
+        return self.fs.exists(self.path(relative))
+
+    def require(self, relative: str) -> str:
+        """The filesystem path of a required file, or a :class:`MissingFileError` naming it."""
+        path = self.path(relative)
+        if not self.fs.exists(path):
+            raise MissingFileError(
+                f"missing NED file: expected '{self.uri(relative)}'. Download it from the NED release "
+                "into that place, or check that --ned-dir points at the 'neural_encoding_dataset' folder."
+            )
+        return path
+
+    def open(self, relative: str):
+        return self.fs.open(self.require(relative), "rb")
+
+    def load_npy(self, relative: str) -> Any:
+        """A NED ``.npy`` dict, through the restricted unpickler."""
+        with self.open(relative) as fh:
+            return safeload.load_npy_dict(fh, source=self.uri(relative))
+
+    def load_checkpoint(self, relative: str) -> Any:
+        """A NED ``.pt`` checkpoint, with ``weights_only=True`` and NED's numpy allow-list."""
+        with self.open(relative) as fh:
+            return safeload.load_torch_checkpoint(fh, source=self.uri(relative))
+
+    def sha256(self, relative: str) -> str:
+        digest = hashlib.sha256()
+        with self.open(relative) as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                digest.update(block)
+        return digest.hexdigest()
+
+    def _listdir(self, relative: str) -> list[str]:
+        path = self.path(relative)
+        if not self.fs.isdir(path):
+            return []
+        return sorted(posixpath.basename(p.rstrip("/")) for p in self.fs.ls(path, detail=False))
+
+    # -- catalogue ---------------------------------------------------------------------------
+    @cached_property
+    def catalogue(self) -> dict[ModelId, ModelEntry]:
+        """Every complete model the directory holds (weights and metadata present)."""
+        entries: dict[ModelId, ModelEntry] = {}
+        names = set(self._listdir(f"{FMRI_ROOT}/encoding_models_weights"))
+        metas = set(self._listdir(f"{FMRI_ROOT}/metadata"))
+        for name in sorted(names):
+            m = _FWRF_WEIGHTS.match(name)
+            if not m:
+                continue
+            subject, roi = int(m.group(1)), m.group(2)
+            if (m.group(3) is not None) != (roi in SPLIT_ROIS):
+                continue
+            mid = ModelId("fmri", "nsd", "fwrf", subject, roi)
+            weights = self.fwrf_weights(subject, roi)
+            meta = self.fwrf_metadata(subject, roi)
+            if all(posixpath.basename(w) in names for w in weights) and posixpath.basename(meta) in metas:
+                entries[mid] = ModelEntry(mid, "ned", weights, meta)
+
+        names = set(self._listdir(f"{EEG_ROOT}/encoding_models_weights"))
+        metas = set(self._listdir(f"{EEG_ROOT}/metadata"))
+        shared = {posixpath.basename(self.EEG_SCALER), posixpath.basename(self.EEG_PCA)} <= names
+        for name in sorted(names):
+            m = _EEG_REGRESSION.match(name) or _BERG_EEG_WEIGHTS.match(name)
+            if not m:
+                continue
+            subject = int(m.group(1))
+            mid = ModelId("eeg", "things_eeg_2", "vit_b_32", subject)
+            if name.startswith("LinearRegression") and shared:
+                entry = ModelEntry(mid, "ned", (self.EEG_SCALER, self.EEG_PCA, self.eeg_regression(subject)),
+                                   self.eeg_metadata(subject))
+            elif name.startswith("weights_subject"):
+                entry = ModelEntry(mid, "berg", (self.berg_eeg_weights(subject),), self.berg_eeg_metadata(subject))
+            else:
+                continue
+            if posixpath.basename(entry.metadata) in metas and mid not in entries:
+                entries[mid] = entry  # NED's files win over BERG's when both are present
+        return dict(sorted(entries.items()))
+
+    def entry(self, model_id: ModelId | str) -> ModelEntry:
+        """The catalogue entry of one model; an unknown id lists the valid ones."""
+        mid = ModelId.parse(model_id) if isinstance(model_id, str) else model_id
+        try:
+            return self.catalogue[mid]
+        except KeyError:
+            listing = "\n  ".join(map(str, self.catalogue)) or "(none)"
+            raise UnknownModelError(
+                f"model '{mid}' is not in the NED directory '{self.url}'. Valid model ids:\n  {listing}"
+            ) from None
+
+    def metadata(self, model_id: ModelId | str) -> dict:
+        """NED's metadata dict of a model (ned-spec §1)."""
+        return self.load_npy(self.entry(model_id).metadata)
