@@ -1,0 +1,232 @@
+"""NED's EEG model ``vit_b_32`` (ned-spec §3, §10), for one or many subjects at once.
+
+features = the outputs of all 12 ViT-B/32 encoder blocks (before the final LayerNorm), flattened
+token-major and concatenated: 12 x 50 x 768 = 460800 values per image. Then
+code = ((features - scaler.mean_) / scaler.scale_ - pca.mean_) @ pca.components_[:250].T
+and, per subject and repetition, response = code @ coef_.T + intercept_, reshaped (63 channels, 140 times).
+
+NED's subjects share the scaler and the PCA, so an :class:`EegModel` hosting many subjects computes
+the backbone and the 250-d code once per image and applies every subject's heads in one matrix
+product. BERG's per-subject files (``weights_subject-SS.npy``) carry their own scaler and a PCA per
+repetition; those subjects share only the backbone.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import fsspec
+import torch
+from torch import nn
+from torchvision.models.vision_transformer import VisionTransformer
+
+from ..ids import ModelId
+from ..nedfmt import VIT_IN_NED_DIR, MissingFileError, NedDir
+from ..preprocess import vit_normalise
+from ..safeload import load_torch_checkpoint
+
+__all__ = ["VIT_FILENAME", "find_vit_weights", "load_vit", "vit_features", "EegModel", "load_eeg", "N_COMPONENTS"]
+
+VIT_FILENAME = "vit_b_32-d86f8d99.pth"  # torchvision's IMAGENET1K_V1 file, as cached by torch.hub
+VIT_ENV = "NED_RAY_VIT_WEIGHTS"
+N_COMPONENTS = 250  # NED keeps the first 250 principal components
+
+
+# -- the backbone -----------------------------------------------------------------------------
+def find_vit_weights(explicit: str | os.PathLike | None = None, ned: NedDir | None = None) -> str:
+    """Where the ViT-B/32 weights are, without downloading anything.
+
+    Looked for, in order: ``explicit`` (a path or fsspec URL), ``$NED_RAY_VIT_WEIGHTS``, the NED
+    directory's ``.../model-vit_b_32/backbone/vit_b_32.pth``, and torch hub's cache
+    ``$TORCH_HOME/hub/checkpoints/vit_b_32-d86f8d99.pth`` (where torchvision keeps its download).
+    """
+    hub_file = Path(torch.hub.get_dir()) / "checkpoints" / VIT_FILENAME
+    if explicit is not None:
+        candidates = [str(explicit)]
+    else:
+        candidates = [os.environ[VIT_ENV]] if os.environ.get(VIT_ENV) else []
+        if ned is not None and ned.exists(VIT_IN_NED_DIR):
+            candidates.append(ned.uri(VIT_IN_NED_DIR))
+        candidates.append(str(hub_file))
+    for candidate in candidates:
+        fs, path = fsspec.core.url_to_fs(candidate)
+        if fs.exists(path):
+            return candidate
+    raise MissingFileError(
+        f"ViT-B/32 weights not found (looked at: {', '.join(candidates)}). NED's EEG models need "
+        f"torchvision's ImageNet ViT-B/32 file '{VIT_FILENAME}'. Copy it to '{hub_file}' (set TORCH_HOME "
+        f"to move that folder), or pass its path with --vit-weights / vit_weights=..., or set ${VIT_ENV}. "
+        "On a machine with internet, `python -c \"import torchvision; torchvision.models.vit_b_32(weights='DEFAULT')\"` "
+        "downloads it to that cache."
+    )
+
+
+def load_vit(location: str) -> VisionTransformer:
+    """A torchvision VisionTransformer with weights from ``location`` (``weights_only=True``).
+
+    The architecture is read off the state dict: ViT-B/32 for NED's real weights, or the small ViT
+    that ``make-demo-models`` writes (same structure, fewer layers and channels).
+    """
+    with fsspec.open(location, "rb") as fh:
+        state = load_torch_checkpoint(fh, source=location)
+    if not isinstance(state, dict) or "conv_proj.weight" not in state:
+        raise ValueError(f"{location}: not a torchvision ViT state dict (no 'conv_proj.weight')")
+    hidden, _, patch, _ = state["conv_proj.weight"].shape
+    layers = sum(1 for k in state if k.startswith("encoder.layers.") and k.endswith(".ln_1.weight"))
+    mlp = state["encoder.layers.encoder_layer_0.mlp.0.weight"].shape[0]
+    tokens = state["encoder.pos_embedding"].shape[1]
+    image = patch * int(round((tokens - 1) ** 0.5))
+    heads = 12 if hidden == 768 else max(1, hidden // 64)  # torchvision ViTs use 64-d heads
+    vit = VisionTransformer(image_size=image, patch_size=patch, num_layers=layers, num_heads=heads,
+                            hidden_dim=hidden, mlp_dim=mlp)
+    try:
+        vit.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"{location}: weights do not fit a ViT: {str(exc).splitlines()[0]}") from None
+    return vit.eval()
+
+
+def vit_features(vit: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
+    """(B, layers*tokens*hidden): every encoder block's output (``add_1``), token-major, in layer order."""
+    tokens = vit._process_input(x)
+    tokens = torch.cat([vit.class_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
+    tokens = vit.encoder.dropout(tokens + vit.encoder.pos_embedding)
+    outputs = []
+    for block in vit.encoder.layers:
+        tokens = block(tokens)
+        outputs.append(tokens.flatten(1))
+    return torch.cat(outputs, dim=1)
+
+
+# -- the heads --------------------------------------------------------------------------------
+class _Projection(nn.Module):
+    """One scaler and one or more stacked PCAs: features (B,F) -> codes (B,K) in float64."""
+
+    def __init__(self, mean: Any, scale: Any, components: Sequence[Any], pca_means: Sequence[Any]) -> None:
+        super().__init__()
+        comps = [torch.as_tensor(c[:N_COMPONENTS], dtype=torch.float64) for c in components]
+        stacked = torch.cat(comps)
+        offsets = torch.cat([torch.as_tensor(m, dtype=torch.float64) @ c.T for m, c in zip(pca_means, comps)])
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float64))
+        self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float64))
+        self.register_buffer("components", stacked)
+        self.register_buffer("offset", offsets)
+        self.sizes = [c.shape[0] for c in comps]
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        z = (features.to(torch.float64) - self.mean) / self.scale
+        # NED casts the PCA code to float32 before the regressions.
+        return (z @ self.components.T - self.offset).to(torch.float32)
+
+
+class _Readout(nn.Module):
+    """Regressions sharing one code slice, concatenated: code (B,k) -> (B, len(targets), C*T)."""
+
+    def __init__(self, projection: int, code: slice, weights: Sequence[Any], biases: Sequence[Any], targets: list[int]) -> None:
+        super().__init__()
+        self.projection, self.code, self.targets = projection, code, targets
+        w = torch.cat([torch.as_tensor(x, dtype=torch.float64) for x in weights])  # (n*C*T, k)
+        self.register_buffer("weight", w.T.contiguous())
+        self.register_buffer("bias", torch.cat([torch.as_tensor(b, dtype=torch.float64) for b in biases]))
+
+    def forward(self, code: torch.Tensor) -> torch.Tensor:
+        y = torch.addmm(self.bias, code[:, self.code].to(torch.float64), self.weight)
+        return y.to(torch.float32).view(code.shape[0], len(self.targets), -1)
+
+
+@dataclass(frozen=True)
+class EegLayout:
+    subjects: tuple[int, ...]
+    repetitions: int
+    ch_names: tuple[str, ...]
+    times: tuple[float, ...]
+
+
+class EegModel(nn.Module):
+    """The ViT backbone plus the heads of every hosted subject. uint8 224px in, (B,S,R,C,T) out."""
+
+    def __init__(self, vit: VisionTransformer, projections: list[_Projection], readouts: list[_Readout], layout: EegLayout) -> None:
+        super().__init__()
+        self.vit = vit
+        self.projections = nn.ModuleList(projections)
+        self.readouts = nn.ModuleList(readouts)
+        self.layout = layout
+
+    @torch.inference_mode()
+    def forward(self, u8: torch.Tensor) -> torch.Tensor:
+        lay = self.layout
+        features = vit_features(self.vit, vit_normalise(u8))
+        codes = [p(features) for p in self.projections]
+        n_ct = len(lay.ch_names) * len(lay.times)
+        out = features.new_empty(features.shape[0], len(lay.subjects) * lay.repetitions, n_ct)
+        for readout in self.readouts:
+            out[:, readout.targets] = readout(codes[readout.projection])
+        return out.view(-1, len(lay.subjects), lay.repetitions, len(lay.ch_names), len(lay.times))
+
+
+def _repetitions(params: Any, where: str) -> list[Any]:
+    keys = sorted(params.keys(), key=lambda k: int(str(k).split("-")[-1]) if str(k).startswith("rep-") else -1)
+    if not keys or not all(str(k).startswith("rep-") for k in keys):
+        raise ValueError(f"{where}: expected only 'rep-1'..'rep-N' keys, got {sorted(map(str, params.keys()))}")
+    return [params[k] for k in keys]
+
+
+def load_eeg(ned: NedDir, subjects: Sequence[int], device: str | torch.device = "cpu",
+             vit_weights: str | None = None) -> EegModel:
+    """Load the EEG models of ``subjects`` into one :class:`EegModel` (backbone loaded once)."""
+    subjects = tuple(sorted(set(int(s) for s in subjects)))
+    if not subjects:
+        raise ValueError("load_eeg needs at least one subject")
+    entries = [ned.entry(ModelId("eeg", "things_eeg_2", "vit_b_32", s)) for s in subjects]
+    metas = [ned.load_npy(e.metadata)["eeg"] for e in entries]
+    ch_names, times = tuple(metas[0]["ch_names"]), tuple(float(t) for t in metas[0]["times"])
+    for s, meta in zip(subjects, metas):
+        if tuple(meta["ch_names"]) != ch_names or len(meta["times"]) != len(times):
+            raise ValueError(f"EEG subject {s}: channels/times differ from subject {subjects[0]}; load it separately")
+
+    projections: list[_Projection] = []
+    readouts: list[_Readout] = []
+    shared: list[tuple[int, list[Any], list[Any], list[int]]] = []  # NED subjects: one projection, one readout
+    n_reps = None
+    for index, (s, entry) in enumerate(zip(subjects, entries)):
+        if entry.format == "ned":
+            where = ned.uri(entry.weights[2])
+            reps = _repetitions(ned.load_npy(entry.weights[2]), where)
+            shared.append((s, [r["coef_"] for r in reps], [r["intercept_"] for r in reps], []))
+        else:  # BERG: own scaler, a PCA per repetition
+            where = ned.uri(entry.weights[0])
+            weights = ned.load_npy(entry.weights[0])
+            reps = _repetitions(weights["reg_param"], where)
+            pcas = weights["pca_param"]
+            pcas = _repetitions(pcas, where) if "rep-1" in pcas else [pcas] * len(reps)
+            scaler = weights["scaler_param"]
+            projections.append(_Projection(scaler["mean_"], scaler["scale_"], [p["components_"] for p in pcas],
+                                           [p["mean_"] for p in pcas]))
+            sizes = projections[-1].sizes
+            for r, rep in enumerate(reps):
+                start = sum(sizes[:r]) if len(pcas) > 1 else 0
+                code = slice(start, start + sizes[r if len(pcas) > 1 else 0])
+                readouts.append(_Readout(len(projections) - 1, code, [rep["coef_"]], [rep["intercept_"]],
+                                         [index * len(reps) + r]))
+        if n_reps is not None and len(reps) != n_reps:
+            raise ValueError(f"EEG subject {s}: {len(reps)} repetitions, others have {n_reps}")
+        n_reps = len(reps)
+        for rep in reps:
+            if rep["coef_"].shape[0] != len(ch_names) * len(times):
+                raise ValueError(f"{where}: coef_ has {rep['coef_'].shape[0]} outputs, expected "
+                                 f"{len(ch_names)} channels x {len(times)} times")
+    if shared:
+        scaler, pca = ned.load_npy(ned.EEG_SCALER), ned.load_npy(ned.EEG_PCA)
+        projections.append(_Projection(scaler["mean_"], scaler["scale_"], [pca["components_"]], [pca["mean_"]]))
+        k = projections[-1].sizes[0]
+        targets = [subjects.index(s) * n_reps + r for s, *_ in shared for r in range(n_reps)]
+        readouts.append(_Readout(len(projections) - 1, slice(0, k),
+                                 [c[:, :k] for _, coefs, _, _ in shared for c in coefs],
+                                 [b for _, _, biases, _ in shared for b in biases], targets))
+
+    vit = load_vit(find_vit_weights(vit_weights, ned))
+    layout = EegLayout(subjects, n_reps, ch_names, times)
+    return EegModel(vit, projections, readouts, layout).to(device).eval()
