@@ -1,0 +1,15 @@
+"""ned-ray: in-silico fMRI and EEG responses from NED encoding models, on one machine or a Ray cluster."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .api import NED
+from .ids import ModelId
+from .models.group import ModelGroup
+from .nedfmt import NedDir
+
+try:
+    __version__ = version("ned-ray")
+except PackageNotFoundError:  # running from a source tree without installing
+    __version__ = "0.0.0+unknown"
+
+__all__ = ["NED", "ModelGroup", "ModelId", "NedDir", "__version__"]
