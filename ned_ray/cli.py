@@ -1,0 +1,110 @@
+"""The ``ned-ray`` command line.
+
+    ned-ray make-demo-models DIR          write small NED-format demo models (random, untrained)
+    ned-ray models NED_DIR [--json]       list the models a NED directory holds
+    ned-ray demo [--workdir .demo]        demo models + built-in photos -> responses of every model
+
+Expected failures (a missing file, an unknown model id, bad input) print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .ids import UnknownModelError
+from .nedfmt import MissingFileError, NedDir
+from .safeload import UnsafePickleError
+
+EXPECTED_ERRORS = (MissingFileError, UnknownModelError, UnsafePickleError, ValueError, TypeError, PermissionError)
+
+
+def _cmd_make_demo_models(args: argparse.Namespace) -> int:
+    from .demo import make_demo_models
+
+    ned = make_demo_models(args.dir, seed=args.seed)
+    print(f"wrote {len(ned.catalogue)} demo models (random, NOT trained) to {args.dir}")
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    ned = NedDir(args.ned_dir)
+    rows = []
+    for mid, entry in ned.catalogue.items():
+        rows.append({"id": str(mid), "modality": mid.modality, "subject": mid.subject, "roi": mid.roi,
+                     "format": entry.format, "files": list(entry.weights)})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for row in rows:
+            print(row["id"])
+        print(f"{len(rows)} models in {args.ned_dir}", file=sys.stderr)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import DEMO_PHOTOS, demo_images, make_demo_models
+    from .models.group import ModelGroup
+
+    work = Path(args.workdir)
+    ned_dir = work / "ned_dir"
+    ned = NedDir(str(ned_dir)) if (ned_dir / "encoding_models").is_dir() else make_demo_models(str(ned_dir))
+    images = demo_images()
+    start = time.perf_counter()
+    group = ModelGroup(ned, list(ned.catalogue), device=args.device)
+    loaded = time.perf_counter()
+    responses = group.encode(images)
+    done = time.perf_counter()
+    out = work / "responses"
+    out.mkdir(parents=True, exist_ok=True)
+    for mid, values in responses.items():
+        path = out / (str(mid).replace("/", "__") + ".npy")
+        np.save(path, values)
+        print(f"{str(mid):40s} {str(values.shape):22s} -> {path}")
+    print(f"{len(images)} photos ({', '.join(DEMO_PHOTOS[:3])}, ...) x {len(responses)} models on {group.device}: "
+          f"load {loaded - start:.1f}s, encode {done - loaded:.1f}s ({len(images) / (done - loaded):.1f} images/s)")
+    print("demo models are random and untrained: the numbers show the pipeline, not a brain.")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ned-ray", description="In-silico brain responses from NED encoding models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("make-demo-models", help="write small NED-format demo models (random weights)",
+                       epilog="example: ned-ray make-demo-models .demo/ned_dir")
+    p.add_argument("dir", help="output directory (local path or fsspec URL)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_make_demo_models)
+
+    p = sub.add_parser("models", help="list the models a NED directory holds",
+                       epilog="example: ned-ray models /data/neural_encoding_dataset --json")
+    p.add_argument("ned_dir", help="the neural_encoding_dataset folder (local path or s3://, gs://, ...)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("demo", help="encode the built-in photos with demo models (no downloads)",
+                       epilog="example: ned-ray demo --workdir .demo")
+    p.add_argument("--workdir", default=".demo")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except EXPECTED_ERRORS as exc:
+        print(f"ned-ray {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

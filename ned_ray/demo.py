@@ -1,0 +1,228 @@
+"""Demo models and images: a small NED-format directory with RANDOM (untrained) weights.
+
+``make_demo_models(DIR)`` writes fMRI ``fwrf`` checkpoints (full architecture, few voxels; one split
+ROI) and EEG files (shared scaler and PCA, per-subject regressions, metadata) exactly in NED's
+layout, plus a small ViT in ned-ray's backbone slot, so the demo and the tests need no download.
+**These are not trained models**: their responses mean nothing about brains. Every metadata dict
+says so under ``ned_ray_demo``, and the directory has a README.txt saying the same.
+
+``demo_images()`` returns real photographs bundled with scikit-image (no download).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import posixpath
+from collections import OrderedDict
+from pathlib import Path
+from typing import Sequence
+
+import fsspec
+import numpy as np
+import torch
+from torchvision.models.vision_transformer import VisionTransformer
+
+from .ids import CHANNELS, SPLIT_ROIS
+from .models.fwrf import FwrfEncoder, FwrfHead
+from .models.vit_eeg import vit_features
+from .nedfmt import VIT_IN_NED_DIR, NedDir
+from .preprocess import fwrf_input, fwrf_normalise, vit_input, vit_normalise
+
+__all__ = ["DEMO_NOTE", "make_demo_models", "demo_images", "center_crop_square"]
+
+DEMO_NOTE = (
+    "NOT TRAINED: random weights written by `ned-ray make-demo-models` for demos and tests. "
+    "Responses from these models mean nothing about brains; use NED's released models for science."
+)
+DEMO_VOXELS = {"V1": 48, "FFA-1": 24, "lateral": 40}
+EEG_TIMES = np.round(np.arange(140) * 0.005 - 0.1, 3)
+
+
+def _save_npy(fs, path: str, obj: object) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, np.array(obj, dtype=object), allow_pickle=True)
+    with fs.open(path, "wb") as fh:
+        fh.write(buffer.getvalue())
+
+
+def _save_torch(fs, path: str, obj: object) -> None:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    with fs.open(path, "wb") as fh:
+        fh.write(buffer.getvalue())
+
+
+def _fwrf_checkpoint(rng: np.random.Generator, subject: int, n_voxels: int, calibration: torch.Tensor) -> dict:
+    """A random fwrf checkpoint whose voxels respond with ~unit variance across ``calibration`` images."""
+    torch.manual_seed(int(rng.integers(2**31)))
+    encoder = FwrfEncoder()
+    for module in encoder.modules():  # non-trivial BatchNorm statistics
+        if isinstance(module, torch.nn.BatchNorm2d):
+            c = module.num_features
+            module.running_mean.copy_(torch.from_numpy(rng.normal(0, 0.1, c)))
+            module.running_var.copy_(torch.from_numpy(rng.uniform(0.5, 1.5, c)))
+    stim_mean = rng.uniform(0.35, 0.5, (1, 3, 1, 1)).astype(np.float32)
+    head = FwrfHead(n_voxels)
+    with torch.no_grad():
+        for rf in (head.rf0, head.rf1, head.rf2):
+            rf.copy_(torch.from_numpy(rng.normal(0, 2.0, tuple(rf.shape))))
+        head.w.copy_(torch.from_numpy(rng.normal(0, 1 / math.sqrt(768), (n_voxels, 768))))
+        head.b.zero_()
+        encoder.mu.copy_(torch.from_numpy(stim_mean))
+        raw = head(encoder.eval()(calibration))  # (N, V): z-score each voxel over the demo images
+        sd = raw.std(0).clamp_min(1e-12)
+        head.w.div_(sd[:, None])
+        head.b.copy_(-raw.mean(0) / sd + torch.from_numpy(rng.normal(0, 0.1, n_voxels)))
+    enc_state = OrderedDict((k, v.clone()) for k, v in encoder.state_dict().items())
+    enc_state["mu"] = torch.from_numpy(stim_mean)
+    return {"stim_mean": stim_mean,
+            "best_params": {"enc": enc_state, "fwrfs": {subject: OrderedDict(head.state_dict())}}}
+
+
+def _fwrf_metadata(rng: np.random.Generator, n_voxels: int) -> dict:
+    shape = (14, 16, 12)
+    mask = np.zeros(int(np.prod(shape)), dtype=bool)
+    mask[rng.choice(mask.size, n_voxels, replace=False)] = True
+    ncsnr = rng.gamma(2.0, 0.25, n_voxels)
+    noise_ceiling = ncsnr**2 / (ncsnr**2 + 1 / 3)
+    r2 = rng.uniform(0, 1, n_voxels) * noise_ceiling
+    affine = np.diag([1.8, 1.8, 1.8, 1.0])
+    affine[:3, 3] = [-12.6, -14.4, -10.8]
+    return {
+        "fmri": {"ncsnr": ncsnr, "roi_mask_volume": mask.reshape(shape), "fmri_affine": affine},
+        "encoding_models": {
+            "encoding_accuracy": {"r2": r2, "noise_ceiling": noise_ceiling,
+                                  "noise_normalized_encoding": np.minimum(r2 / np.maximum(noise_ceiling, 1e-14), 1)},
+            "train_val_test_nsd_image_splits": {"train_img_num": np.arange(1000, dtype=np.int64),
+                                                "val_img_num": np.arange(1000, 1485, dtype=np.int64),
+                                                "test_img_num": np.arange(1485, 2000, dtype=np.int64)}},
+        "ned_ray_demo": DEMO_NOTE,
+    }
+
+
+def _eeg_metadata(rng: np.random.Generator) -> dict:
+    acc = rng.uniform(0, 0.6, (4, 63, 140))
+    files = [f"train_{i:05d}.jpg" for i in range(20)], [f"test_{i:05d}.jpg" for i in range(10)]
+    return {
+        "eeg": {"ch_names": list(CHANNELS), "times": EEG_TIMES.copy()},
+        "encoding_models": {
+            "encoding_accuracy": {"correlation_all_repetitions": acc.mean(0), "correlation_single_repetitions": acc,
+                                  "noise_ceiling_upper": np.full((63, 140), 0.8), "noise_ceiling_lower": np.full((63, 140), 0.6)},
+            "train_test_things_image_splits": {
+                "train_img_files": files[0], "test_img_files": files[1],
+                "train_img_concepts": [f"concept_{i}" for i in range(20)], "test_img_concepts": [f"concept_{i}" for i in range(10)],
+                "train_img_concepts_THINGS": [f"{i}_concept" for i in range(20)],
+                "test_img_concepts_THINGS": [f"{i}_concept" for i in range(10)]}},
+        "ned_ray_demo": DEMO_NOTE,
+    }
+
+
+def _demo_vit(seed: int) -> VisionTransformer:
+    torch.manual_seed(seed)
+    vit = VisionTransformer(image_size=224, patch_size=32, num_layers=2, num_heads=2, hidden_dim=128, mlp_dim=256)
+    with torch.no_grad():  # torchvision zero-initialises these; give the demo some structure
+        vit.class_token.normal_(0, 0.02)
+        vit.heads.head.weight.normal_(0, 0.02)
+    return vit.eval()
+
+
+def make_demo_models(out_dir: str, fmri_subjects: Sequence[int] = (1, 2),
+                     rois: Sequence[str] = ("V1", "FFA-1", "lateral"), eeg_subjects: Sequence[int] = (1, 2, 3),
+                     n_components: int = 16, seed: int = 0) -> NedDir:
+    """Write a small NED-format directory of random (untrained) models; returns it as a :class:`NedDir`."""
+    rng = np.random.default_rng(seed)
+    fs, root = fsspec.core.url_to_fs(str(out_dir))
+    fs.makedirs(root, exist_ok=True)
+    with fs.open(posixpath.join(root, "README.txt"), "w") as fh:
+        fh.write(DEMO_NOTE + "\nLayout: NED's neural_encoding_dataset (encoding_models/...).\n")
+    ned_root = NedDir(str(out_dir))
+
+    calibration = fwrf_normalise(fwrf_input(demo_images())) if fmri_subjects else None
+    for subject in fmri_subjects:
+        for roi in rois:
+            n_voxels = DEMO_VOXELS.get(roi, 32)
+            halves = [math.ceil(n_voxels / 2), n_voxels - math.ceil(n_voxels / 2)] if roi in SPLIT_ROIS else [n_voxels]
+            for rel, n in zip(ned_root.fwrf_weights(subject, roi), halves):
+                fs.makedirs(posixpath.dirname(ned_root.path(rel)), exist_ok=True)
+                _save_torch(fs, ned_root.path(rel), _fwrf_checkpoint(rng, subject, n, calibration))
+            rel = ned_root.fwrf_metadata(subject, roi)
+            fs.makedirs(posixpath.dirname(ned_root.path(rel)), exist_ok=True)
+            _save_npy(fs, ned_root.path(rel), _fwrf_metadata(rng, n_voxels))
+
+    if eeg_subjects:
+        vit = _demo_vit(seed)
+        fs.makedirs(posixpath.dirname(ned_root.path(VIT_IN_NED_DIR)), exist_ok=True)
+        _save_torch(fs, ned_root.path(VIT_IN_NED_DIR), vit.state_dict())
+        # Scaler and PCA fitted to the demo ViT's features of the demo photographs, so codes are O(1).
+        images = demo_images()
+        with torch.inference_mode():
+            feats = vit_features(vit, vit_normalise(vit_input(images))).double().numpy()
+        mean, std = feats.mean(0), feats.std(0) + 1e-3
+        z = (feats - mean) / std
+        _, singular, vt = np.linalg.svd(z - z.mean(0), full_matrices=False)
+        k = min(n_components, vt.shape[0])
+        weights_dir = posixpath.dirname(ned_root.path(ned_root.EEG_SCALER))
+        fs.makedirs(weights_dir, exist_ok=True)
+        _save_npy(fs, ned_root.path(ned_root.EEG_SCALER), {
+            "scale_": std, "mean_": mean, "var_": std**2, "n_features_in_": feats.shape[1], "n_samples_seen_": len(feats)})
+        variance = singular[:k] ** 2 / max(1, len(feats) - 1)
+        _save_npy(fs, ned_root.path(ned_root.EEG_PCA), {
+            "components_": vt[:k].astype(np.float32), "explained_variance_": variance,
+            "explained_variance_ratio_": variance / (singular**2).sum() * max(1, len(feats) - 1),
+            "singular_values_": singular[:k], "mean_": z.mean(0), "n_components_": k, "n_samples_": len(feats),
+            "noise_variance_": 0.0, "n_features_in_": feats.shape[1]})
+        metadata_dir = posixpath.dirname(ned_root.path(ned_root.eeg_metadata(1)))
+        fs.makedirs(metadata_dir, exist_ok=True)
+        for subject in eeg_subjects:
+            scale = 1 / math.sqrt(k) / np.maximum(np.sqrt(variance), 1e-6)
+            regs = {f"rep-{r}": {"coef_": rng.normal(0, 1, (63 * 140, k)) * scale,
+                                 "intercept_": rng.normal(0, 0.1, 63 * 140), "n_features_in_": k}
+                    for r in range(1, 5)}
+            _save_npy(fs, ned_root.path(ned_root.eeg_regression(subject)), regs)
+            _save_npy(fs, ned_root.path(ned_root.eeg_metadata(subject)), _eeg_metadata(rng))
+    return NedDir(str(out_dir))
+
+
+def center_crop_square(image: np.ndarray) -> np.ndarray:
+    """Center-crop an (H, W, ...) image to its largest centred square, as NED's tutorials do."""
+    h, w = image.shape[:2]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    return image[top:top + side, left:left + side]
+
+
+DEMO_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
+               "camera", "coins", "moon", "brick", "grass", "gravel", "clock")
+
+
+def demo_images(size: int = 256) -> np.ndarray:
+    """Built-in photographs (scikit-image's bundled set): uint8 (N, 3, size, size), center-cropped."""
+    try:
+        import skimage.data
+        from PIL import Image
+    except ImportError as exc:
+        raise ImportError("demo images need scikit-image: pip install 'ned-ray[demo]'") from exc
+    out = []
+    for name in DEMO_PHOTOS:
+        image = center_crop_square(np.asarray(getattr(skimage.data, name)()))
+        pil = Image.fromarray(image).convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+        out.append(np.asarray(pil).transpose(2, 0, 1))
+    return np.stack(out)
+
+
+def write_demo_images(out_dir: str | Path) -> list[Path]:
+    """Save the built-in photographs as JPEG (and a few as PNG) files, e.g. as a job input folder."""
+    from PIL import Image
+
+    folder = Path(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    import skimage.data
+
+    paths = []
+    for i, name in enumerate(DEMO_PHOTOS):
+        image = Image.fromarray(np.asarray(getattr(skimage.data, name)())).convert("RGB")
+        path = folder / (f"{name}.png" if i % 4 == 3 else f"{name}.jpg")
+        image.save(path, quality=95) if path.suffix == ".jpg" else image.save(path)
+        paths.append(path)
+    return paths
