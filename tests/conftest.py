@@ -1,0 +1,85 @@
+"""Shared fixtures: NED's parity fixtures (../shared/ned-fixtures), their ViT weights, demo models.
+
+The parity fixtures are required: CI provides ../shared beside the clone. If they are missing the
+tests that need them fail with a message saying where they were looked for (never a silent skip).
+Set NED_FIXTURES to use another copy.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = Path(os.environ.get("NED_FIXTURES", REPO.parent / "shared" / "ned-fixtures"))
+FIXTURE_IMAGES = ("images", "images_227", "images_small")
+FIXTURE_MODELS = {  # expected/<tag>__<images>.npy  ->  NED get_encoding_model arguments
+    "fmri_sub-01_V1": ("fmri", "nsd", "fwrf", 1, "V1"),
+    "fmri_sub-01_lateral": ("fmri", "nsd", "fwrf", 1, "lateral"),
+    "fmri_sub-02_V1": ("fmri", "nsd", "fwrf", 2, "V1"),
+    "eeg_sub-01": ("eeg", "things_eeg_2", "vit_b_32", 1, None),
+    "eeg_sub-02": ("eeg", "things_eeg_2", "vit_b_32", 2, None),
+}
+
+# Parity figures (max |ours - NED| / std(expected)) reported at the end of the run.
+PARITY: dict[str, float] = {}
+
+
+@pytest.fixture(scope="session")
+def fixtures() -> Path:
+    if not (FIXTURES / "ned_dir" / "encoding_models").is_dir():
+        pytest.fail(f"NED parity fixtures not found at {FIXTURES}: clone the project with ../shared beside it "
+                    "(or set NED_FIXTURES)", pytrace=False)
+    return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def ned_dir(fixtures: Path) -> Path:
+    return fixtures / "ned_dir"
+
+
+@pytest.fixture(scope="session")
+def fixture_images(fixtures: Path) -> dict[str, np.ndarray]:
+    return {name: np.load(fixtures / f"{name}.npy") for name in FIXTURE_IMAGES}
+
+
+@pytest.fixture(scope="session")
+def torch_home(tmp_path_factory: pytest.TempPathFactory, fixtures: Path) -> Path:
+    """A TORCH_HOME whose hub cache holds the fixtures' ViT-B/32 weights (made by their script)."""
+    home = tmp_path_factory.mktemp("torch_home")
+    target = home / "hub" / "checkpoints" / "vit_b_32-d86f8d99.pth"
+    target.parent.mkdir(parents=True)
+    result = subprocess.run([sys.executable, str(fixtures / "make_vit_weights.py"), str(target)],
+                            capture_output=True, text=True, check=True)
+    assert "ff156cabad76da3a1b6e03b00c67ef457516d3c5c5af34fb8706b7c50924f111" in result.stdout, result.stdout
+    return home
+
+
+@pytest.fixture
+def vit_cache(torch_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point torch hub at the fixture weights for one test."""
+    monkeypatch.setenv("TORCH_HOME", str(torch_home))
+    monkeypatch.delenv("NED_RAY_VIT_WEIGHTS", raising=False)
+    return torch_home / "hub" / "checkpoints" / "vit_b_32-d86f8d99.pth"
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from ned_ray.demo import make_demo_models
+
+    path = tmp_path_factory.mktemp("demo") / "ned_dir"
+    make_demo_models(str(path))
+    return path
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG001
+    if PARITY:
+        terminalreporter.section("NED parity: max |ours - NED| / std(expected), tolerance 1e-4")
+        for key in sorted(PARITY):
+            terminalreporter.write_line(f"{key:45s} {PARITY[key]:.2e}")
+        terminalreporter.write_line(f"{'worst':45s} {max(PARITY.values()):.2e}")
