@@ -17,7 +17,7 @@ from typing import Any
 import fsspec
 
 from . import safeload
-from .ids import SPLIT_ROIS, ModelId, UnknownModelError
+from .ids import MODELS, ROIS, SPLIT_ROIS, SUBJECTS, TRAIN_DATASETS, ModelId, UnknownModelError
 
 __all__ = ["NedDir", "ModelEntry", "MissingFileError", "FMRI_ROOT", "EEG_ROOT", "VIT_IN_NED_DIR"]
 
@@ -34,6 +34,12 @@ _BERG_EEG_WEIGHTS = re.compile(r"^weights_subject-(\d{2})\.npy$")
 
 class MissingFileError(FileNotFoundError):
     """A file NED's layout requires is not in the directory."""
+
+
+def _published(mid: ModelId) -> bool:
+    """Whether NED's release has this model (ned-spec §4)."""
+    return (mid.train_dataset in TRAIN_DATASETS.get(mid.modality, ()) and mid.model in MODELS[mid.modality]
+            and mid.subject in SUBJECTS[mid.modality] and (mid.roi is None or mid.roi in ROIS))
 
 
 @dataclass(frozen=True)
@@ -200,13 +206,17 @@ class NedDir:
     def entry(self, model_id: ModelId | str) -> ModelEntry:
         """The catalogue entry of one model; an unknown id lists the valid ones."""
         mid = ModelId.parse(model_id) if isinstance(model_id, str) else model_id
-        try:
+        if mid in self.catalogue:
             return self.catalogue[mid]
-        except KeyError:
-            listing = "\n  ".join(map(str, self.catalogue)) or "(none)"
-            raise UnknownModelError(
-                f"model '{mid}' is not in the NED directory '{self.url}'. Valid model ids:\n  {listing}"
-            ) from None
+        listing = "\n  ".join(map(str, self.catalogue)) or "(none)"
+        if _published(mid):  # a real NED model whose files are not (all) here
+            expected = self.fwrf_weights(mid.subject, mid.roi) if mid.modality == "fmri" else (self.eeg_regression(mid.subject),)
+            missing = [self.uri(rel) for rel in expected if not self.exists(rel)] or [self.uri(expected[0])]
+            raise MissingFileError(
+                f"model '{mid}' is not in the NED directory '{self.url}': expected '{missing[0]}' (and its "
+                f"metadata). Models this directory holds:\n  {listing}"
+            )
+        raise UnknownModelError(f"model '{mid}' is not a NED model. Valid model ids in '{self.url}':\n  {listing}")
 
     def metadata(self, model_id: ModelId | str) -> dict:
         """NED's metadata dict of a model (ned-spec §1)."""

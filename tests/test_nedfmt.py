@@ -37,9 +37,13 @@ def test_incomplete_models_are_not_listed(tmp_path, demo_dir):
 
 
 def test_unknown_model_lists_valid_ids(ned_dir):
+    ned = NedDir(str(ned_dir))
     with pytest.raises(UnknownModelError) as info:
-        NedDir(str(ned_dir)).entry("fmri/nsd/fwrf/sub-03/V1")
+        ned.entry("fmri/nsd/fwrf/sub-09/V1")  # NED has no subject 9
     assert "fmri/nsd/fwrf/sub-02/V1" in str(info.value)
+    with pytest.raises(MissingFileError) as info:  # a NED model whose files are not here
+        ned.entry("fmri/nsd/fwrf/sub-03/V1")
+    assert "weights_sub-03_roi-V1.pt" in str(info.value) and "fmri/nsd/fwrf/sub-02/V1" in str(info.value)
 
 
 def test_missing_directory_and_file_name_the_expected_path(tmp_path):
