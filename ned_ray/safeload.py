@@ -27,7 +27,7 @@ from typing import IO, Any
 import numpy as np
 import torch
 
-__all__ = ["UnsafePickleError", "Attributes", "load_npy_dict", "load_torch_checkpoint"]
+__all__ = ["UnsafePickleError", "Attributes", "load_npy_dict", "load_torch_checkpoint", "read_npy_header"]
 
 
 class UnsafePickleError(pickle.UnpicklingError):
@@ -126,6 +126,19 @@ class RestrictedUnpickler(pickle.Unpickler):
         raise UnsafePickleError(f"{self._source}: persistent ids are not allowed in a .npy dict")
 
 
+def read_npy_header(file: IO[bytes], source: str = "<npy>") -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran_order, dtype) of a ``.npy`` file; leaves ``file`` at the start of the data."""
+    try:
+        version = np.lib.format.read_magic(file)
+        if version == (1, 0):
+            return np.lib.format.read_array_header_1_0(file)
+        if version == (2, 0):
+            return np.lib.format.read_array_header_2_0(file)
+        raise ValueError(f"unsupported .npy format version {version}")
+    except ValueError as exc:
+        raise ValueError(f"{source}: not a valid .npy file ({exc})") from None
+
+
 def load_npy_dict(file: IO[bytes] | bytes, source: str = "<npy>") -> Any:
     """Load a ``.npy`` file the way ``np.load(f, allow_pickle=True).item()`` would, safely.
 
@@ -134,16 +147,7 @@ def load_npy_dict(file: IO[bytes] | bytes, source: str = "<npy>") -> Any:
     """
     if isinstance(file, (bytes, bytearray)):
         file = io.BytesIO(file)
-    try:
-        version = np.lib.format.read_magic(file)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(file)
-        elif version == (2, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(file)
-        else:
-            raise ValueError(f"unsupported .npy format version {version}")
-    except ValueError as exc:
-        raise ValueError(f"{source}: not a valid .npy file ({exc})") from None
+    shape, fortran, dtype = read_npy_header(file, source)
     if not dtype.hasobject:
         data = np.frombuffer(file.read(), dtype=dtype)
         order = "F" if fortran else "C"

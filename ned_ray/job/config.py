@@ -1,0 +1,93 @@
+"""One dataclass for every option of the encode job; the CLI, ``jobs/encode.py`` and Python build it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+__all__ = ["EncodeConfig", "add_encode_arguments", "config_from_args"]
+
+FORMATS = ("parquet", "npy")
+NON_SQUARE = ("center-crop", "error")
+
+
+@dataclass
+class EncodeConfig:
+    """Options of one encode job. Only ``ned_dir``, ``images``, ``models`` and ``output`` are required."""
+
+    ned_dir: str
+    images: str
+    models: str
+    output: str
+    device: str = "auto"  # auto | cpu | cuda
+    batch_size: int = 64  # images per forward pass on an actor
+    shard_size: int = 256  # images per output part (the unit of commit and resume)
+    formats: tuple[str, ...] = ("parquet",)
+    non_square: str = "center-crop"  # center-crop | error
+    actors_per_group: int = 1
+    gpus_per_actor: float = 1.0  # fractional values let small models share a GPU
+    fmri_models_per_actor: int = 0  # 0: all fMRI models on one actor
+    max_pixels: int = 100_000_000  # larger images are refused (decompression bombs)
+    vit_weights: str | None = None
+    overwrite: bool = False
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.formats, str):
+            self.formats = tuple(f.strip() for f in self.formats.split(",") if f.strip())
+        self.formats = tuple(self.formats)
+        bad = [f for f in self.formats if f not in FORMATS]
+        if bad or not self.formats:
+            raise ValueError(f"--format must be a comma-separated subset of {','.join(FORMATS)}, got {','.join(self.formats) or 'nothing'}")
+        if self.non_square not in NON_SQUARE:
+            raise ValueError(f"--non-square must be one of {', '.join(NON_SQUARE)}, got '{self.non_square}'")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"--device must be auto, cpu or cuda, got '{self.device}'")
+        for name in ("batch_size", "shard_size", "actors_per_group", "max_pixels"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if not 0 < float(self.gpus_per_actor) <= 8:
+            raise ValueError(f"--gpus-per-actor must be in (0, 8], got {self.gpus_per_actor}")
+
+    def to_json(self) -> dict[str, Any]:
+        """The options as recorded in outputs (storage options are left out: they may hold secrets)."""
+        data = asdict(self)
+        data.pop("storage_options")
+        data["formats"] = list(self.formats)
+        return data
+
+    def identity(self) -> dict[str, Any]:
+        """What defines the output's content: a rerun must match it to resume."""
+        return {k: v for k, v in self.to_json().items() if k in ("ned_dir", "images", "models", "non_square", "shard_size", "formats", "max_pixels", "vit_weights")}
+
+
+def add_encode_arguments(parser: argparse.ArgumentParser) -> None:
+    """The encode flags, shared by ``ned-ray encode`` and ``jobs/encode.py``."""
+    parser.add_argument("--ned-dir", required=True, help="NED's neural_encoding_dataset folder (path or s3://, gs://, ...)")
+    parser.add_argument("--images", required=True,
+                        help="a folder, a glob, a .txt list of image URIs, a (N,3,H,W) uint8 .npy, or a Parquet file with image bytes")
+    parser.add_argument("--models", required=True,
+                        help="comma-separated model ids or globs, e.g. 'fmri/nsd/fwrf/sub-0*/V1,eeg/*', or 'all'")
+    parser.add_argument("--output", required=True, help="output folder (path or s3://, gs://, ...)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
+    parser.add_argument("--shard-size", type=int, default=256, help="images per output part and commit (default 256)")
+    parser.add_argument("--format", dest="formats", default="parquet", help="parquet, npy or parquet,npy")
+    parser.add_argument("--non-square", default="center-crop", choices=list(NON_SQUARE))
+    parser.add_argument("--actors-per-group", type=int, default=1)
+    parser.add_argument("--gpus-per-actor", type=float, default=1.0)
+    parser.add_argument("--fmri-models-per-actor", type=int, default=0, help="0: all fMRI models on one actor")
+    parser.add_argument("--max-pixels", type=int, default=100_000_000)
+    parser.add_argument("--vit-weights", default=None, help="path or URL of torchvision's vit_b_32-d86f8d99.pth")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output made with other options")
+    parser.add_argument("--storage-options", default="{}", help="JSON dict passed to fsspec (e.g. endpoint settings)")
+
+
+def config_from_args(args: argparse.Namespace) -> EncodeConfig:
+    """Build the config from parsed ``add_encode_arguments`` flags."""
+    names = {f.name for f in fields(EncodeConfig)}
+    values = {k: v for k, v in vars(args).items() if k in names}
+    values["storage_options"] = json.loads(args.storage_options) if isinstance(args.storage_options, str) else args.storage_options
+    return EncodeConfig(**values)

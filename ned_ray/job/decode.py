@@ -1,0 +1,120 @@
+"""Decoding one shard of raw images into the uint8 inputs the models need (a Ray Data CPU task).
+
+Each image is decoded once, converted to RGB uint8, made square, and resized to every input size
+the job's model groups need (``fwrf``: 227 px; ``vit``: 256-resize + 224 crop), exactly as NED.
+
+Conversions (documented behaviour): grayscale, palette, CMYK and other modes -> RGB as Pillow
+converts them; alpha channels are dropped (RGB values kept as stored); 16-bit images keep their high
+byte; EXIF orientation is applied (the image is encoded as a viewer shows it). A bad image never
+stops the job: it becomes a row with ``status="error"`` and a precise ``error``.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ..models.group import INPUTS
+from .sources import ImageSource
+
+__all__ = ["decode_image", "DecodeShard", "INPUT_SHAPES"]
+
+INPUT_SHAPES = {"fwrf": (3, 227, 227), "vit": (3, 224, 224)}
+
+
+def _to_rgb(image: Image.Image) -> np.ndarray:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        values = np.asarray(image, dtype=np.int64)
+        gray = (np.clip(values, 0, 65535) >> 8).astype(np.uint8)  # 16-bit -> high byte
+        return np.repeat(gray[..., None], 3, axis=2)
+    if image.mode == "F":
+        gray = np.clip(np.rint(np.asarray(image)), 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    return np.asarray(image.convert("RGB"))
+
+
+def decode_image(item: bytes | np.ndarray | Exception, non_square: str = "center-crop",
+                 max_pixels: int = 100_000_000) -> tuple[np.ndarray | None, str, int, int]:
+    """(square uint8 (S,S,3) or None, error message, width, height) for one raw image."""
+    if isinstance(item, Exception):
+        return None, f"cannot read: {type(item).__name__}: {item}", 0, 0
+    if isinstance(item, np.ndarray):  # (3, H, W) uint8 from a .npy input
+        rgb = item.transpose(1, 2, 0)
+    else:
+        if len(item) == 0:
+            return None, "empty file (0 bytes)", 0, 0
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                old_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, max_pixels
+                try:
+                    image = Image.open(io.BytesIO(item))
+                    width, height = image.size
+                    if width * height > max_pixels:
+                        return None, (f"image too large: {width}x{height} = {width * height} pixels exceeds --max-pixels "
+                                      f"{max_pixels} (decompression-bomb guard)"), width, height
+                    image = ImageOps.exif_transpose(image)
+                    image.load()
+                finally:
+                    Image.MAX_IMAGE_PIXELS = old_limit
+        except UnidentifiedImageError:
+            return None, "not an image: Pillow cannot identify the file format", 0, 0
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            return None, f"image too large (decompression-bomb guard): {exc}", 0, 0
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            return None, f"corrupt or truncated image: {exc}", 0, 0
+        try:
+            rgb = _to_rgb(image)
+        except (OSError, ValueError) as exc:
+            return None, f"cannot convert mode {image.mode} to RGB: {exc}", *image.size
+    height, width = rgb.shape[:2]
+    if height != width:
+        if non_square == "error":
+            return None, f"non-square image {width}x{height} (rejected by --non-square error)", width, height
+        side = min(height, width)
+        top, left = (height - side) // 2, (width - side) // 2
+        rgb = rgb[top:top + side, left:left + side]
+    return np.ascontiguousarray(rgb), "", width, height
+
+
+class DecodeShard:
+    """Ray Data UDF: one shard descriptor row -> one row per image, with the inputs ``kinds`` need."""
+
+    def __init__(self, source: ImageSource, kinds: tuple[str, ...], non_square: str, max_pixels: int) -> None:
+        self.source, self.kinds, self.non_square, self.max_pixels = source, kinds, non_square, max_pixels
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        columns: dict[str, list] = {k: [] for k in ("image_index", "image_id", "status", "error", "width", "height")}
+        tensors: dict[str, list[np.ndarray]] = {k: [] for k in self.kinds}
+        for start, stop, ids, uris in zip(batch["start"].tolist(), batch["stop"].tolist(), batch["ids"], batch["uris"]):
+            items = self.source.read(start, stop, [str(u) for u in uris] if self.source.kind == "files" else None)
+            for offset, item in enumerate(items):
+                square, error, width, height = decode_image(item, self.non_square, self.max_pixels)
+                columns["image_index"].append(start + offset)
+                columns["image_id"].append(str(ids[offset]))
+                columns["status"].append("error" if square is None else "ok")
+                columns["error"].append(error)
+                columns["width"].append(width)
+                columns["height"].append(height)
+                chw = None if square is None else torch.from_numpy(square).permute(2, 0, 1).unsqueeze(0)
+                for kind in self.kinds:
+                    tensors[kind].append(np.zeros(INPUT_SHAPES[kind], np.uint8) if chw is None
+                                         else INPUTS[kind](chw)[0].numpy())
+        out: dict[str, Any] = {
+            "image_index": np.asarray(columns["image_index"], np.int64),
+            "image_id": np.asarray(columns["image_id"], dtype=object),
+            "status": np.asarray(columns["status"], dtype=object),
+            "error": np.asarray(columns["error"], dtype=object),
+            "width": np.asarray(columns["width"], np.int32),
+            "height": np.asarray(columns["height"], np.int32),
+        }
+        for kind in self.kinds:
+            out[kind] = np.stack(tensors[kind]) if tensors[kind] else np.zeros((0, *INPUT_SHAPES[kind]), np.uint8)
+        return out

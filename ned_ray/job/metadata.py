@@ -1,0 +1,96 @@
+"""Per-model ``metadata.json`` + ``metadata.npz``: NED's metadata dict plus provenance.
+
+NED's nested metadata dict is stored with its arrays in ``metadata.npz`` (keys are the dict paths,
+e.g. ``fmri/ncsnr``) and everything else in ``metadata.json``, where each array appears as
+``{"npz": "fmri/ncsnr", "shape": [...], "dtype": "float64"}``. Both read without ned-ray.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import posixpath
+from typing import Any
+
+import numpy as np
+
+from .. import __version__
+from ..ids import ModelId
+from ..models.vit_eeg import find_vit_weights
+from ..nedfmt import NedDir
+from ..storage import filesystem
+from .config import EncodeConfig
+from .sink import write_bytes
+
+__all__ = ["write_model_metadata", "split_arrays", "PREPROCESSING"]
+
+PREPROCESSING = {
+    "fmri": "RGB uint8, center-crop to square; torchvision Resize((227,227)) bilinear antialias, rounded to uint8; /255; "
+            "minus the checkpoint's stim_mean (split ROIs: the second checkpoint's, as NED)",
+    "eeg": "RGB uint8, center-crop to square; torchvision resize shorter side 256 bilinear antialias, rounded to uint8; "
+           "center-crop 224; /255; ImageNet mean/std normalisation (ViT_B_32_Weights.IMAGENET1K_V1.transforms())",
+}
+RESPONSE_LAYOUT = {"fmri": "(voxel,) in NED's voxel order (the roi_mask_volume's True entries, C order)",
+                   "eeg": "(repetition, channel, time) row-major: 4 x 63 x 140, flattened as rep*8820 + ch*140 + t"}
+
+
+def split_arrays(tree: Any, prefix: str = "") -> tuple[Any, dict[str, np.ndarray]]:
+    """(JSON-able tree, {path: array}) for a nested metadata dict."""
+    arrays: dict[str, np.ndarray] = {}
+    if isinstance(tree, dict):
+        out = {}
+        for key, value in tree.items():
+            out[str(key)], sub = split_arrays(value, f"{prefix}{key}/")
+            arrays.update(sub)
+        return out, arrays
+    if isinstance(tree, np.ndarray):
+        if tree.dtype.hasobject:
+            return tree.tolist(), arrays
+        key = prefix.rstrip("/")
+        arrays[key] = tree
+        return {"npz": key, "shape": list(tree.shape), "dtype": str(tree.dtype)}, arrays
+    if isinstance(tree, (list, tuple)):
+        return [split_arrays(v, prefix)[0] for v in tree], arrays
+    if isinstance(tree, np.generic):
+        return tree.item(), arrays
+    return tree, arrays
+
+
+def _sha256(fs, path: str) -> str:
+    digest = hashlib.sha256()
+    with fs.open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_model_metadata(fs, root: str, ned: NedDir, mid: ModelId, config: EncodeConfig) -> None:
+    """Write ``OUT/<model_id>/metadata.json`` and ``metadata.npz`` (overwrites: same content on rerun)."""
+    entry = ned.entry(mid)
+    metadata = ned.load_npy(entry.metadata)
+    tree, arrays = split_arrays(metadata)
+    files = [{"file": ned.uri(rel), "sha256": ned.sha256(rel), "bytes": ned.fs.size(ned.path(rel))}
+             for rel in (*entry.weights, entry.metadata)]
+    if mid.modality == "eeg":
+        vit = find_vit_weights(config.vit_weights, ned)
+        vit_fs, vit_path = filesystem(vit, config.storage_options)
+        files.append({"file": vit, "sha256": _sha256(vit_fs, vit_path), "bytes": vit_fs.size(vit_path)})
+    document = {
+        "model_id": str(mid),
+        "ned_metadata": tree,
+        "provenance": {
+            "ned_ray_version": __version__,
+            "format": entry.format,
+            "files": files,
+            "preprocessing": PREPROCESSING[mid.modality],
+            "response_layout": RESPONSE_LAYOUT[mid.modality],
+            "response_dtype": "float32",
+            "job_options": config.to_json(),
+        },
+    }
+    folder = posixpath.join(root, str(mid))
+    write_bytes(fs, posixpath.join(folder, "metadata.json"), json.dumps(document, indent=2).encode())
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    write_bytes(fs, posixpath.join(folder, "metadata.npz"), buffer.getvalue())

@@ -1,0 +1,174 @@
+"""The encode job on Ray Data, top to bottom: list -> read+decode -> encode (actor pools) -> write.
+
+    inputs ──list/sort──> shards (driver) ──DecodeShard──> rows with uint8 inputs (CPU tasks)
+           ──GroupEncoder per model group──> + response columns (actors: models loaded once)
+           ──ResponseSink──> parts + commit markers ──finalize──> images.parquet, _manifest.json (last)
+
+A rerun of the same command skips committed images; other options on an existing output are refused
+unless ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import posixpath
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+
+from .. import __version__
+from ..ids import ModelId, select
+from ..models.group import ModelGroup
+from ..nedfmt import NedDir
+from ..storage import filesystem, options_for
+from .config import EncodeConfig
+from .decode import DecodeShard
+from .metadata import write_model_metadata
+from .sink import JOB_FILE, MANIFEST, ResponseSink, finalize, read_commits, response_column
+from .sources import open_source
+
+__all__ = ["run_encode", "GroupEncoder", "plan_groups", "OutputExistsError"]
+
+log = logging.getLogger("ned_ray")
+
+
+class OutputExistsError(ValueError):
+    """The output folder holds a job with other options."""
+
+
+def plan_groups(models: list[ModelId], fmri_per_actor: int) -> list[list[ModelId]]:
+    """Model groups, one actor pool each: all EEG subjects together; fMRI models in groups of ``fmri_per_actor``."""
+    eeg = [m for m in models if m.modality == "eeg"]
+    fmri = [m for m in models if m.modality == "fmri"]
+    size = fmri_per_actor if fmri_per_actor > 0 else max(1, len(fmri))
+    groups = [fmri[i:i + size] for i in range(0, len(fmri), size)]
+    return groups + ([eeg] if eeg else [])
+
+
+class GroupEncoder:
+    """Ray actor: hosts one model group (loaded once, in ``__init__``) and adds its response columns."""
+
+    def __init__(self, ned_dir: str, storage_options: dict, model_ids: list[str], device: str,
+                 vit_weights: str | None, batch_size: int) -> None:
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        ned = NedDir(ned_dir, options_for(ned_dir, storage_options))
+        self.group = ModelGroup(ned, model_ids, device, vit_weights)
+        self.batch_size = batch_size
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ok = np.flatnonzero(batch["status"] == "ok")
+        n = len(batch["status"])
+        outputs = {m: np.full((n, *self.group.output_shape(m)), np.nan, np.float32) for m in self.group.model_ids}
+        for start in range(0, len(ok), self.batch_size):
+            rows = ok[start:start + self.batch_size]
+            inputs = {kind: torch.from_numpy(np.ascontiguousarray(batch[kind][rows])) for kind in self.group.inputs}
+            if self.group.device.type == "cuda":
+                inputs = {k: v.pin_memory() for k, v in inputs.items()}
+            for mid, values in self.group.run(inputs).items():
+                outputs[mid][rows] = values
+        for mid, values in outputs.items():
+            batch[response_column(mid)] = values
+        return batch
+
+
+@dataclass
+class _Plan:
+    models: list[ModelId]
+    groups: list[list[ModelId]]
+    n_images: int
+    remaining: list[tuple[int, int]]  # [start, stop) ranges still to encode, within shard bounds
+
+
+def _check_output(config: EncodeConfig, fs, root: str) -> None:
+    job_path = posixpath.join(root, JOB_FILE)
+    if not fs.exists(job_path):
+        return
+    previous = json.loads(fs.cat_file(job_path))
+    if previous.get("identity") == config.identity():
+        return
+    if not config.overwrite:
+        changed = sorted(k for k in set(previous.get("identity", {})) | set(config.identity())
+                         if previous.get("identity", {}).get(k) != config.identity().get(k))
+        raise OutputExistsError(f"output '{config.output}' holds a job with other options (differs in: {', '.join(changed)}); "
+                                "use another --output, or --overwrite to replace it")
+    log.warning("overwriting %s", config.output)
+    fs.rm(root, recursive=True)
+
+
+def _remaining(done: np.ndarray, shard_size: int) -> list[tuple[int, int]]:
+    """Contiguous runs of not-done images, cut at shard boundaries."""
+    todo = np.flatnonzero(~done)
+    if len(todo) == 0:
+        return []
+    breaks = np.flatnonzero((np.diff(todo) != 1) | (np.diff(todo // shard_size) != 0)) + 1
+    return [(int(run[0]), int(run[-1]) + 1) for run in np.split(todo, breaks)]
+
+
+def run_encode(config: EncodeConfig) -> dict[str, Any]:
+    """Run (or resume) an encode job; returns the manifest plus run statistics."""
+    started = time.perf_counter()
+    opts = config.storage_options
+    ned = NedDir(config.ned_dir, options_for(config.ned_dir, opts))
+    models = select(list(ned.catalogue), config.models)
+    source = open_source(config.images, opts)
+    fs, root = filesystem(config.output, opts)
+    _check_output(config, fs, root)
+    fs.makedirs(root, exist_ok=True)
+
+    done = np.zeros(len(source), dtype=bool)
+    for commit in read_commits(fs, root):
+        done[np.asarray(commit["image_index"], np.int64)] = True
+    plan = _Plan(models, plan_groups(models, config.fmri_models_per_actor), len(source),
+                 _remaining(done, config.shard_size))
+    job = {"ned_ray_version": __version__, "identity": config.identity(), "options": config.to_json(),
+           "models": [str(m) for m in models], "n_images": len(source)}
+    if not fs.exists(posixpath.join(root, JOB_FILE)):
+        from .sink import write_bytes
+
+        write_bytes(fs, posixpath.join(root, JOB_FILE), json.dumps(job, indent=2).encode())
+    fs.rm(posixpath.join(root, MANIFEST)) if fs.exists(posixpath.join(root, MANIFEST)) and plan.remaining else None
+
+    encoded = sum(stop - start for start, stop in plan.remaining)
+    if plan.remaining:
+        for mid in models:  # cheap, and fails before any heavy work if a file is missing
+            write_model_metadata(fs, root, ned, mid, config)
+        _run_pipeline(config, source, plan)
+    manifest = finalize(config.output, opts, models, config.formats, len(source), job)
+    elapsed = time.perf_counter() - started
+    return {**manifest, "run": {"encoded_images": encoded, "skipped_images": int(done.sum()), "seconds": elapsed,
+                                "images_per_second": encoded / elapsed if elapsed > 0 else 0.0}}
+
+
+def _run_pipeline(config: EncodeConfig, source, plan: _Plan) -> None:
+    if not ray.is_initialized():
+        ray.init(ignore_reinit_error=True, log_to_driver=False)
+    gpus = ray.cluster_resources().get("GPU", 0)
+    if config.device == "cuda" and gpus == 0:
+        raise ValueError("--device cuda was requested but the Ray cluster has no GPUs; use --device auto or cpu")
+    use_gpu = gpus > 0 and config.device != "cpu"
+    kinds = tuple(sorted({k for g in plan.groups for k in (["fwrf"] if any(m.modality == "fmri" for m in g) else [])
+                          + (["vit"] if any(m.modality == "eeg" for m in g) else [])}))
+
+    items = source.shard_items(plan.remaining)
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    ds = ds.map_batches(DecodeShard(source.description(), kinds, config.non_square, config.max_pixels),
+                        batch_size=1, num_cpus=1)
+    for group in plan.groups:
+        ds = ds.map_batches(
+            GroupEncoder,
+            fn_constructor_args=(config.ned_dir, config.storage_options, [str(m) for m in group],
+                                 "cuda" if use_gpu else "cpu", config.vit_weights, config.batch_size),
+            batch_size=None,
+            compute=ray.data.ActorPoolStrategy(size=config.actors_per_group),
+            num_gpus=config.gpus_per_actor if use_gpu else None,
+            num_cpus=1 if use_gpu else 0.5,
+        )
+    ds = ds.drop_columns(list(kinds))
+    ds.write_datasink(ResponseSink(config.output, config.storage_options, plan.models, config.formats,
+                                   config.shard_size, plan.n_images))
