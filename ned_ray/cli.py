@@ -19,6 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from .ids import UnknownModelError
+from .job.config import add_encode_arguments
 from .nedfmt import MissingFileError, NedDir
 from .safeload import UnsafePickleError
 
@@ -73,6 +74,27 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_encode(args: argparse.Namespace) -> int:
+    from .job.config import config_from_args
+    from .job.pipeline import run_encode
+
+    summary = run_encode(config_from_args(args))
+    print(format_summary(summary, args.output))
+    return 0
+
+
+def format_summary(summary: dict, output: str) -> str:
+    """A few lines a person reads after a job."""
+    run, images = summary["run"], summary["images"]
+    lines = [f"wrote {output}: {images['total']} images ({images['ok']} ok, {images['error']} errors) x "
+             f"{len(summary['models'])} models",
+             f"this run encoded {run['encoded_images']} images (skipped {run['skipped_images']} already committed) in "
+             f"{run['seconds']:.1f}s = {run['images_per_second']:.2f} images/s"]
+    if images["error"]:
+        lines.append(f"errors are listed in {output}/images.parquet (status='error')")
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ned-ray", description="In-silico brain responses from NED encoding models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -88,6 +110,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ned_dir", help="the neural_encoding_dataset folder (local path or s3://, gs://, ...)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("encode", help="encode an image set with many models (a Ray Data job)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="examples:\n"
+                              "  ned-ray encode --ned-dir .demo/ned_dir --images .demo/images --models all --output out/\n"
+                              "  ned-ray encode --ned-dir s3://bucket/neural_encoding_dataset --images gs://bucket/stimuli/ \\\n"
+                              "      --models 'fmri/nsd/fwrf/sub-0*/V1,eeg/*' --output s3://bucket/responses/ --format parquet,npy")
+    add_encode_arguments(p)
+    p.set_defaults(func=_cmd_encode)
 
     p = sub.add_parser("demo", help="encode the built-in photos with demo models (no downloads)",
                        epilog="example: ned-ray demo --workdir .demo")

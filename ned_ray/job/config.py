@@ -30,6 +30,7 @@ class EncodeConfig:
     gpus_per_actor: float = 1.0  # fractional values let small models share a GPU
     fmri_models_per_actor: int = 0  # 0: all fMRI models on one actor
     max_pixels: int = 100_000_000  # larger images are refused (decompression bombs)
+    cpu_threads: int = 0  # torch threads per CPU actor; 0: the node's CPUs / number of model groups
     vit_weights: str | None = None
     overwrite: bool = False
     storage_options: dict[str, Any] = field(default_factory=dict)
@@ -80,6 +81,7 @@ def add_encode_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpus-per-actor", type=float, default=1.0)
     parser.add_argument("--fmri-models-per-actor", type=int, default=0, help="0: all fMRI models on one actor")
     parser.add_argument("--max-pixels", type=int, default=100_000_000)
+    parser.add_argument("--cpu-threads", type=int, default=0, help="torch threads per CPU actor (0: auto)")
     parser.add_argument("--vit-weights", default=None, help="path or URL of torchvision's vit_b_32-d86f8d99.pth")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output made with other options")
     parser.add_argument("--storage-options", default="{}", help="JSON dict passed to fsspec (e.g. endpoint settings)")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import posixpath
 import time
 from dataclasses import dataclass
@@ -54,9 +55,11 @@ class GroupEncoder:
     """Ray actor: hosts one model group (loaded once, in ``__init__``) and adds its response columns."""
 
     def __init__(self, ned_dir: str, storage_options: dict, model_ids: list[str], device: str,
-                 vit_weights: str | None, batch_size: int) -> None:
+                 vit_weights: str | None, batch_size: int, cpu_threads: int) -> None:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cpu":
+            torch.set_num_threads(cpu_threads)  # Ray starts workers with one thread
         ned = NedDir(ned_dir, options_for(ned_dir, storage_options))
         self.group = ModelGroup(ned, model_ids, device, vit_weights)
         self.batch_size = batch_size
@@ -142,7 +145,16 @@ def run_encode(config: EncodeConfig) -> dict[str, Any]:
     manifest = finalize(config.output, opts, models, config.formats, len(source), job)
     elapsed = time.perf_counter() - started
     return {**manifest, "run": {"encoded_images": encoded, "skipped_images": int(done.sum()), "seconds": elapsed,
-                                "images_per_second": encoded / elapsed if elapsed > 0 else 0.0}}
+                                "images_per_second": encoded / elapsed if elapsed > 0 else 0.0,
+                                "model_groups": [[str(m) for m in g] for g in plan.groups]}}
+
+
+def cpu_threads(config: EncodeConfig, n_groups: int) -> int:
+    """Torch threads for each CPU actor: the option, or the smallest node's CPUs shared by the groups."""
+    if config.cpu_threads > 0:
+        return config.cpu_threads
+    cpus = [n["Resources"].get("CPU", 1) for n in ray.nodes() if n.get("Alive")] or [os.cpu_count() or 1]
+    return max(1, int(min(cpus)) // max(1, n_groups))
 
 
 def _run_pipeline(config: EncodeConfig, source, plan: _Plan) -> None:
@@ -152,6 +164,7 @@ def _run_pipeline(config: EncodeConfig, source, plan: _Plan) -> None:
     if config.device == "cuda" and gpus == 0:
         raise ValueError("--device cuda was requested but the Ray cluster has no GPUs; use --device auto or cpu")
     use_gpu = gpus > 0 and config.device != "cpu"
+    threads = cpu_threads(config, len(plan.groups))
     kinds = tuple(sorted({k for g in plan.groups for k in (["fwrf"] if any(m.modality == "fmri" for m in g) else [])
                           + (["vit"] if any(m.modality == "eeg" for m in g) else [])}))
 
@@ -163,7 +176,7 @@ def _run_pipeline(config: EncodeConfig, source, plan: _Plan) -> None:
         ds = ds.map_batches(
             GroupEncoder,
             fn_constructor_args=(config.ned_dir, config.storage_options, [str(m) for m in group],
-                                 "cuda" if use_gpu else "cpu", config.vit_weights, config.batch_size),
+                                 "cuda" if use_gpu else "cpu", config.vit_weights, config.batch_size, threads),
             batch_size=None,
             compute=ray.data.ActorPoolStrategy(size=config.actors_per_group),
             num_gpus=config.gpus_per_actor if use_gpu else None,

@@ -1,0 +1,37 @@
+"""Entry point for `ray job submit`: the same flags as `ned-ray encode`.
+
+    ray job submit --address http://HEAD:8265 --working-dir . -- \
+        python jobs/encode.py --ned-dir s3://bucket/neural_encoding_dataset --images s3://bucket/stimuli/ \
+        --models all --output s3://bucket/responses/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the working dir, when ned-ray is not installed
+
+from ned_ray.cli import EXPECTED_ERRORS, format_summary  # noqa: E402
+from ned_ray.job.config import add_encode_arguments, config_from_args  # noqa: E402
+from ned_ray.job.pipeline import run_encode  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="ned-ray encode job (for ray job submit)")
+    add_encode_arguments(parser)
+    parser.add_argument("--summary-json", action="store_true", help="print the full summary as JSON")
+    args = parser.parse_args(argv)
+    try:
+        summary = run_encode(config_from_args(args))
+    except EXPECTED_ERRORS as exc:
+        print(f"encode: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=2) if args.summary_json else format_summary(summary, args.output))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""Job fixtures: a real local Ray cluster, local S3 (moto) and GCS (gcp-storage-emulator) servers.
+
+Servers are started here on free loopback ports and stopped by process id, also when a test fails.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# gcsfs probes each bucket over gRPC for 60 s unless this is off; it reads it at import, so it must be
+# in the environment before Ray starts its workers.
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_port(port: int, process: subprocess.Popen, name: str, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited with code {process.returncode} before listening on {port}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"{name} did not listen on port {port} within {timeout}s")
+
+
+def _start(command: list[str], name: str, port: int):
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for_port(port, process, name)
+    except Exception:
+        process.kill()
+        process.wait()
+        raise
+    return process
+
+
+def _stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A real local Ray cluster for the session (2 CPUs, as on this machine class)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on a free port; yields fsspec storage options for s3://."""
+    port = free_port()
+    moto = Path(sys.executable).with_name("moto_server")
+    process = _start([str(moto), "-H", "127.0.0.1", "-p", str(port)], "moto_server (S3)", port)
+    try:
+        yield {"s3": {"key": "testing", "secret": "testing",
+                      "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}", "region_name": "us-west-2"}}}
+    finally:
+        _stop(process)
+
+
+@pytest.fixture(scope="session")
+def gcs_server():
+    """gcp-storage-emulator on a free port; yields fsspec storage options for gs://."""
+    port = free_port()
+    process = _start([sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1", "--port", str(port),
+                      "--in-memory", "--quiet"], "gcp-storage-emulator (GCS)", port)
+    try:
+        yield {"gs": {"token": "anon", "project": "test", "endpoint_url": f"http://127.0.0.1:{port}"}}
+    finally:
+        _stop(process)
+
+
+@pytest.fixture(scope="session")
+def fixture_image_folder(tmp_path_factory, fixture_images) -> Path:
+    """The fixtures' photographs as lossless PNG files (decoding them gives back the same arrays)."""
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("fixture_pngs")
+    for name in ("images", "images_small"):
+        for i, image in enumerate(fixture_images[name]):
+            Image.fromarray(image.transpose(1, 2, 0)).save(folder / f"{name}_{i:02d}.png")
+    return folder
+
+
+def fixture_order(folder: Path) -> tuple[list[str], np.ndarray]:
+    """(image ids in the job's order, the fixtures' expected row for each): sorted file names."""
+    names = sorted(p.name for p in folder.glob("*.png"))
+    return names, np.array([int(n.rsplit("_", 1)[1][:2]) for n in names])
