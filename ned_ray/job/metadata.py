@@ -17,9 +17,9 @@ import numpy as np
 
 from .. import __version__
 from ..ids import ModelId
+from ..models.vit_eeg import vit_filesystem
 from ..models.vit_eeg import find_vit_weights
 from ..nedfmt import NedDir
-from ..storage import filesystem
 from .config import EncodeConfig
 from .sink import write_bytes
 
@@ -74,7 +74,7 @@ def write_model_metadata(fs, root: str, ned: NedDir, mid: ModelId, config: Encod
              for rel in (*entry.weights, entry.metadata)]
     if mid.modality == "eeg":
         vit = find_vit_weights(config.vit_weights, ned)
-        vit_fs, vit_path = filesystem(vit, config.storage_options)
+        vit_fs, vit_path = vit_filesystem(vit, ned)
         files.append({"file": vit, "sha256": _sha256(vit_fs, vit_path), "bytes": vit_fs.size(vit_path)})
     document = {
         "model_id": str(mid),

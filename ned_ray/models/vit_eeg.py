@@ -52,7 +52,7 @@ def find_vit_weights(explicit: str | os.PathLike | None = None, ned: NedDir | No
             candidates.append(ned.uri(VIT_IN_NED_DIR))
         candidates.append(str(hub_file))
     for candidate in candidates:
-        fs, path = fsspec.core.url_to_fs(candidate)
+        fs, path = vit_filesystem(candidate, ned)
         if fs.exists(path):
             return candidate
     raise MissingFileError(
@@ -64,13 +64,21 @@ def find_vit_weights(explicit: str | os.PathLike | None = None, ned: NedDir | No
     )
 
 
-def load_vit(location: str) -> VisionTransformer:
+def vit_filesystem(location: str, ned: NedDir | None):
+    """fsspec filesystem for ``location``, with the NED directory's options when it is on the same store."""
+    protocol = location.split("://", 1)[0] if "://" in location else "file"
+    same = ned is not None and protocol == (ned.url.split("://", 1)[0] if "://" in ned.url else "file")
+    return fsspec.core.url_to_fs(location, **(ned.storage_options if same else {}))
+
+
+def load_vit(location: str, ned: NedDir | None = None) -> VisionTransformer:
     """A torchvision VisionTransformer with weights from ``location`` (``weights_only=True``).
 
     The architecture is read off the state dict: ViT-B/32 for NED's real weights, or the small ViT
     that ``make-demo-models`` writes (same structure, fewer layers and channels).
     """
-    with fsspec.open(location, "rb") as fh:
+    fs, path = vit_filesystem(location, ned)
+    with fs.open(path, "rb") as fh:
         state = load_torch_checkpoint(fh, source=location)
     if not isinstance(state, dict) or "conv_proj.weight" not in state:
         raise ValueError(f"{location}: not a torchvision ViT state dict (no 'conv_proj.weight')")
@@ -227,6 +235,6 @@ def load_eeg(ned: NedDir, subjects: Sequence[int], device: str | torch.device = 
                                  [c[:, :k] for _, coefs, _, _ in shared for c in coefs],
                                  [b for _, _, biases, _ in shared for b in biases], targets))
 
-    vit = load_vit(find_vit_weights(vit_weights, ned))
+    vit = load_vit(find_vit_weights(vit_weights, ned), ned)
     layout = EegLayout(subjects, n_reps, ch_names, times)
     return EegModel(vit, projections, readouts, layout).to(device).eval()

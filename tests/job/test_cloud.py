@@ -1,0 +1,57 @@
+"""Images read from, and outputs written to, s3:// (moto's server) and gs:// (a GCS emulator)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ned_ray.job.config import EncodeConfig
+from ned_ray.job.pipeline import run_encode
+from ned_ray.output import open_output
+from ned_ray.storage import filesystem
+
+
+def _upload(fs, local_folder, remote: str) -> None:
+    for path in sorted(local_folder.glob("*.png")):
+        fs.pipe_file(f"{remote}/{path.name}", path.read_bytes())
+
+
+def _run(bucket_uri: str, options: dict, demo_dir, folder, tmp_path, ned_on_bucket: bool):
+    fs, root = filesystem(bucket_uri, options)
+    fs.mkdir(root)
+    _upload(fs, folder, f"{root}/stimuli/set-a")
+    ned_uri = str(demo_dir)
+    models = "fmri/nsd/fwrf/sub-01/V1,eeg/things_eeg_2/vit_b_32/sub-02"
+    if ned_on_bucket:  # the NED directory itself on the bucket, as on a cluster
+        for path in demo_dir.rglob("*"):
+            if path.is_file():
+                fs.pipe_file(f"{root}/ned/{path.relative_to(demo_dir).as_posix()}", path.read_bytes())
+        ned_uri = f"{bucket_uri}/ned"
+    config = EncodeConfig(ned_dir=ned_uri, images=f"{bucket_uri}/stimuli", models=models, output=f"{bucket_uri}/out",
+                          device="cpu", shard_size=8, formats=("parquet", "npy"), storage_options=options)
+    summary = run_encode(config)
+    assert fs.exists(f"{root}/out/_manifest.json") and fs.exists(f"{root}/out/images.parquet")
+    local = EncodeConfig(ned_dir=str(demo_dir), images=str(folder), models=models, output=str(tmp_path / "local"),
+                         device="cpu", shard_size=8)
+    run_encode(local)
+    return summary, open_output(config.output, options), open_output(local.output)
+
+
+@pytest.fixture(scope="module")
+def png_folder(fixture_image_folder):
+    return fixture_image_folder
+
+
+def test_s3_round_trip(ray_cluster, s3_server, demo_dir, png_folder, tmp_path):
+    summary, remote, local = _run("s3://ned-ray-test", s3_server, demo_dir, png_folder, tmp_path, ned_on_bucket=True)
+    assert summary["images"]["ok"] == 20
+    assert remote.images().column("image_id").to_pylist()[0] == "set-a/images_00.png"
+    for model in remote.models:
+        np.testing.assert_array_equal(remote.responses(model)[1], local.responses(model)[1])
+
+
+def test_gcs_round_trip(ray_cluster, gcs_server, demo_dir, png_folder, tmp_path):
+    summary, remote, local = _run("gs://ned-ray-test", gcs_server, demo_dir, png_folder, tmp_path, ned_on_bucket=False)
+    assert summary["images"]["ok"] == 20
+    for model in remote.models:
+        np.testing.assert_array_equal(remote.responses(model)[1], local.responses(model)[1])
