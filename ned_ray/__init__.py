@@ -12,4 +12,13 @@ try:
 except PackageNotFoundError:  # running from a source tree without installing
     __version__ = "0.0.0+unknown"
 
-__all__ = ["NED", "ModelGroup", "ModelId", "NedDir", "__version__"]
+__all__ = ["NED", "ModelGroup", "ModelId", "NedDir", "open_output", "__version__"]
+
+
+def __getattr__(name: str):
+    # open_output imports pyarrow; keep `import ned_ray` light until it is used
+    if name == "open_output":
+        from .output import open_output
+
+        return open_output
+    raise AttributeError(name)

@@ -2,7 +2,8 @@
 
     ned-ray make-demo-models DIR          write small NED-format demo models (random, untrained)
     ned-ray models NED_DIR [--json]       list the models a NED directory holds
-    ned-ray demo [--workdir .demo]        demo models + built-in photos -> responses of every model
+    ned-ray encode --ned-dir D --images I --models SPEC --output O    the Ray Data encode job
+    ned-ray demo [--workdir .demo]        demo models + built-in photos -> the encode job
 
 Expected failures (a missing file, an unknown model id, bad input) print one line and exit 2.
 """
@@ -16,7 +17,6 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 
 from .ids import UnknownModelError
 from .job.config import add_encode_arguments
@@ -50,27 +50,28 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import DEMO_PHOTOS, demo_images, make_demo_models
-    from .models.group import ModelGroup
+    """The README's demo: demo models + built-in photographs as files -> the Ray encode job."""
+    from .demo import make_demo_models, write_demo_images
+    from .job.config import EncodeConfig
+    from .job.pipeline import run_encode
+    from .output import open_output
 
     work = Path(args.workdir)
-    ned_dir = work / "ned_dir"
-    ned = NedDir(str(ned_dir)) if (ned_dir / "encoding_models").is_dir() else make_demo_models(str(ned_dir))
-    images = demo_images()
-    start = time.perf_counter()
-    group = ModelGroup(ned, list(ned.catalogue), device=args.device)
-    loaded = time.perf_counter()
-    responses = group.encode(images)
-    done = time.perf_counter()
-    out = work / "responses"
-    out.mkdir(parents=True, exist_ok=True)
-    for mid, values in responses.items():
-        path = out / (str(mid).replace("/", "__") + ".npy")
-        np.save(path, values)
-        print(f"{str(mid):40s} {str(values.shape):22s} -> {path}")
-    print(f"{len(images)} photos ({', '.join(DEMO_PHOTOS[:3])}, ...) x {len(responses)} models on {group.device}: "
-          f"load {loaded - start:.1f}s, encode {done - loaded:.1f}s ({len(images) / (done - loaded):.1f} images/s)")
+    ned_dir, images, out = work / "ned_dir", work / "images", work / "out"
+    if not (ned_dir / "encoding_models").is_dir():
+        make_demo_models(str(ned_dir))
+    if not images.is_dir():
+        write_demo_images(images)
+    config = EncodeConfig(ned_dir=str(ned_dir), images=str(images), models="all", output=str(out),
+                          device=args.device, formats=("parquet", "npy"), overwrite=True)
+    summary = run_encode(config)
+    print(format_summary(summary, str(out)))
+    result = open_output(str(out))
+    for model in result.models:
+        index, values = result.responses(model)
+        print(f"  {model:40s} {str(values.shape):20s} mean {values.mean():+.3f}  sd {values.std():.3f}")
     print("demo models are random and untrained: the numbers show the pipeline, not a brain.")
+    print(f"read them back: python -c \"import ned_ray; print(ned_ray.open_output('{out}').models)\"")
     return 0
 
 
@@ -120,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_encode_arguments(p)
     p.set_defaults(func=_cmd_encode)
 
-    p = sub.add_parser("demo", help="encode the built-in photos with demo models (no downloads)",
+    p = sub.add_parser("demo", help="run the encode job on demo models and built-in photos (no downloads)",
                        epilog="example: ned-ray demo --workdir .demo")
     p.add_argument("--workdir", default=".demo")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

@@ -156,9 +156,12 @@ def make_demo_models(out_dir: str, fmri_subjects: Sequence[int] = (1, 2),
         _save_torch(fs, ned_root.path(VIT_IN_NED_DIR), vit.state_dict())
         # Scaler and PCA fitted to the demo ViT's features of the demo photographs, so codes are O(1).
         images = demo_images()
+        crops = [images, images[..., ::-1], images[:, :, 16:-16, 16:-16], images[:, :, :-48, 48:]]  # varied views
         with torch.inference_mode():
-            feats = vit_features(vit, vit_normalise(vit_input(images))).double().numpy()
-        mean, std = feats.mean(0), feats.std(0) + 1e-3
+            feats = torch.cat([vit_features(vit, vit_normalise(vit_input(np.ascontiguousarray(c)))) for c in crops])
+        feats = feats.double().numpy()
+        mean, std = feats.mean(0), feats.std(0)
+        std = np.maximum(std, 0.25 * np.median(std))  # no feature may blow up on new images
         z = (feats - mean) / std
         _, singular, vt = np.linalg.svd(z - z.mean(0), full_matrices=False)
         k = min(n_components, vt.shape[0])
@@ -175,7 +178,7 @@ def make_demo_models(out_dir: str, fmri_subjects: Sequence[int] = (1, 2),
         metadata_dir = posixpath.dirname(ned_root.path(ned_root.eeg_metadata(1)))
         fs.makedirs(metadata_dir, exist_ok=True)
         for subject in eeg_subjects:
-            scale = 1 / math.sqrt(k) / np.maximum(np.sqrt(variance), 1e-6)
+            scale = 1 / math.sqrt(k) / np.sqrt(np.maximum(variance, variance[0] * 1e-2))
             regs = {f"rep-{r}": {"coef_": rng.normal(0, 1, (63 * 140, k)) * scale,
                                  "intercept_": rng.normal(0, 0.1, 63 * 140), "n_features_in_": k}
                     for r in range(1, 5)}

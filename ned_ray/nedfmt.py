@@ -58,11 +58,16 @@ class NedDir:
 
     url: str
     storage_options: dict[str, Any] = field(default_factory=dict)
+    cache_dir: str | None = None  # keep remote model files on this local disk after the first read
 
     def __post_init__(self) -> None:
         self.url = str(self.url)
         self.fs, root = fsspec.core.url_to_fs(self.url, **self.storage_options)
         self.root = root.rstrip("/") or "/"
+        self._reader = self.fs
+        protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
+        if self.cache_dir and not {"file", "local"} & set(protocols):
+            self._reader = fsspec.filesystem("filecache", fs=self.fs, cache_storage=self.cache_dir, same_names=False)
         if not self.fs.isdir(self.root):
             raise MissingFileError(
                 f"NED directory not found: '{self.url}'. Point it at the 'neural_encoding_dataset' folder "
@@ -138,7 +143,8 @@ class NedDir:
         return path
 
     def open(self, relative: str):
-        return self.fs.open(self.require(relative), "rb")
+        """Open a file for reading (through the local cache when one is set)."""
+        return self._reader.open(self.require(relative), "rb")
 
     def load_npy(self, relative: str) -> Any:
         """A NED ``.npy`` dict, through the restricted unpickler."""

@@ -32,6 +32,7 @@ class EncodeConfig:
     max_pixels: int = 100_000_000  # larger images are refused (decompression bombs)
     cpu_threads: int = 0  # torch threads per CPU actor; 0: the node's CPUs / number of model groups
     vit_weights: str | None = None
+    model_cache: str | None = None  # local folder on each node for remote NED files (read once per node)
     overwrite: bool = False
     storage_options: dict[str, Any] = field(default_factory=dict)
 
@@ -59,6 +60,13 @@ class EncodeConfig:
         data["formats"] = list(self.formats)
         return data
 
+    def open_ned(self):
+        """The NED directory, with this job's storage options and model cache."""
+        from ..nedfmt import NedDir
+        from ..storage import options_for
+
+        return NedDir(self.ned_dir, options_for(self.ned_dir, self.storage_options), self.model_cache)
+
     def identity(self) -> dict[str, Any]:
         """What defines the output's content: a rerun must match it to resume."""
         return {k: v for k, v in self.to_json().items() if k in ("ned_dir", "images", "models", "non_square", "shard_size", "formats", "max_pixels", "vit_weights")}
@@ -83,6 +91,8 @@ def add_encode_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-pixels", type=int, default=100_000_000)
     parser.add_argument("--cpu-threads", type=int, default=0, help="torch threads per CPU actor (0: auto)")
     parser.add_argument("--vit-weights", default=None, help="path or URL of torchvision's vit_b_32-d86f8d99.pth")
+    parser.add_argument("--model-cache", default=None,
+                        help="local folder where each node keeps remote NED model files after the first read")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output made with other options")
     parser.add_argument("--storage-options", default="{}", help="JSON dict passed to fsspec (e.g. endpoint settings)")
 

@@ -25,8 +25,7 @@ import torch
 from .. import __version__
 from ..ids import ModelId, select
 from ..models.group import ModelGroup
-from ..nedfmt import NedDir
-from ..storage import filesystem, options_for
+from ..storage import filesystem
 from .config import EncodeConfig
 from .decode import DecodeShard
 from .metadata import write_model_metadata
@@ -54,15 +53,11 @@ def plan_groups(models: list[ModelId], fmri_per_actor: int) -> list[list[ModelId
 class GroupEncoder:
     """Ray actor: hosts one model group (loaded once, in ``__init__``) and adds its response columns."""
 
-    def __init__(self, ned_dir: str, storage_options: dict, model_ids: list[str], device: str,
-                 vit_weights: str | None, batch_size: int, cpu_threads: int) -> None:
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+    def __init__(self, config: EncodeConfig, model_ids: list[str], device: str, cpu_threads: int) -> None:
         if device == "cpu":
             torch.set_num_threads(cpu_threads)  # Ray starts workers with one thread
-        ned = NedDir(ned_dir, options_for(ned_dir, storage_options))
-        self.group = ModelGroup(ned, model_ids, device, vit_weights)
-        self.batch_size = batch_size
+        self.group = ModelGroup(config.open_ned(), model_ids, device, config.vit_weights)
+        self.batch_size = config.batch_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ok = np.flatnonzero(batch["status"] == "ok")
@@ -117,7 +112,7 @@ def run_encode(config: EncodeConfig) -> dict[str, Any]:
     """Run (or resume) an encode job; returns the manifest plus run statistics."""
     started = time.perf_counter()
     opts = config.storage_options
-    ned = NedDir(config.ned_dir, options_for(config.ned_dir, opts))
+    ned = config.open_ned()
     models = select(list(ned.catalogue), config.models)
     source = open_source(config.images, opts)
     fs, root = filesystem(config.output, opts)
@@ -175,8 +170,7 @@ def _run_pipeline(config: EncodeConfig, source, plan: _Plan) -> None:
     for group in plan.groups:
         ds = ds.map_batches(
             GroupEncoder,
-            fn_constructor_args=(config.ned_dir, config.storage_options, [str(m) for m in group],
-                                 "cuda" if use_gpu else "cpu", config.vit_weights, config.batch_size, threads),
+            fn_constructor_args=(config, [str(m) for m in group], "cuda" if use_gpu else "cpu", threads),
             batch_size=None,
             compute=ray.data.ActorPoolStrategy(size=config.actors_per_group),
             num_gpus=config.gpus_per_actor if use_gpu else None,

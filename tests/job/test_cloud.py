@@ -28,7 +28,8 @@ def _run(bucket_uri: str, options: dict, demo_dir, folder, tmp_path, ned_on_buck
                 fs.pipe_file(f"{root}/ned/{path.relative_to(demo_dir).as_posix()}", path.read_bytes())
         ned_uri = f"{bucket_uri}/ned"
     config = EncodeConfig(ned_dir=ned_uri, images=f"{bucket_uri}/stimuli", models=models, output=f"{bucket_uri}/out",
-                          device="cpu", shard_size=8, formats=("parquet", "npy"), storage_options=options)
+                          device="cpu", shard_size=8, formats=("parquet", "npy"), storage_options=options,
+                          model_cache=str(tmp_path / "model_cache"))
     summary = run_encode(config)
     assert fs.exists(f"{root}/out/_manifest.json") and fs.exists(f"{root}/out/images.parquet")
     local = EncodeConfig(ned_dir=str(demo_dir), images=str(folder), models=models, output=str(tmp_path / "local"),
@@ -45,6 +46,8 @@ def png_folder(fixture_image_folder):
 def test_s3_round_trip(ray_cluster, s3_server, demo_dir, png_folder, tmp_path):
     summary, remote, local = _run("s3://ned-ray-test", s3_server, demo_dir, png_folder, tmp_path, ned_on_bucket=True)
     assert summary["images"]["ok"] == 20
+    cached = [p for p in (tmp_path / "model_cache").iterdir() if p.stat().st_size > 100_000]
+    assert cached, "remote model files were not cached on the node's disk"
     assert remote.images().column("image_id").to_pylist()[0] == "set-a/images_00.png"
     for model in remote.models:
         np.testing.assert_array_equal(remote.responses(model)[1], local.responses(model)[1])
