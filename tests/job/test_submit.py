@@ -55,11 +55,16 @@ def test_ray_job_submit_runs_the_encode_job(ray_head, demo_dir, tmp_path):
     address, env = ray_head
     write_demo_images(tmp_path / "images")
     out = tmp_path / "out"
-    result = subprocess.run(
-        [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO),
-         "--", sys.executable, "jobs/encode.py", "--ned-dir", str(demo_dir), "--images", str(tmp_path / "images"),
-         "--models", "fmri/nsd/fwrf/sub-01/*,eeg/things_eeg_2/vit_b_32/sub-03", "--output", str(out), "--device", "cpu"],
-        env=env, capture_output=True, text=True, timeout=540)
+    command = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", address, "--working-dir",
+               str(REPO), "--", sys.executable, "jobs/encode.py", "--ned-dir", str(demo_dir), "--images",
+               str(tmp_path / "images"), "--models", "fmri/nsd/fwrf/sub-01/*,eeg/things_eeg_2/vit_b_32/sub-03",
+               "--output", str(out), "--device", "cpu"]
+    deadline = time.time() + 120
+    while True:  # the job server answers before the node's job agent is ready
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=540)
+        if "No available agent" not in result.stderr + result.stdout or time.time() > deadline:
+            break
+        time.sleep(2)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "succeeded" in result.stdout + result.stderr
     output = open_output(str(out))
