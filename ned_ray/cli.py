@@ -19,11 +19,12 @@ from typing import Sequence
 
 
 from .ids import UnknownModelError
+from .models.group import ModelLoadError
 from .job.config import add_encode_arguments
 from .nedfmt import MissingFileError, NedDir
 from .safeload import UnsafePickleError
 
-EXPECTED_ERRORS = (MissingFileError, UnknownModelError, UnsafePickleError, ValueError, TypeError, PermissionError)
+EXPECTED_ERRORS = (MissingFileError, UnknownModelError, UnsafePickleError, ValueError, TypeError, OSError, ModelLoadError)
 
 
 def _cmd_make_demo_models(args: argparse.Namespace) -> int:

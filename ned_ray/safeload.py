@@ -22,6 +22,7 @@ from __future__ import annotations
 import codecs
 import io
 import pickle
+import re
 from typing import IO, Any
 
 import numpy as np
@@ -183,10 +184,11 @@ def load_torch_checkpoint(file: IO[bytes] | str, source: str = "<pt>") -> Any:
         with torch.serialization.safe_globals(_TORCH_SAFE_GLOBALS):
             return torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        what = f"'{found.group(1)}'" if found else "globals"
         raise UnsafePickleError(
-            f"{source}: refusing to unpickle this checkpoint: it needs globals outside the allow-list "
-            f"for NED weights ({str(exc).splitlines()[0]}). The file is corrupt or was crafted to run "
-            "code; re-download it from the official NED/BERG release."
+            f"{source}: refusing to unpickle this checkpoint: it needs {what}, outside the allow-list for NED "
+            "weights. The file is corrupt or was crafted to run code; re-download it from the official NED/BERG release."
         ) from None
     except RuntimeError as exc:
         raise ValueError(f"{source}: not a readable torch checkpoint ({str(exc).splitlines()[0]})") from None

@@ -34,6 +34,7 @@ class EncodeConfig:
     vit_weights: str | None = None
     model_cache: str | None = None  # local folder on each node for remote NED files (read once per node)
     overwrite: bool = False
+    ray_address: str | None = None  # None: $RAY_ADDRESS, else a new local cluster
     storage_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -94,6 +95,7 @@ def add_encode_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-cache", default=None,
                         help="local folder where each node keeps remote NED model files after the first read")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output made with other options")
+    parser.add_argument("--ray-address", default=None, help="Ray cluster to join (default: $RAY_ADDRESS or a new local one)")
     parser.add_argument("--storage-options", default="{}", help="JSON dict passed to fsspec (e.g. endpoint settings)")
 
 

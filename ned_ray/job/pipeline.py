@@ -14,7 +14,9 @@ import json
 import logging
 import os
 import posixpath
+import re
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,14 +25,16 @@ import ray
 import torch
 
 from .. import __version__
-from ..ids import ModelId, select
-from ..models.group import ModelGroup
+from ..ids import ModelId, UnknownModelError, select
+from ..models.group import ModelGroup, ModelLoadError
+from ..nedfmt import MissingFileError
+from ..safeload import UnsafePickleError
 from ..storage import filesystem
 from .config import EncodeConfig
 from .decode import DecodeShard
 from .metadata import write_model_metadata
-from .sink import JOB_FILE, MANIFEST, ResponseSink, finalize, read_commits, response_column
-from .sources import open_source
+from .sink import JOB_FILE, MANIFEST, ResponseSink, finalize, read_commits, response_column, write_bytes
+from .sources import NoImagesError, open_source
 
 __all__ = ["run_encode", "GroupEncoder", "plan_groups", "OutputExistsError"]
 
@@ -39,6 +43,35 @@ log = logging.getLogger("ned_ray")
 
 class OutputExistsError(ValueError):
     """The output folder holds a job with other options."""
+
+
+class StorageError(OSError):
+    """An input, model or output location cannot be reached, read or written."""
+
+
+FAULT_ENV = "NED_RAY_FAULT_INJECTION"  # testing hook: "actor-exit-once:<marker file>"
+
+
+@contextmanager
+def _storage(what: str, uri: str):
+    """Turn a filesystem/network failure on ``uri`` into one StorageError line."""
+    try:
+        yield
+    except (NoImagesError, MissingFileError, OutputExistsError, UnknownModelError, ValueError):
+        raise
+    except Exception as exc:  # botocore, gcsfs, aiohttp and OS errors alike
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise StorageError(f"cannot {what} '{uri}': {type(exc).__name__}: {reason}") from exc
+
+
+def _job_error(exc: BaseException) -> Exception | None:
+    """Our own error inside a Ray failure (an actor that could not load its models), as one line."""
+    text = str(exc)
+    for cls in (ModelLoadError, UnsafePickleError, MissingFileError):
+        found = re.search(rf"{cls.__name__}: (.+)", text)
+        if found:
+            return cls(found.group(1).strip())
+    return None
 
 
 def plan_groups(models: list[ModelId], fmri_per_actor: int) -> list[list[ModelId]]:
@@ -60,6 +93,7 @@ class GroupEncoder:
         self.batch_size = config.batch_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        _maybe_fail()
         ok = np.flatnonzero(batch["status"] == "ok")
         n = len(batch["status"])
         outputs = {m: np.full((n, *self.group.output_shape(m)), np.nan, np.float32) for m in self.group.model_ids}
@@ -73,6 +107,20 @@ class GroupEncoder:
         for mid, values in outputs.items():
             batch[response_column(mid)] = values
         return batch
+
+
+def _maybe_fail() -> None:
+    """Testing hook: with NED_RAY_FAULT_INJECTION=actor-exit-once:MARKER the first batch kills its actor."""
+    spec = os.environ.get(FAULT_ENV, "")
+    if spec.startswith("actor-exit-once:"):
+        marker = spec.split(":", 1)[1]
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        os._exit(1)  # the process dies mid-batch, as on a lost node or an OOM kill
 
 
 @dataclass
@@ -114,10 +162,12 @@ def run_encode(config: EncodeConfig) -> dict[str, Any]:
     opts = config.storage_options
     ned = config.open_ned()
     models = select(list(ned.catalogue), config.models)
-    source = open_source(config.images, opts)
-    fs, root = filesystem(config.output, opts)
-    _check_output(config, fs, root)
-    fs.makedirs(root, exist_ok=True)
+    with _storage("read images at", config.images):
+        source = open_source(config.images, opts)
+    with _storage("write the output to", config.output):
+        fs, root = filesystem(config.output, opts)
+        _check_output(config, fs, root)
+        fs.makedirs(root, exist_ok=True)
 
     done = np.zeros(len(source), dtype=bool)
     for commit in read_commits(fs, root):
@@ -127,16 +177,21 @@ def run_encode(config: EncodeConfig) -> dict[str, Any]:
     job = {"ned_ray_version": __version__, "identity": config.identity(), "options": config.to_json(),
            "models": [str(m) for m in models], "n_images": len(source)}
     if not fs.exists(posixpath.join(root, JOB_FILE)):
-        from .sink import write_bytes
-
-        write_bytes(fs, posixpath.join(root, JOB_FILE), json.dumps(job, indent=2).encode())
+        with _storage("write the output to", config.output):  # also proves the output is writable
+            write_bytes(fs, posixpath.join(root, JOB_FILE), json.dumps(job, indent=2).encode())
     fs.rm(posixpath.join(root, MANIFEST)) if fs.exists(posixpath.join(root, MANIFEST)) and plan.remaining else None
 
     encoded = sum(stop - start for start, stop in plan.remaining)
     if plan.remaining:
         for mid in models:  # cheap, and fails before any heavy work if a file is missing
             write_model_metadata(fs, root, ned, mid, config)
-        _run_pipeline(config, source, plan)
+        try:
+            _run_pipeline(config, source, plan)
+        except Exception as exc:
+            ours = _job_error(exc)
+            if ours is None:
+                raise
+            raise ours from None
     manifest = finalize(config.output, opts, models, config.formats, len(source), job)
     elapsed = time.perf_counter() - started
     return {**manifest, "run": {"encoded_images": encoded, "skipped_images": int(done.sum()), "seconds": elapsed,
@@ -154,7 +209,7 @@ def cpu_threads(config: EncodeConfig, n_groups: int) -> int:
 
 def _run_pipeline(config: EncodeConfig, source, plan: _Plan) -> None:
     if not ray.is_initialized():
-        ray.init(ignore_reinit_error=True, log_to_driver=False)
+        ray.init(address=config.ray_address, ignore_reinit_error=True, log_to_driver=False)
     gpus = ray.cluster_resources().get("GPU", 0)
     if config.device == "cuda" and gpus == 0:
         raise ValueError("--device cuda was requested but the Ray cluster has no GPUs; use --device auto or cpu")
@@ -175,6 +230,7 @@ def _run_pipeline(config: EncodeConfig, source, plan: _Plan) -> None:
             compute=ray.data.ActorPoolStrategy(size=config.actors_per_group),
             num_gpus=config.gpus_per_actor if use_gpu else None,
             num_cpus=1 if use_gpu else 0.5,
+            **({"runtime_env": {"env_vars": {FAULT_ENV: os.environ[FAULT_ENV]}}} if os.environ.get(FAULT_ENV) else {}),
         )
     ds = ds.drop_columns(list(kinds))
     ds.write_datasink(ResponseSink(config.output, config.storage_options, plan.models, config.formats,

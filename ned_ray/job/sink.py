@@ -151,6 +151,18 @@ def read_commits(fs, root: str) -> list[dict]:
     return [json.loads(data) for data in fs.cat(paths).values()] if paths else []
 
 
+def _remove_orphans(fs, root: str, models: list[ModelId], committed: set[str]) -> None:
+    """Delete files a crashed run left behind (uncommitted chunks, temp files): readers never see them."""
+    for folder in [posixpath.join(root, str(m)) for m in models] + [posixpath.join(root, IMAGE_PARTS)]:
+        if not fs.isdir(folder):
+            continue
+        for path in fs.ls(folder, detail=False):
+            name = posixpath.basename(path.rstrip("/"))
+            chunk = name.split(".", 1)[0]
+            if name.startswith(".tmp-") or (name.startswith("part-") and chunk not in committed):
+                fs.rm(path)
+
+
 def finalize(output: str, storage_options: dict, models: list[ModelId], formats: tuple[str, ...], n_images: int,
              job: dict[str, Any]) -> dict[str, Any]:
     """Check the commits cover every image exactly once, write images.parquet, then the manifest."""
@@ -163,6 +175,7 @@ def finalize(output: str, storage_options: dict, models: list[ModelId], formats:
         missing, doubled = np.flatnonzero(seen == 0), np.flatnonzero(seen > 1)
         raise RuntimeError(f"output {output} is inconsistent: {len(missing)} images missing, {len(doubled)} written twice "
                            f"(first: {missing[:5].tolist() or doubled[:5].tolist()}); rerun the same command to finish it")
+    _remove_orphans(fs, root, models, {c["name"] for c in commits})
     image_paths = [posixpath.join(root, IMAGE_PARTS, f"{c['name']}.parquet") for c in commits]
     tables = [pq.read_table(io.BytesIO(data)) for data in fs.cat(image_paths).values()] if image_paths else []
     images = pa.concat_tables(tables).sort_by("image_index") if tables else None

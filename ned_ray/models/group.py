@@ -8,21 +8,39 @@ decoded and resized once for all of its models.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
-from ..ids import ModelId
-from ..nedfmt import NedDir
+from ..ids import ModelId, UnknownModelError
+from ..nedfmt import MissingFileError, NedDir
 from ..preprocess import check_images, fwrf_input, vit_input
+from ..safeload import UnsafePickleError
 from .fwrf import FwrfModel, load_fwrf
 from .vit_eeg import EegModel, load_eeg
 
-__all__ = ["ModelGroup", "resolve_device", "INPUTS"]
+__all__ = ["ModelGroup", "ModelLoadError", "resolve_device", "INPUTS"]
 
 # Preprocessing each input kind needs, from uint8 (N,3,H,W) square images to uint8 tensors.
 INPUTS: dict[str, Callable[[np.ndarray | torch.Tensor], torch.Tensor]] = {"fwrf": fwrf_input, "vit": vit_input}
+
+
+class ModelLoadError(RuntimeError):
+    """A model's files exist but cannot be loaded (corrupt, unsafe, or not NED's architecture)."""
+
+
+@contextmanager
+def _naming(model: ModelId | str, ned: NedDir):
+    """Re-raise any loading failure as one ModelLoadError line naming the model (files are in the message)."""
+    try:
+        yield
+    except (MissingFileError, UnknownModelError, UnsafePickleError):
+        raise
+    except Exception as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelLoadError(f"model {model} failed to load from {ned.url}: {type(exc).__name__}: {reason}") from exc
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -48,13 +66,16 @@ class ModelGroup:
             self.ned.entry(mid)  # unknown ids fail here, listing the valid ones
         self.device = resolve_device(device)
         self.model_ids: list[ModelId] = ids
-        self.fmri: dict[ModelId, FwrfModel] = {
-            m: load_fwrf(self.ned, m, self.device) for m in ids if m.modality == "fmri"
-        }
+        self.fmri: dict[ModelId, FwrfModel] = {}
+        for m in ids:
+            if m.modality == "fmri":
+                with _naming(m, self.ned):
+                    self.fmri[m] = load_fwrf(self.ned, m, self.device)
         eeg_ids = [m for m in ids if m.modality == "eeg"]
-        self.eeg: EegModel | None = (
-            load_eeg(self.ned, [m.subject for m in eeg_ids], self.device, vit_weights) if eeg_ids else None
-        )
+        self.eeg: EegModel | None = None
+        if eeg_ids:
+            with _naming(eeg_ids[0] if len(eeg_ids) == 1 else "eeg/things_eeg_2/vit_b_32/sub-*", self.ned):
+                self.eeg = load_eeg(self.ned, [m.subject for m in eeg_ids], self.device, vit_weights)
         self._eeg_ids = {m.subject: m for m in eeg_ids}
 
     @property

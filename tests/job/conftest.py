@@ -5,6 +5,7 @@ Servers are started here on free loopback ports and stopped by process id, also 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -107,7 +108,14 @@ def fixture_image_folder(tmp_path_factory, fixture_images) -> Path:
     return folder
 
 
-def fixture_order(folder: Path) -> tuple[list[str], np.ndarray]:
-    """(image ids in the job's order, the fixtures' expected row for each): sorted file names."""
-    names = sorted(p.name for p in folder.glob("*.png"))
-    return names, np.array([int(n.rsplit("_", 1)[1][:2]) for n in names])
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Compute a reference with the job's thread count: float32 sums depend on how work is split."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import subprocess
 import sys
@@ -18,20 +17,8 @@ from ned_ray.job.pipeline import OutputExistsError, run_encode
 from ned_ray.job.sources import NoImagesError
 from ned_ray.output import IncompleteOutputError, open_output
 
-from ..conftest import FIXTURE_MODELS, PARITY
-
-@contextlib.contextmanager
-def torch_threads(n: int):
-    """Compute a reference with the job's thread count: float32 sums depend on how work is split."""
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
+from ..conftest import PARITY
+from .conftest import torch_threads
 
 FIXTURE_IDS = {
     "fmri_sub-01_V1": "fmri/nsd/fwrf/sub-01/V1", "fmri_sub-01_lateral": "fmri/nsd/fwrf/sub-01/lateral",
