@@ -65,23 +65,36 @@ def _sha256(fs, path: str) -> str:
     return digest.hexdigest()
 
 
-def write_model_metadata(fs, root: str, ned: NedDir, mid: ModelId, config: EncodeConfig) -> None:
-    """Write ``OUT/<model_id>/metadata.json`` and ``metadata.npz`` (overwrites: same content on rerun)."""
+def model_files(ned: NedDir, mid: ModelId, config: EncodeConfig) -> list[dict[str, Any]]:
+    """Every file a model is computed from, with its sha256 (the ViT backbone too, for EEG)."""
     entry = ned.entry(mid)
-    metadata = ned.load_npy(entry.metadata)
-    tree, arrays = split_arrays(metadata)
     files = [{"file": ned.uri(rel), "sha256": ned.sha256(rel), "bytes": ned.fs.size(ned.path(rel))}
              for rel in (*entry.weights, entry.metadata)]
     if mid.modality == "eeg":
         vit = find_vit_weights(config.vit_weights, ned)
         vit_fs, vit_path = vit_filesystem(vit, ned)
         files.append({"file": vit, "sha256": _sha256(vit_fs, vit_path), "bytes": vit_fs.size(vit_path)})
+    return files
+
+
+def recorded_files(fs, root: str, mid: ModelId) -> list[dict[str, Any]] | None:
+    """The files an existing output recorded for a model, or None."""
+    path = posixpath.join(root, str(mid), "metadata.json")
+    if not fs.exists(path):
+        return None
+    return json.loads(fs.cat_file(path))["provenance"]["files"]
+
+
+def write_model_metadata(fs, root: str, ned: NedDir, mid: ModelId, config: EncodeConfig,
+                         files: list[dict[str, Any]]) -> None:
+    """Write ``OUT/<model_id>/metadata.json`` and ``metadata.npz`` (same content on a rerun)."""
+    tree, arrays = split_arrays(ned.load_npy(ned.entry(mid).metadata))
     document = {
         "model_id": str(mid),
         "ned_metadata": tree,
         "provenance": {
             "ned_ray_version": __version__,
-            "format": entry.format,
+            "format": ned.entry(mid).format,
             "files": files,
             "preprocessing": PREPROCESSING[mid.modality],
             "response_layout": RESPONSE_LAYOUT[mid.modality],

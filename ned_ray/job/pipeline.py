@@ -32,7 +32,7 @@ from ..safeload import UnsafePickleError
 from ..storage import filesystem
 from .config import EncodeConfig
 from .decode import DecodeShard
-from .metadata import write_model_metadata
+from .metadata import model_files, recorded_files, write_model_metadata
 from .sink import JOB_FILE, MANIFEST, ResponseSink, finalize, read_commits, response_column, write_bytes
 from .sources import NoImagesError, open_source
 
@@ -182,9 +182,16 @@ def run_encode(config: EncodeConfig) -> dict[str, Any]:
     fs.rm(posixpath.join(root, MANIFEST)) if fs.exists(posixpath.join(root, MANIFEST)) and plan.remaining else None
 
     encoded = sum(stop - start for start, stop in plan.remaining)
+    for mid in models:  # hashes every model file: fails early if one is missing, refuses changed weights
+        files = model_files(ned, mid, config)
+        recorded = recorded_files(fs, root, mid)
+        if recorded is not None and [f["sha256"] for f in recorded] != [f["sha256"] for f in files]:
+            changed = next(f["file"] for f, g in zip(files, recorded + [{}] * len(files)) if f["sha256"] != g.get("sha256"))
+            raise OutputExistsError(f"output '{config.output}' was made with other weights for {mid} ({changed} changed); "
+                                    "use another --output, or --overwrite to replace it")
+        if recorded is None:
+            write_model_metadata(fs, root, ned, mid, config, files)
     if plan.remaining:
-        for mid in models:  # cheap, and fails before any heavy work if a file is missing
-            write_model_metadata(fs, root, ned, mid, config)
         try:
             _run_pipeline(config, source, plan)
         except Exception as exc:

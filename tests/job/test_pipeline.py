@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -15,6 +16,7 @@ from ned_ray.job.config import EncodeConfig
 from ned_ray.job.decode import decode_image
 from ned_ray.job.pipeline import OutputExistsError, run_encode
 from ned_ray.job.sources import NoImagesError
+from ned_ray.nedfmt import NedDir
 from ned_ray.output import IncompleteOutputError, open_output
 
 from ..conftest import PARITY
@@ -181,6 +183,16 @@ def test_rerun_resumes_and_other_options_are_refused(ray_cluster, demo_dir, tmp_
         run_encode(other)
     other.overwrite = True
     assert run_encode(other)["run"]["encoded_images"] == 14
+    # the same options with other weights at the same paths: refused too
+    changed = tmp_path / "ned"
+    shutil.copytree(demo_dir, changed)
+    first_dir = EncodeConfig(**{**config.__dict__, "ned_dir": str(changed), "output": str(tmp_path / "out2")})
+    run_encode(first_dir)
+    weights = changed / NedDir(str(changed)).fwrf_weights(1, "V1")[0]
+    swapped = (changed / NedDir(str(changed)).fwrf_weights(2, "V1")[0]).read_bytes()
+    weights.write_bytes(swapped)
+    with pytest.raises(OutputExistsError, match="other weights for fmri/nsd/fwrf/sub-01/V1 .*weights_sub-01_roi-V1.pt changed"):
+        run_encode(first_dir)
 
 
 def test_clear_errors_before_any_work(ray_cluster, demo_dir, tmp_path):
