@@ -12,7 +12,6 @@ each with its own backbone pass) is timed once for comparison.
 from __future__ import annotations
 
 import argparse
-import io
 import statistics
 import tempfile
 import time
@@ -20,39 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision
 
-from ned_ray.demo import _eeg_metadata
+from realsize import build_eeg as build
+
 from ned_ray.models.group import ModelGroup
-from ned_ray.nedfmt import VIT_IN_NED_DIR, NedDir
-
-FEATURES, COMPONENTS, OUTPUTS = 460800, 250, 63 * 140
-
-
-def _save(path: Path, obj: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    np.save(buffer, np.array(obj, dtype=object), allow_pickle=True)
-    path.write_bytes(buffer.getvalue())
-
-
-def build(root: Path, subjects: int) -> NedDir:
-    rng = np.random.default_rng(0)
-    vit_path = root / VIT_IN_NED_DIR
-    vit_path.parent.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    torch.save(torchvision.models.vit_b_32(weights=None).state_dict(), vit_path)
-    _save(root / NedDir.EEG_SCALER, {"mean_": rng.normal(0, 1, FEATURES), "scale_": rng.uniform(0.5, 2, FEATURES),
-                                     "var_": np.ones(FEATURES), "n_features_in_": FEATURES, "n_samples_seen_": 16540})
-    components = rng.standard_normal((COMPONENTS, FEATURES), dtype=np.float32) / np.sqrt(FEATURES)
-    _save(root / NedDir.EEG_PCA, {"components_": components, "mean_": np.zeros(FEATURES), "n_components_": COMPONENTS})
-    for s in range(1, subjects + 1):
-        _save(root / NedDir.eeg_regression(s), {f"rep-{r}": {"coef_": rng.normal(0, 0.05, (OUTPUTS, COMPONENTS)),
-                                                             "intercept_": np.zeros(OUTPUTS), "n_features_in_": COMPONENTS}
-                                                for r in range(1, 5)})
-        _save(root / NedDir.eeg_metadata(s), _eeg_metadata(rng))
-    return NedDir(str(root))
-
+from ned_ray.nedfmt import NedDir
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

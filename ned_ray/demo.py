@@ -81,7 +81,8 @@ def _fwrf_checkpoint(rng: np.random.Generator, subject: int, n_voxels: int, cali
 
 
 def _fwrf_metadata(rng: np.random.Generator, n_voxels: int) -> dict:
-    shape = (14, 16, 12)
+    side = max(16, math.ceil((2 * n_voxels) ** (1 / 3)))
+    shape = (14, 16, 12) if n_voxels <= 1000 else (side, side, side)
     mask = np.zeros(int(np.prod(shape)), dtype=bool)
     mask[rng.choice(mask.size, n_voxels, replace=False)] = True
     ncsnr = rng.gamma(2.0, 0.25, n_voxels)

@@ -65,15 +65,24 @@ def _sha256(fs, path: str) -> str:
     return digest.hexdigest()
 
 
-def model_files(ned: NedDir, mid: ModelId, config: EncodeConfig) -> list[dict[str, Any]]:
-    """Every file a model is computed from, with its sha256 (the ViT backbone too, for EEG)."""
+def model_files(ned: NedDir, mid: ModelId, config: EncodeConfig,
+                cache: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Every file a model is computed from, with its sha256 (the ViT backbone too, for EEG).
+
+    ``cache`` (file -> record) lets models that share files (EEG's scaler, PCA, ViT) hash them once.
+    """
+    cache = {} if cache is None else cache
     entry = ned.entry(mid)
-    files = [{"file": ned.uri(rel), "sha256": ned.sha256(rel), "bytes": ned.fs.size(ned.path(rel))}
-             for rel in (*entry.weights, entry.metadata)]
+    for rel in (*entry.weights, entry.metadata):
+        if ned.uri(rel) not in cache:
+            cache[ned.uri(rel)] = {"file": ned.uri(rel), "sha256": ned.sha256(rel), "bytes": ned.fs.size(ned.path(rel))}
+    files = [cache[ned.uri(rel)] for rel in (*entry.weights, entry.metadata)]
     if mid.modality == "eeg":
         vit = find_vit_weights(config.vit_weights, ned)
-        vit_fs, vit_path = vit_filesystem(vit, ned)
-        files.append({"file": vit, "sha256": _sha256(vit_fs, vit_path), "bytes": vit_fs.size(vit_path)})
+        if vit not in cache:
+            vit_fs, vit_path = vit_filesystem(vit, ned)
+            cache[vit] = {"file": vit, "sha256": _sha256(vit_fs, vit_path), "bytes": vit_fs.size(vit_path)}
+        files.append(cache[vit])
     return files
 
 

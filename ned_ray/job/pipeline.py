@@ -182,8 +182,9 @@ def run_encode(config: EncodeConfig) -> dict[str, Any]:
     fs.rm(posixpath.join(root, MANIFEST)) if fs.exists(posixpath.join(root, MANIFEST)) and plan.remaining else None
 
     encoded = sum(stop - start for start, stop in plan.remaining)
-    for mid in models:  # hashes every model file: fails early if one is missing, refuses changed weights
-        files = model_files(ned, mid, config)
+    hashed: dict[str, dict[str, Any]] = {}
+    for mid in models:  # hashes every model file once: fails early if one is missing, refuses changed weights
+        files = model_files(ned, mid, config, hashed)
         recorded = recorded_files(fs, root, mid)
         if recorded is not None and [f["sha256"] for f in recorded] != [f["sha256"] for f in files]:
             changed = next(f["file"] for f, g in zip(files, recorded + [{}] * len(files)) if f["sha256"] != g.get("sha256"))

@@ -136,9 +136,16 @@ class _Readout(nn.Module):
     def __init__(self, projection: int, code: slice, weights: Sequence[Any], biases: Sequence[Any], targets: list[int]) -> None:
         super().__init__()
         self.projection, self.code, self.targets = projection, code, targets
-        w = torch.cat([torch.as_tensor(x, dtype=torch.float64) for x in weights])  # (n*C*T, k)
-        self.register_buffer("weight", w.T.contiguous())
-        self.register_buffer("bias", torch.cat([torch.as_tensor(b, dtype=torch.float64) for b in biases]))
+        k = weights[0].shape[1]
+        weight = torch.empty(k, sum(w.shape[0] for w in weights), dtype=torch.float64)  # (k, n*C*T), filled in place
+        bias = torch.empty(weight.shape[1], dtype=torch.float64)
+        start = 0
+        for w, b in zip(weights, biases):
+            weight[:, start:start + w.shape[0]] = torch.as_tensor(w).T
+            bias[start:start + w.shape[0]] = torch.as_tensor(b)
+            start += w.shape[0]
+        self.register_buffer("weight", weight)
+        self.register_buffer("bias", bias)
 
     def forward(self, code: torch.Tensor) -> torch.Tensor:
         y = torch.addmm(self.bias, code[:, self.code].to(torch.float64), self.weight)
