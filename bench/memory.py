@@ -1,7 +1,9 @@
 """Peak memory of the job at 200, 1,000 and 5,000 images: streaming, no accumulation (run by hand).
 
-Samples, every 0.2 s, the resident memory of the driver and the sum over Ray's worker processes
-(decode tasks, model actors, write tasks); reports the peaks and the job's time per size. Demo
+Samples, every 0.2 s, the proportional set size (PSS: shared pages such as Ray's object store are
+divided among the processes that map them, not counted once per process) of the driver and the sum
+over Ray's worker processes (decode tasks, model actors, write tasks); reports the peaks and the
+job's time per size. Demo
 models (all 6 fMRI models of the demo directory, on one actor), images of 425 px as files.
 
     python bench/memory.py --sizes 200 1000 5000
@@ -10,6 +12,7 @@ models (all 6 fMRI models of the demo directory, on one actor), images of 425 px
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import sys
 import tempfile
 import threading
@@ -28,26 +31,28 @@ from ned_ray.job.pipeline import run_encode  # noqa: E402
 
 
 class PeakRSS(threading.Thread):
-    """Background sampler of driver RSS and the sum of Ray worker RSS."""
+    """Background sampler of driver PSS and the sum of Ray worker PSS."""
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
-        self.driver = self.workers = 0
+        self.driver = self.workers = self.processes = 0
         self.running = True
 
     def run(self) -> None:
         me = psutil.Process()
         while self.running:
-            total = 0
+            total = count = 0
             for proc in psutil.process_iter(["name", "cmdline"]):
                 try:
                     cmd = " ".join(proc.info["cmdline"] or [])
                     if (proc.info["name"] or "").startswith("ray::") or "default_worker.py" in cmd:
-                        total += proc.memory_info().rss
+                        total += proc.memory_full_info().pss  # shared object-store pages split, not multiplied
+                        count += 1
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
                     continue
-            self.driver = max(self.driver, me.memory_info().rss)
+            self.driver = max(self.driver, me.memory_full_info().pss)
             self.workers = max(self.workers, total)
+            self.processes = max(self.processes, count)
             time.sleep(0.2)
 
 
@@ -59,7 +64,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         make_demo_models(str(root / "ned"))
-        make_images(root / "images", max(args.sizes))
+        # in another process, so the driver's memory holds nothing of the image generation
+        maker = multiprocessing.get_context("spawn").Process(target=make_images, args=(root / "images", max(args.sizes)))
+        maker.start()
+        maker.join()
         ray.init(include_dashboard=False, log_to_driver=False)
         rows = []
         for size in args.sizes:
@@ -76,7 +84,7 @@ def main() -> None:
             assert summary["images"]["ok"] == size
             rows.append((size, seconds, sampler.driver / 2**20, sampler.workers / 2**20))
             print(f"{size:6d} images: {seconds:7.1f}s ({size / seconds:5.1f} images/s)  peak driver {rows[-1][2]:7.0f} MiB"
-                  f"  peak workers {rows[-1][3]:7.0f} MiB", flush=True)
+                  f"  peak workers {rows[-1][3]:7.0f} MiB  (at most {sampler.processes} worker processes)", flush=True)
         base = rows[0]
         for size, _, driver, workers in rows[1:]:
             print(f"ratio {size} / {base[0]} images: driver {driver / base[2]:.2f}, workers {workers / base[3]:.2f}, "
