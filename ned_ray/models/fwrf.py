@@ -20,9 +20,14 @@ __all__ = ["FwrfEncoder", "FwrfHead", "FwrfModel", "load_fwrf", "phi"]
 HEAD_ELEMENTS = 64 * 1024 * 1024
 
 
-def phi(z: torch.Tensor) -> torch.Tensor:
-    """The fwrf nonlinearity: log(1 + |z|) * tanh(z)."""
-    return torch.log1p(z.abs()) * torch.tanh(z)
+def phi(z: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The fwrf nonlinearity, log(1 + |z|) * tanh(z), as NED computes it (log of 1 + |z|, not log1p).
+
+    With ``out=z`` it overwrites ``z``: these elementwise passes over (B x 768 x voxels) values are
+    most of an fwrf model's time on CPU, and fresh buffers of that size cost page faults.
+    """
+    magnitude = z.abs().add_(1).log_()
+    return torch.tanh(z, out=out).mul_(magnitude)
 
 
 class _PreFilter(nn.Module):
@@ -111,7 +116,8 @@ class FwrfHead(nn.Module):
         for start in range(0, self.n_voxels, chunk):
             sl = slice(start, start + chunk)
             pooled = torch.cat([f @ g[sl].T for f, g in zip(feats, fields)], dim=1)  # (B, 768, v)
-            out.append(torch.einsum("bcv,vc->bv", phi(pooled), self.w[sl]) + self.b[sl])
+            weighted = phi(pooled, out=pooled).mul_(self.w[sl].T.to(pooled.dtype))  # in place, no copies
+            out.append(weighted.sum(dim=1) + self.b[sl])
         return torch.cat(out, dim=1)
 
 
