@@ -7,11 +7,15 @@
 * model-only: the same models, loaded beforehand, on preprocessed uint8 tensors in memory (batch 100):
   the ceiling for the job.
 
+* model-only bf16: the same, under ``--precision bf16`` (autocast), with its max deviation from fp32.
+* job x5 (``--steady``): the job on 5x the images, to separate the job's fixed costs (actor start,
+  model loading, hashing) from its steady-state throughput: (T(5n) - T(n)) / 4n.
+
 Modes alternate within each repeat; medians of --repeats. Real model sizes, random weights
 (bench/realsize.py).
 
-    python bench/compare.py --suite eeg --images 200 --repeats 3
-    python bench/compare.py --suite fmri --images 100 --repeats 1
+    python bench/compare.py --suite eeg --images 200 --repeats 3 --steady
+    python bench/compare.py --suite fmri --images 100 --repeats 3
 """
 
 from __future__ import annotations
@@ -80,12 +84,12 @@ def job(ned_dir: Path, spec: str, folder: Path, out: Path) -> float:
     return time.perf_counter() - start
 
 
-def model_only(group: ModelGroup, inputs: dict[str, torch.Tensor]) -> float:
+def model_only(group: ModelGroup, inputs: dict[str, torch.Tensor], precision: str = "fp32") -> tuple[float, dict]:
     n = next(iter(inputs.values())).shape[0]
     start = time.perf_counter()
-    for s in range(0, n, 100):
-        group.run({k: v[s:s + 100] for k, v in inputs.items()})
-    return time.perf_counter() - start
+    out = [group.run({k: v[s:s + 100] for k, v in inputs.items()}, precision) for s in range(0, n, 100)]
+    elapsed = time.perf_counter() - start
+    return elapsed, {m: np.concatenate([o[m] for o in out]) for m in out[0]}
 
 
 def main() -> None:
@@ -93,6 +97,7 @@ def main() -> None:
     parser.add_argument("--suite", choices=["eeg", "fmri"], required=True)
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steady", action="store_true", help="also run the job on 5x the images")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -104,21 +109,39 @@ def main() -> None:
             spec = "fmri/nsd/fwrf/sub-01/*"
         ids = [str(m) for m in ned.catalogue]
         images = make_images(root / "images", args.images)
+        if args.steady:
+            make_images(root / "images5", 5 * args.images)
         ray.init(include_dashboard=False, log_to_driver=False)
-        group = ModelGroup(ned, ids, "cpu")
+        group = ModelGroup(ned, ids, "cpu", batch_size=100)
         inputs = group.preprocess(images)
-        times: dict[str, list[float]] = {"baseline": [], "job": [], "model-only": []}
+        modes = ["baseline", "job", "model-only", "model-only bf16"] + (["job x5"] if args.steady else [])
+        times: dict[str, list[float]] = {k: [] for k in modes}
+        deviation: dict[str, float] = {}
         for r in range(args.repeats):
             times["baseline"].append(baseline(root / "ned", ids, images))
             times["job"].append(job(root / "ned", spec, root / "images", root / f"out{r}"))
-            times["model-only"].append(model_only(group, inputs))
+            elapsed, exact = model_only(group, inputs)
+            times["model-only"].append(elapsed)
+            elapsed, reduced = model_only(group, inputs, "bf16")
+            times["model-only bf16"].append(elapsed)
+            deviation = {m: float(np.abs(reduced[m] - exact[m]).max() / exact[m].std()) for m in exact}
+            if args.steady:
+                times["job x5"].append(job(root / "ned", spec, root / "images5", root / f"out5-{r}"))
             print(f"repeat {r}: " + ", ".join(f"{k} {v[-1]:.1f}s" for k, v in times.items()), flush=True)
         med = {k: statistics.median(v) for k, v in times.items()}
         print(f"suite {args.suite}: {len(ids)} models, {args.images} images of 425 px, torch threads {torch.get_num_threads()}")
         for k, v in times.items():
-            print(f"  {k:10s} median {med[k]:7.1f}s  ({args.images / med[k]:6.2f} images/s)  runs {[round(x, 1) for x in v]}")
+            n = 5 * args.images if k == "job x5" else args.images
+            print(f"  {k:16s} median {med[k]:7.1f}s  ({n / med[k]:6.2f} images/s)  runs {[round(x, 1) for x in v]}")
         print(f"  job speed-up over baseline: {med['baseline'] / med['job']:.2f}x")
         print(f"  job throughput / model-only throughput: {med['model-only'] / med['job']:.2f}")
+        print(f"  bf16 speed-up (model-only): {med['model-only'] / med['model-only bf16']:.2f}x; max |bf16 - fp32| / std "
+              f"over all images: worst model {max(deviation.values()):.2e}, median model {statistics.median(deviation.values()):.2e}")
+        if args.steady:
+            steady = (med["job x5"] - med["job"]) / (4 * args.images)
+            print(f"  job steady state (T(5n) - T(n)) / 4n: {1 / steady:.2f} images/s = "
+                  f"{(args.images / med['model-only']) and (1 / steady) / (args.images / med['model-only']):.2f} of model-only; "
+                  f"fixed cost T(n) - n x steady: {med['job'] - args.images * steady:.1f}s")
 
 
 if __name__ == "__main__":

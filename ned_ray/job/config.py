@@ -11,6 +11,7 @@ __all__ = ["EncodeConfig", "add_encode_arguments", "config_from_args"]
 
 FORMATS = ("parquet", "npy")
 NON_SQUARE = ("center-crop", "error")
+PRECISIONS = ("fp32", "tf32", "bf16")
 
 
 @dataclass
@@ -22,7 +23,8 @@ class EncodeConfig:
     models: str
     output: str
     device: str = "auto"  # auto | cpu | cuda
-    batch_size: int = 64  # images per forward pass on an actor
+    batch_size: int = 0  # images per forward pass; 0: chosen per model from the device's free memory
+    precision: str = "fp32"  # fp32 | tf32 | bf16 (reduced precision is checked against fp32 and recorded)
     shard_size: int = 256  # images per output part (the unit of commit and resume)
     formats: tuple[str, ...] = ("parquet",)
     non_square: str = "center-crop"  # center-crop | error
@@ -48,7 +50,11 @@ class EncodeConfig:
             raise ValueError(f"--non-square must be one of {', '.join(NON_SQUARE)}, got '{self.non_square}'")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"--device must be auto, cpu or cuda, got '{self.device}'")
-        for name in ("batch_size", "shard_size", "actors_per_group", "max_pixels"):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
+        if int(self.batch_size) < 0:
+            raise ValueError(f"--batch-size must be 0 (automatic) or more, got {self.batch_size}")
+        for name in ("shard_size", "actors_per_group", "max_pixels"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if not 0 < float(self.gpus_per_actor) <= 8:
@@ -70,7 +76,7 @@ class EncodeConfig:
 
     def identity(self) -> dict[str, Any]:
         """What defines the output's content: a rerun must match it to resume."""
-        return {k: v for k, v in self.to_json().items() if k in ("ned_dir", "images", "models", "non_square", "shard_size", "formats", "max_pixels", "vit_weights")}
+        return {k: v for k, v in self.to_json().items() if k in ("ned_dir", "images", "models", "non_square", "shard_size", "formats", "max_pixels", "vit_weights", "precision")}
 
 
 def add_encode_arguments(parser: argparse.ArgumentParser) -> None:
@@ -82,7 +88,11 @@ def add_encode_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated model ids or globs, e.g. 'fmri/nsd/fwrf/sub-0*/V1,eeg/*', or 'all'")
     parser.add_argument("--output", required=True, help="output folder (path or s3://, gs://, ...)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
+    parser.add_argument("--batch-size", type=int, default=0,
+                        help="images per forward pass (default 0: chosen per model from free GPU/host memory)")
+    parser.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
+                        help="fp32 (NED's numbers, default), tf32 or bf16 on GPU; the deviation from fp32 is "
+                             "measured on one image per block and recorded in _manifest.json")
     parser.add_argument("--shard-size", type=int, default=256, help="images per output part and commit (default 256)")
     parser.add_argument("--format", dest="formats", default="parquet", help="parquet, npy or parquet,npy")
     parser.add_argument("--non-square", default="center-crop", choices=list(NON_SQUARE))

@@ -33,7 +33,8 @@ from ..storage import filesystem
 from .config import EncodeConfig
 from .decode import DecodeShard
 from .metadata import model_files, recorded_files, write_model_metadata
-from .sink import JOB_FILE, MANIFEST, ResponseSink, finalize, read_commits, response_column, write_bytes
+from .sink import (JOB_FILE, MANIFEST, ResponseSink, finalize, precision_column, read_commits, response_column,
+                   write_bytes)
 from .sources import NoImagesError, open_source
 
 __all__ = ["run_encode", "GroupEncoder", "plan_groups", "OutputExistsError"]
@@ -89,23 +90,30 @@ class GroupEncoder:
     def __init__(self, config: EncodeConfig, model_ids: list[str], device: str, cpu_threads: int) -> None:
         if device == "cpu":
             torch.set_num_threads(cpu_threads)  # Ray starts workers with one thread
-        self.group = ModelGroup(config.open_ned(), model_ids, device, config.vit_weights)
-        self.batch_size = config.batch_size
+        self.group = ModelGroup(config.open_ned(), model_ids, device, config.vit_weights, config.precision,
+                                config.batch_size)
+        log.info("model group %s on %s: batch sizes %s", model_ids, self.group.device, self.group.batch_sizes)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         _maybe_fail()
         ok = np.flatnonzero(batch["status"] == "ok")
         n = len(batch["status"])
         outputs = {m: np.full((n, *self.group.output_shape(m)), np.nan, np.float32) for m in self.group.model_ids}
-        for start in range(0, len(ok), self.batch_size):
-            rows = ok[start:start + self.batch_size]
-            inputs = {kind: torch.from_numpy(np.ascontiguousarray(batch[kind][rows])) for kind in self.group.inputs}
+        checks = {m: np.full((n, 2), np.nan) for m in self.group.model_ids} if self.group.precision != "fp32" else {}
+        if len(ok):
+            # the block's images at once: uint8, pinned for an asynchronous copy; each model batches them
+            inputs = {kind: torch.from_numpy(np.ascontiguousarray(batch[kind][ok])) for kind in self.group.inputs}
             if self.group.device.type == "cuda":
                 inputs = {k: v.pin_memory() for k, v in inputs.items()}
-            for mid, values in self.group.run(inputs).items():
-                outputs[mid][rows] = values
+            results = self.group.run(inputs)
+            for mid, values in results.items():
+                outputs[mid][ok] = values
+            for mid, (deviation, std) in (self.group.deviation(inputs, results).items() if checks else ()):
+                checks[mid][ok[0]] = deviation, std  # reduced precision vs fp32 on the block's first image
         for mid, values in outputs.items():
             batch[response_column(mid)] = values
+        for mid, values in checks.items():
+            batch[precision_column(mid)] = values
         return batch
 
 

@@ -35,7 +35,7 @@ from ray.data.block import BlockAccessor
 from ..ids import ModelId
 from ..storage import filesystem, is_local
 
-__all__ = ["ResponseSink", "response_column", "write_bytes", "read_commits", "finalize", "MANIFEST", "JOB_FILE"]
+__all__ = ["ResponseSink", "response_column", "precision_column", "write_bytes", "read_commits", "finalize", "MANIFEST", "JOB_FILE"]
 
 MANIFEST = "_manifest.json"
 JOB_FILE = "_job.json"
@@ -47,6 +47,11 @@ FORMAT_VERSION = 1
 
 def response_column(model_id: ModelId) -> str:
     return f"response:{model_id}"
+
+
+def precision_column(model_id: ModelId) -> str:
+    """(max |reduced - fp32|, fp32 std) on checked rows, NaN elsewhere; only with --precision tf32|bf16."""
+    return f"precision:{model_id}"
 
 
 def write_bytes(fs, path: str, data: bytes) -> None:
@@ -138,6 +143,11 @@ class ResponseSink(Datasink[list]):
         write_bytes(fs, posixpath.join(root, IMAGE_PARTS, f"{name}.parquet"), _parquet_bytes(images))
         marker = {"name": name, "image_index": index.tolist(), "ok": int(ok.sum()), "error": int((~ok).sum()),
                   "rows": parts, "time": time.time()}
+        checks = {str(m): batch[precision_column(m)] for m in self.models if precision_column(m) in batch}
+        checked = {m: v[~np.isnan(v[:, 0])] for m, v in checks.items()}
+        if checked:  # per model: [max deviation, max fp32 std, images checked]
+            marker["precision_check"] = {m: [float(v[:, 0].max()) if len(v) else 0.0,
+                                             float(v[:, 1].max()) if len(v) else 0.0, len(v)] for m, v in checked.items()}
         write_bytes(fs, posixpath.join(root, COMMITS, f"{name}.json"), json.dumps(marker).encode())
         return marker
 
@@ -161,6 +171,20 @@ def _remove_orphans(fs, root: str, models: list[ModelId], committed: set[str]) -
             chunk = name.split(".", 1)[0]
             if name.startswith(".tmp-") or (name.startswith("part-") and chunk not in committed):
                 fs.rm(path)
+
+
+def _precision_summary(precision: str, commits: list[dict], models: list[ModelId]) -> dict[str, Any]:
+    """The largest deviation from fp32 seen on the checked images, per model (and relative to the
+    fp32 responses' standard deviation)."""
+    summary: dict[str, Any] = {"mode": precision, "reference": "fp32 on the first image of every block", "models": {}}
+    for mid in models:
+        checks = [c["precision_check"][str(mid)] for c in commits if str(mid) in c.get("precision_check", {})]
+        checked = sum(n for _, _, n in checks)
+        deviation = max((d for d, _, n in checks if n), default=0.0)
+        std = max((s for _, s, n in checks if n), default=0.0)
+        summary["models"][str(mid)] = {"max_abs_deviation": deviation, "fp32_std": std, "checked_images": checked,
+                                       "max_deviation_over_std": deviation / std if std > 0 else None}
+    return summary
 
 
 def finalize(output: str, storage_options: dict, models: list[ModelId], formats: tuple[str, ...], n_images: int,
@@ -196,5 +220,8 @@ def finalize(output: str, storage_options: dict, models: list[ModelId], formats:
         "chunks": len(commits),
         "job": job,
     }
+    precision = job.get("options", {}).get("precision", "fp32")
+    if precision != "fp32":
+        manifest["precision"] = _precision_summary(precision, commits, models)
     write_bytes(fs, posixpath.join(root, MANIFEST), json.dumps(manifest, indent=2).encode())
     return manifest

@@ -18,6 +18,9 @@ __all__ = ["FwrfEncoder", "FwrfHead", "FwrfModel", "load_fwrf", "phi"]
 
 # Upper bound on the head's (batch x voxels x 768) intermediate, in float32 elements (256 MiB).
 HEAD_ELEMENTS = 64 * 1024 * 1024
+# float32 values alive per image in one backbone + phi(features) pass (input, conv1 before pooling,
+# the 27/25/13 px maps and their BatchNorm temporaries, the three concatenated feature maps twice).
+ACTIVATIONS_PER_IMAGE = 2_000_000
 
 
 def phi(z: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -115,8 +118,9 @@ class FwrfHead(nn.Module):
         out = []
         for start in range(0, self.n_voxels, chunk):
             sl = slice(start, start + chunk)
-            pooled = torch.cat([f @ g[sl].T for f, g in zip(feats, fields)], dim=1)  # (B, 768, v)
-            weighted = phi(pooled, out=pooled).mul_(self.w[sl].T.to(pooled.dtype))  # in place, no copies
+            # (B, 768, v); in float32 even under bf16 autocast: the readout sums 768 terms per voxel
+            pooled = torch.cat([f @ g[sl].T for f, g in zip(feats, fields)], dim=1).float()
+            weighted = phi(pooled, out=pooled).mul_(self.w[sl].T)  # in place, no copies
             out.append(weighted.sum(dim=1) + self.b[sl])
         return torch.cat(out, dim=1)
 
@@ -132,6 +136,10 @@ class FwrfModel(nn.Module):
     @property
     def n_voxels(self) -> int:
         return sum(h.n_voxels for h in self.heads)
+
+    def bytes_per_image(self) -> int:
+        """Working memory of one image in a forward pass (float32 activations, features, output)."""
+        return 4 * (len(self.encoders) * ACTIVATIONS_PER_IMAGE + self.n_voxels)
 
     @torch.inference_mode()
     def forward(self, u8: torch.Tensor) -> torch.Tensor:

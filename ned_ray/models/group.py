@@ -8,8 +8,9 @@ decoded and resized once for all of its models.
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -21,10 +22,29 @@ from ..safeload import UnsafePickleError
 from .fwrf import FwrfModel, load_fwrf
 from .vit_eeg import EegModel, load_eeg
 
-__all__ = ["ModelGroup", "ModelLoadError", "resolve_device", "INPUTS"]
+__all__ = ["ModelGroup", "ModelLoadError", "resolve_device", "INPUTS", "PRECISIONS", "free_memory"]
 
 # Preprocessing each input kind needs, from uint8 (N,3,H,W) square images to uint8 tensors.
 INPUTS: dict[str, Callable[[np.ndarray | torch.Tensor], torch.Tensor]] = {"fwrf": fwrf_input, "vit": vit_input}
+
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+MEMORY_FRACTION = 0.5  # of the device's free memory, for one model's batch (after all models are loaded)
+MAX_BATCH = {"cpu": 100, "cuda": 1024}  # CPU gains nothing from larger batches; NED uses 100
+
+
+def free_memory(device: torch.device) -> int:
+    """Free bytes on ``device``: the GPU's free memory, or the host's MemAvailable."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
 
 class ModelLoadError(RuntimeError):
@@ -57,7 +77,16 @@ class ModelGroup:
     """Models loaded once onto one device; ``encode`` maps uint8 images to float32 responses per model."""
 
     def __init__(self, ned: NedDir | str, model_ids: Sequence[ModelId | str], device: str | torch.device = "auto",
-                 vit_weights: str | None = None) -> None:
+                 vit_weights: str | None = None, precision: str = "fp32", batch_size: int = 0) -> None:
+        """Load ``model_ids`` from ``ned`` onto ``device``.
+
+        ``precision``: fp32 (NED's numbers), tf32 (TF32 matmuls/convolutions on CUDA; fp32 on CPU) or
+        bf16 (autocast). ``batch_size``: images per forward pass for every model; 0 chooses one per
+        model from the device's free memory (:meth:`batch_size_for`).
+        """
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
+        self.precision = precision
         self.ned = ned if isinstance(ned, NedDir) else NedDir(ned)
         ids = sorted({ModelId.parse(m) if isinstance(m, str) else m for m in model_ids})
         if not ids:
@@ -77,6 +106,7 @@ class ModelGroup:
             with _naming(eeg_ids[0] if len(eeg_ids) == 1 else "eeg/things_eeg_2/vit_b_32/sub-*", self.ned):
                 self.eeg = load_eeg(self.ned, [m.subject for m in eeg_ids], self.device, vit_weights)
         self._eeg_ids = {m.subject: m for m in eeg_ids}
+        self.batch_sizes: dict[str, int] = {kind: batch_size or self.batch_size_for(kind) for kind in self.inputs}
 
     @property
     def inputs(self) -> tuple[str, ...]:
@@ -94,25 +124,82 @@ class ModelGroup:
         """uint8 square images -> the uint8 tensors this group needs (CPU work)."""
         return {kind: INPUTS[kind](images) for kind in self.inputs}
 
-    def run(self, inputs: Mapping[str, torch.Tensor]) -> dict[ModelId, np.ndarray]:
-        """Forward preprocessed uint8 inputs through every model; float32 numpy out, per model."""
+    def batch_size_for(self, kind: str) -> int:
+        """Images per forward pass for the models of one input kind, from the device's free memory.
+
+        The per-image working memory is measured with a 4-image probe on CUDA and estimated from the
+        architecture on CPU; the largest model of the kind decides. Capped by ``MAX_BATCH``.
+        """
+        models = list(self.fmri.values()) if kind == "fwrf" else [self.eeg]
+        if self.device.type == "cuda":
+            per_image = max(self._probe_bytes(model, kind) for model in models)
+        else:
+            per_image = max(model.bytes_per_image() for model in models)
+        fits = int(MEMORY_FRACTION * free_memory(self.device) // max(1, per_image))
+        size = max(1, min(MAX_BATCH[self.device.type], fits))
+        return size - size % 8 if size > 8 else size
+
+    def _probe_bytes(self, model: torch.nn.Module, kind: str) -> int:
+        side = 227 if kind == "fwrf" else 224
+        probe = torch.zeros(4, 3, side, side, dtype=torch.uint8, device=self.device)
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        before = torch.cuda.memory_allocated(self.device)
+        with self._precision(self.precision):
+            model(probe)
+        torch.cuda.synchronize(self.device)
+        return (torch.cuda.max_memory_allocated(self.device) - before) // 4
+
+    @contextmanager
+    def _precision(self, precision: str) -> Iterator[None]:
+        if precision == "bf16":
+            with torch.autocast(self.device.type, dtype=torch.bfloat16):
+                yield
+        else:  # fp32 is exact float32 on CUDA too (PyTorch lets cuDNN use TF32 by default)
+            saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
+            try:
+                yield
+            finally:
+                torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+    def _batched(self, model: torch.nn.Module, x: torch.Tensor, batch_size: int, precision: str) -> torch.Tensor:
+        """``model`` over ``x`` (uint8, on the device) in batches; float32 on the device."""
+        with self._precision(precision):
+            return torch.cat([model(x[s:s + batch_size]).float() for s in range(0, x.shape[0], batch_size)])
+
+    def run(self, inputs: Mapping[str, torch.Tensor], precision: str | None = None) -> dict[ModelId, np.ndarray]:
+        """Forward preprocessed uint8 inputs through every model, each in its own batch size.
+
+        uint8 goes to the device (normalisation happens there); each model's outputs come back in one
+        copy. ``precision`` overrides the group's (used to measure reduced precision against fp32).
+        """
+        precision = precision or self.precision
         out: dict[ModelId, np.ndarray] = {}
         if self.fmri:
             x = inputs["fwrf"].to(self.device, non_blocking=True)
             for mid, model in self.fmri.items():
-                out[mid] = model(x).cpu().numpy()
+                out[mid] = self._batched(model, x, self.batch_sizes["fwrf"], precision).cpu().numpy()
         if self.eeg is not None:
-            y = self.eeg(inputs["vit"].to(self.device, non_blocking=True)).cpu().numpy()
+            x = inputs["vit"].to(self.device, non_blocking=True)
+            y = self._batched(self.eeg, x, self.batch_sizes["vit"], precision).cpu().numpy()
             for i, subject in enumerate(self.eeg.layout.subjects):
                 out[self._eeg_ids[subject]] = y[:, i]
         return out
+
+    def deviation(self, inputs: Mapping[str, torch.Tensor], outputs: Mapping[ModelId, np.ndarray],
+                  images: int = 1) -> dict[ModelId, tuple[float, float]]:
+        """(max |outputs - fp32|, std of the fp32 responses) per model, on the first ``images`` inputs."""
+        first = {k: v[:images] for k, v in inputs.items()}
+        reference = self.run(first, precision="fp32")
+        return {m: (float(np.abs(outputs[m][:images] - ref).max()), float(ref.std())) for m, ref in reference.items()}
 
     def encode(self, images: np.ndarray, batch_size: int = 100) -> dict[ModelId, np.ndarray]:
         """Responses of every model to ``images`` (uint8, N x 3 x H x W, square), in batches."""
         images = check_images(images)
         n = images.shape[0]
         results = {m: np.empty((n, *self.output_shape(m)), dtype=np.float32) for m in self.model_ids}
-        for start in range(0, n, batch_size):
+        for start in range(0, n, batch_size):  # NED's batches of images; each model splits them further if needed
             batch = self.run(self.preprocess(images[start:start + batch_size]))
             for mid, values in batch.items():
                 results[mid][start:start + len(values)] = values

@@ -170,13 +170,20 @@ class EegModel(nn.Module):
         self.readouts = nn.ModuleList(readouts)
         self.layout = layout
 
+    def bytes_per_image(self) -> int:
+        """Working memory of one image: ViT activations, 460800 features (float32, then float64 twice
+        in the scaler/PCA), and every subject's float64 regression output with its float32 copy."""
+        lay = self.layout
+        outputs = len(lay.subjects) * lay.repetitions * len(lay.ch_names) * len(lay.times)
+        return 4 * 1_000_000 + 20 * 460_800 + 12 * outputs
+
     @torch.inference_mode()
     def forward(self, u8: torch.Tensor) -> torch.Tensor:
         lay = self.layout
         features = vit_features(self.vit, vit_normalise(u8))
         codes = [p(features) for p in self.projections]
         n_ct = len(lay.ch_names) * len(lay.times)
-        out = features.new_empty(features.shape[0], len(lay.subjects) * lay.repetitions, n_ct)
+        out = features.new_empty(features.shape[0], len(lay.subjects) * lay.repetitions, n_ct, dtype=torch.float32)
         for readout in self.readouts:
             out[:, readout.targets] = readout(codes[readout.projection])
         return out.view(-1, len(lay.subjects), lay.repetitions, len(lay.ch_names), len(lay.times))

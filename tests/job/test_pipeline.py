@@ -168,6 +168,35 @@ def test_non_square_images_center_crop_or_error(ray_cluster, demo_dir, tmp_path)
     assert open_output(str(tmp_path / "strict")).responses(model)[0].tolist() == [0]
 
 
+def test_reduced_precision_is_measured_and_recorded(ray_cluster, demo_dir, tmp_path):
+    from ned_ray.demo import write_demo_images
+
+    write_demo_images(tmp_path / "imgs")  # 14 images, shards of 5 -> 3 blocks, 3 checked images per model
+    models = "fmri/nsd/fwrf/sub-01/V1,eeg/things_eeg_2/vit_b_32/sub-02"
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        config = EncodeConfig(str(demo_dir), str(tmp_path / "imgs"), models, str(tmp_path / precision), device="cpu",
+                              precision=precision, shard_size=5, cpu_threads=1)
+        runs[precision] = (run_encode(config), open_output(config.output))
+    assert "precision" not in runs["fp32"][0]
+    record = runs["bf16"][0]["precision"]
+    assert record == runs["bf16"][1].manifest["precision"] and record["mode"] == "bf16"
+    for mid in models.split(","):
+        _, exact = runs["fp32"][1].responses(mid)
+        _, reduced = runs["bf16"][1].responses(mid)
+        entry = record["models"][mid]
+        assert entry["checked_images"] == 3
+        # the recorded figure is the true deviation on the checked images (the first of each shard)
+        true = float(np.abs(reduced[[0, 5, 10]] - exact[[0, 5, 10]]).max())
+        assert entry["max_abs_deviation"] == pytest.approx(true, rel=1e-5)
+        assert 0 < entry["max_abs_deviation"] <= float(np.abs(reduced - exact).max())
+        assert entry["max_deviation_over_std"] == pytest.approx(entry["max_abs_deviation"] / entry["fp32_std"])
+    # precision changes the numbers, so it is part of the output's identity
+    with pytest.raises(OutputExistsError, match="differs in: precision"):
+        run_encode(EncodeConfig(str(demo_dir), str(tmp_path / "imgs"), models, str(tmp_path / "bf16"), device="cpu",
+                                shard_size=5, cpu_threads=1))
+
+
 def test_rerun_resumes_and_other_options_are_refused(ray_cluster, demo_dir, tmp_path):
     from ned_ray.demo import write_demo_images
 
