@@ -4,6 +4,8 @@
     ned-ray models NED_DIR [--json]       list the models a NED directory holds
     ned-ray encode --ned-dir D --images I --models SPEC --output O    the Ray Data encode job
     ned-ray demo [--workdir .demo]        demo models + built-in photos -> the encode job
+    ned-ray inspect OUT [--json]          models, rows, errors and options of an output
+    ned-ray plot OUT [--to DIR]           PNG figures of an output
 
 Expected failures (a missing file, an unknown model id, bad input) print one line and exit 2.
 """
@@ -13,10 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+import pyarrow.compute as pc
 
 from .ids import UnknownModelError
 from .models.group import ModelLoadError
@@ -24,7 +27,8 @@ from .job.config import add_encode_arguments
 from .nedfmt import MissingFileError, NedDir
 from .safeload import UnsafePickleError
 
-EXPECTED_ERRORS = (MissingFileError, UnknownModelError, UnsafePickleError, ValueError, TypeError, OSError, ModelLoadError)
+EXPECTED_ERRORS = (MissingFileError, UnknownModelError, UnsafePickleError, ValueError, TypeError, OSError, ModelLoadError,
+                   ImportError, KeyError)
 
 
 def _cmd_make_demo_models(args: argparse.Namespace) -> int:
@@ -35,18 +39,102 @@ def _cmd_make_demo_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_models(args: argparse.Namespace) -> int:
-    ned = NedDir(args.ned_dir)
+def model_summary(ned: NedDir) -> list[dict]:
+    """One row per model: modality, subject, ROI, outputs and mean noise-normalised accuracy.
+
+    fMRI: the mean of NED's ``noise_normalized_encoding`` over voxels (percent of the explainable
+    variance). EEG: 100 x mean correlation (all repetitions) / mean upper noise ceiling, over channels
+    and times.
+    """
     rows = []
     for mid, entry in ned.catalogue.items():
+        meta = ned.metadata(mid)
+        accuracy = meta["encoding_models"]["encoding_accuracy"]
+        if mid.modality == "fmri":
+            outputs, shape = len(meta["fmri"]["ncsnr"]), [len(meta["fmri"]["ncsnr"])]
+            score = float(np.mean(accuracy["noise_normalized_encoding"]))
+        else:
+            shape = list(np.shape(accuracy["correlation_single_repetitions"]))
+            outputs = int(np.prod(shape))
+            score = float(100 * np.mean(accuracy["correlation_all_repetitions"]) / np.mean(accuracy["noise_ceiling_upper"]))
         rows.append({"id": str(mid), "modality": mid.modality, "subject": mid.subject, "roi": mid.roi,
-                     "format": entry.format, "files": list(entry.weights)})
+                     "voxels": outputs if mid.modality == "fmri" else None, "response_shape": shape,
+                     "noise_normalized_accuracy": round(score, 3), "format": entry.format,
+                     "files": list(entry.weights)})
+    return rows
+
+
+def _table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
+    """A plain-text table: columns are (key, header)."""
+    cells = [[header for _, header in columns]] + [["-" if r[k] is None else str(r[k]) for k, _ in columns] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    ned = NedDir(args.ned_dir)
+    rows = model_summary(ned)
     if args.json:
         print(json.dumps(rows, indent=2))
-    else:
-        for row in rows:
-            print(row["id"])
-        print(f"{len(rows)} models in {args.ned_dir}", file=sys.stderr)
+        return 0
+    for row in rows:
+        row["outputs"] = row["voxels"] if row["voxels"] is not None else "x".join(map(str, row["response_shape"]))
+    print(_table(rows, [("id", "model"), ("modality", "modality"), ("subject", "subject"), ("roi", "roi"),
+                        ("outputs", "voxels/outputs"), ("noise_normalized_accuracy", "mean noise-norm. acc. (%)")]))
+    print(f"{len(rows)} models in {args.ned_dir}", file=sys.stderr)
+    return 0
+
+
+def output_summary(out) -> dict:
+    """What an output holds: models with rows and shapes, images and errors, options, precision."""
+    images = out.images()
+    errors = images.filter(pc.equal(images.column("status"), "error")).select(["image_id", "error"]).to_pylist()
+    job = out.manifest["job"]
+    models = []
+    for mid in out.models:
+        meta = out.metadata(mid)["json"]
+        models.append({"id": mid, "rows": out.manifest["models"][mid]["rows"], "response_shape": list(out.shape(mid)),
+                       "selection": meta.get("selection", {}).get("asked")})
+    return {"output": out.uri, "complete": out.manifest["complete"], "images": out.manifest["images"],
+            "errors": errors, "models": models, "options": job["options"], "ned_ray_version": job["ned_ray_version"],
+            "precision": out.manifest.get("precision", {"mode": job["options"].get("precision", "fp32")})}
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from .output import open_output
+
+    info = output_summary(open_output(args.output))
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    images = info["images"]
+    print(f"{info['output']}: complete, {images['total']} images ({images['ok']} ok, {images['error']} errors), "
+          f"{len(info['models'])} models, ned-ray {info['ned_ray_version']}")
+    rows = [{**m, "shape": "x".join(map(str, m["response_shape"]))} for m in info["models"]]
+    print(_table(rows, [("id", "model"), ("rows", "rows"), ("shape", "response per image")]))
+    for error in info["errors"][:args.max_errors]:
+        print(f"error: {error['image_id']}: {error['error']}")
+    if len(info["errors"]) > args.max_errors:
+        print(f"... and {len(info['errors']) - args.max_errors} more errors (--max-errors, or --json for all)")
+    options = info["options"]
+    print("options: " + ", ".join(f"{k}={options[k]}" for k in ("ned_dir", "images", "models", "device", "precision",
+                                                                   "channels", "times", "min_ncsnr") if k in options))
+    precision = info["precision"]
+    if precision.get("models"):
+        worst = max(precision["models"].items(), key=lambda kv: kv[1]["max_deviation_over_std"] or 0)
+        print(f"precision {precision['mode']}: worst deviation from fp32 {worst[1]['max_abs_deviation']:.3g} "
+              f"({worst[1]['max_deviation_over_std']:.2%} of the response sd) in {worst[0]}")
+    return 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from .output import open_output
+    from .plots import plot_output
+
+    models = [m.strip() for m in args.models.split(",")] if args.models else None
+    paths = plot_output(open_output(args.output), args.to or Path(args.output) / "plots", models)
+    for path in paths:
+        print(path)
     return 0
 
 
@@ -72,7 +160,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         index, values = result.responses(model)
         print(f"  {model:40s} {str(values.shape):20s} mean {values.mean():+.3f}  sd {values.std():.3f}")
     print("demo models are random and untrained: the numbers show the pipeline, not a brain.")
-    print(f"read them back: python -c \"import ned_ray; print(ned_ray.open_output('{out}').models)\"")
+    try:
+        from .plots import plot_output
+
+        print("figures: " + ", ".join(str(p) for p in plot_output(result, out / "plots")))
+    except ImportError as exc:
+        print(f"(no figures: {exc})")
+    print(f"next: ned-ray inspect {out}   |   python examples/tutorial.py   |   "
+          f"python -c \"import ned_ray; print(ned_ray.open_output('{out}').to_xarray('{result.models[-1]}'))\"")
     return 0
 
 
@@ -80,7 +175,7 @@ def _cmd_encode(args: argparse.Namespace) -> int:
     from .job.config import config_from_args
     from .job.pipeline import run_encode
 
-    summary = run_encode(config_from_args(args))
+    summary = run_encode(config_from_args(args), progress=None if args.quiet else args.progress_every)
     print(format_summary(summary, args.output))
     return 0
 
@@ -107,20 +202,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_make_demo_models)
 
-    p = sub.add_parser("models", help="list the models a NED directory holds",
-                       epilog="example: ned-ray models /data/neural_encoding_dataset --json")
+    p = sub.add_parser("models", help="list the models a NED directory holds, with voxel counts and accuracy",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="examples:\n  ned-ray models .demo/ned_dir\n"
+                              "  ned-ray models s3://bucket/neural_encoding_dataset --json > models.json")
     p.add_argument("ned_dir", help="the neural_encoding_dataset folder (local path or s3://, gs://, ...)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--json", action="store_true", help="machine-readable output (one object per model)")
     p.set_defaults(func=_cmd_models)
 
     p = sub.add_parser("encode", help="encode an image set with many models (a Ray Data job)",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="examples:\n"
                               "  ned-ray encode --ned-dir .demo/ned_dir --images .demo/images --models all --output out/\n"
+                              "  ned-ray encode --ned-dir .demo/ned_dir --images my_photos/ --models 'eeg/*' \\\n"
+                              "      --channels O1,Oz,O2 --times 0.05:0.3 --output eeg_out/\n"
                               "  ned-ray encode --ned-dir s3://bucket/neural_encoding_dataset --images gs://bucket/stimuli/ \\\n"
-                              "      --models 'fmri/nsd/fwrf/sub-0*/V1,eeg/*' --output s3://bucket/responses/ --format parquet,npy")
+                              "      --models 'fmri/nsd/fwrf/sub-0*/V1,eeg/*' --min-ncsnr 0.2 --output s3://bucket/responses/")
     add_encode_arguments(p)
+    p.add_argument("--progress-every", type=float, default=5.0, help="seconds between progress lines (default 5)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=_cmd_encode)
+
+    p = sub.add_parser("inspect", help="what an output holds: models, rows, errors, options",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="examples:\n  ned-ray inspect .demo/out\n  ned-ray inspect s3://bucket/responses --json")
+    p.add_argument("output", help="an encode job's output folder (path or fsspec URL)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--max-errors", type=int, default=10, help="image errors to list (default 10)")
+    p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser("plot", help="PNG figures of an output: EEG time courses, fMRI distributions, a heatmap",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="examples:\n  ned-ray plot .demo/out            # writes .demo/out/plots/*.png\n"
+                              "  ned-ray plot out/ --to figures/ --models 'fmri/nsd/fwrf/sub-01/V1,eeg/things_eeg_2/vit_b_32/sub-01'")
+    p.add_argument("output", help="an encode job's output folder")
+    p.add_argument("--to", default=None, help="folder for the PNGs (default OUTPUT/plots; local)")
+    p.add_argument("--models", default=None, help="comma-separated model ids (default: all in the output)")
+    p.set_defaults(func=_cmd_plot)
 
     p = sub.add_parser("demo", help="run the encode job on demo models and built-in photos (no downloads)",
                        epilog="example: ned-ray demo --workdir .demo")

@@ -67,6 +67,11 @@ class ModelId:
         return f"{base}/{self.roi}" if self.roi is not None else base
 
     @property
+    def label(self) -> str:
+        """A short name for figures: 'sub-01 V1' or 'EEG sub-01'."""
+        return f"sub-{self.subject:02d} {self.roi}" if self.modality == "fmri" else f"EEG sub-{self.subject:02d}"
+
+    @property
     def is_split(self) -> bool:
         """True for ROIs stored as two checkpoints (``lateral``, ``ventral``)."""
         return self.roi in SPLIT_ROIS

@@ -54,6 +54,8 @@ class Output:
     def shape(self, model_id: str | ModelId) -> tuple[int, ...]:
         """Per-image response shape, from the model's metadata."""
         meta = self.metadata(model_id)
+        if "response_shape" in meta["json"]:  # after any selection
+            return tuple(meta["json"]["response_shape"])
         if ModelId.parse(self._key(model_id)).modality == "fmri":
             return (int(meta["npz"]["fmri/ncsnr"].shape[0]),)
         enc = meta["json"]["ned_metadata"]["encoding_models"]["encoding_accuracy"]["correlation_single_repetitions"]
@@ -90,6 +92,62 @@ class Output:
         with np.load(io.BytesIO(fs.cat_file(posixpath.join(root, key, "metadata.npz")))) as npz:
             arrays = {k: npz[k] for k in npz.files}
         return {"json": document, "npz": arrays}
+
+    def coords(self, model_id: str | ModelId) -> dict[str, np.ndarray]:
+        """The response axes' labels after any selection: ``voxel`` (indexes into NED's voxel order)
+        for fMRI; ``repetition`` (1-based), ``channel`` (names) and ``time`` (seconds) for EEG."""
+        key = self._key(model_id)
+        meta = self.metadata(key)
+        shape = self.shape(key)
+        npz, ned = meta["npz"], meta["json"]["ned_metadata"]
+        if ModelId.parse(key).modality == "fmri":
+            return {"voxel": npz.get("selection/voxels", np.arange(shape[0]))}
+        names = np.asarray(ned["eeg"]["ch_names"])
+        times = npz["eeg/times"] if "eeg/times" in npz else np.asarray(ned["eeg"]["times"], dtype=np.float64)
+        return {"repetition": np.arange(1, shape[0] + 1),
+                "channel": names[npz["selection/channels"]] if "selection/channels" in npz else names,
+                "time": times[npz["selection/times"]] if "selection/times" in npz else times}
+
+    def to_xarray(self, model_id: str | ModelId):
+        """One model's responses as an ``xarray.DataArray`` with named dimensions and coordinates:
+        (image, voxel) or (image, repetition, channel, time); ``image`` is labelled by image_id, with
+        image_index as a second coordinate. Needs xarray (``pip install 'ned-ray[analysis]'``)."""
+        try:
+            import xarray as xr
+        except ImportError:
+            raise ImportError("Output.to_xarray needs xarray: pip install 'ned-ray[analysis]'") from None
+        key = self._key(model_id)
+        index, values = self.responses(key)
+        ids = self.images().column("image_id").to_numpy(zero_copy_only=False)
+        coords = self.coords(key)
+        data = xr.DataArray(values, dims=("image", *coords), name=key,
+                            coords={"image": ids[index], "image_index": ("image", index), **coords},
+                            attrs={"model_id": key, "units": "fMRI betas (z-scored)" if "voxel" in coords
+                                   else "EEG (z-scored)"})
+        return data
+
+    def to_nifti(self, model_id: str | ModelId, path: str, images: slice | list[int] | None = None,
+                 fill: float = 0.0) -> str:
+        """Write fMRI responses as a 4-D NIfTI volume (x, y, z, image) in the subject's native space:
+        voxel v goes to the v-th True entry (C order) of NED's ``roi_mask_volume``, with NED's
+        ``fmri_affine``; everything else is ``fill``. ``images``: which rows (default all). Needs nibabel."""
+        try:
+            import nibabel as nib
+        except ImportError:
+            raise ImportError("Output.to_nifti needs nibabel: pip install 'ned-ray[analysis]'") from None
+        key = self._key(model_id)
+        if ModelId.parse(key).modality != "fmri":
+            raise ValueError(f"{key} is an EEG model; only fMRI responses map to a brain volume")
+        meta = self.metadata(key)
+        mask, affine = meta["npz"]["fmri/roi_mask_volume"].astype(bool), meta["npz"]["fmri/fmri_affine"]
+        _, values = self.responses(key)
+        values = values if images is None else values[images]
+        full = np.full((len(values), int(mask.sum())), fill, dtype=np.float32)
+        full[:, self.coords(key)["voxel"]] = values
+        volume = np.full((*mask.shape, len(values)), fill, dtype=np.float32)
+        volume[mask] = full.T  # boolean indexing walks the mask in C order, as NED's vol[mask] = response
+        nib.save(nib.Nifti1Image(volume, np.asarray(affine, dtype=np.float64)), path)
+        return path
 
     def _key(self, model_id: str | ModelId) -> str:
         key = str(model_id)

@@ -77,6 +77,34 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A real local Ray cluster for the session (2 CPUs, as on this machine class)."""
+    os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")  # see tests/job/conftest.py
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def demo_output(ray_cluster, demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every demo model on the 14 built-in photographs plus one corrupt file, Parquet and .npy parts."""
+    from ned_ray.demo import write_demo_images
+    from ned_ray.job.config import EncodeConfig
+    from ned_ray.job.pipeline import run_encode
+
+    root = tmp_path_factory.mktemp("demo_output")
+    write_demo_images(root / "images")
+    (root / "images" / "zz_corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    run_encode(EncodeConfig(str(demo_dir), str(root / "images"), "all", str(root / "out"), device="cpu",
+                            formats=("parquet", "npy"), shard_size=5, cpu_threads=1))
+    return root / "out"
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG001
     if PARITY:
         terminalreporter.section("NED parity: max |ours - NED| / std(expected), tolerance 1e-4")

@@ -5,6 +5,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
 
 from ned_ray.cli import main
 
@@ -35,10 +39,100 @@ def test_demo_command_runs_the_job_on_every_demo_model(tmp_path):
     assert output.responses("fmri/nsd/fwrf/sub-01/V1")[1].shape == (14, 48)
     assert len(list((tmp_path / "out" / "fmri/nsd/fwrf/sub-01/V1").glob("part-*.npy"))) == 2  # responses + index
     assert "images/s" in result.stdout
+    assert sorted(p.name for p in (tmp_path / "out" / "plots").iterdir()) == ["eeg_timecourses.png", "fmri_distributions.png",
+                                                                           "heatmap.png"]
 
 
-def test_help_lists_every_command():
+COMMANDS = ("make-demo-models", "models", "encode", "inspect", "plot", "demo")
+
+
+def test_help_lists_every_command_and_each_has_examples():
     result = subprocess.run([sys.executable, "-m", "ned_ray.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0
-    for command in ("make-demo-models", "models", "demo"):
+    for command in COMMANDS:
         assert command in result.stdout
+        sub = subprocess.run([sys.executable, "-m", "ned_ray.cli", command, "--help"], capture_output=True, text=True)
+        assert sub.returncode == 0 and "example" in sub.stdout and f"ned-ray {command}" in sub.stdout, command
+
+
+def test_models_table_and_json_give_voxels_and_accuracy(demo_dir, capsys):
+    from ned_ray.nedfmt import NedDir
+
+    assert main(["models", str(demo_dir), "--json"]) == 0
+    rows = {r["id"]: r for r in json.loads(capsys.readouterr().out)}
+    ned = NedDir(str(demo_dir))
+    v1 = rows["fmri/nsd/fwrf/sub-01/V1"]
+    meta = ned.metadata("fmri/nsd/fwrf/sub-01/V1")
+    assert v1["voxels"] == len(meta["fmri"]["ncsnr"]) == 48 and v1["response_shape"] == [48]
+    assert v1["noise_normalized_accuracy"] == pytest.approx(
+        float(np.mean(meta["encoding_models"]["encoding_accuracy"]["noise_normalized_encoding"])), abs=1e-3)
+    eeg = rows["eeg/things_eeg_2/vit_b_32/sub-01"]
+    acc = ned.metadata("eeg/things_eeg_2/vit_b_32/sub-01")["encoding_models"]["encoding_accuracy"]
+    assert eeg["voxels"] is None and eeg["response_shape"] == [4, 63, 140]
+    assert eeg["noise_normalized_accuracy"] == pytest.approx(
+        100 * float(np.mean(acc["correlation_all_repetitions"]) / np.mean(acc["noise_ceiling_upper"])), abs=1e-3)
+    assert main(["models", str(demo_dir)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:5] == ["model", "modality", "subject", "roi", "voxels/outputs"]
+    line = next(t for t in table if t.startswith("fmri/nsd/fwrf/sub-01/V1 "))
+    assert line.split()[1:5] == ["fmri", "1", "V1", "48"] and float(line.split()[-1]) == v1["noise_normalized_accuracy"]
+    assert next(t for t in table if t.startswith("eeg/things_eeg_2/vit_b_32/sub-01 ")).split()[3:5] == ["-", "4x63x140"]
+
+
+def test_inspect_text_and_json(demo_output, capsys):
+    assert main(["inspect", str(demo_output), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["complete"] and info["images"]["total"] == 15 and info["images"]["error"] == 1
+    assert info["errors"][0]["image_id"] == "zz_corrupt.jpg" and info["errors"][0]["error"].startswith("corrupt or truncated image")
+    assert {m["id"]: m["rows"] for m in info["models"]}["fmri/nsd/fwrf/sub-01/V1"] == 14
+    assert info["options"]["formats"] == ["parquet", "npy"] and info["precision"] == {"mode": "fp32"}
+    assert main(["inspect", str(demo_output)]) == 0
+    text = capsys.readouterr().out
+    assert "15 images (14 ok, 1 errors), 9 models" in text and "error: zz_corrupt.jpg: " in text
+    assert "eeg/things_eeg_2/vit_b_32/sub-03  14    4x63x140" in text
+
+
+def test_plot_writes_pngs_of_the_expected_size(demo_output, tmp_path, capsys):
+    from PIL import Image
+
+    assert main(["plot", str(demo_output), "--to", str(tmp_path / "figs")]) == 0
+    printed = capsys.readouterr().out.split()
+    names = sorted(Path(p).name for p in printed)
+    assert names == ["eeg_timecourses.png", "fmri_distributions.png", "heatmap.png"]
+    for path in printed:
+        assert Path(path).stat().st_size > 20_000  # drawn, not blank
+        with Image.open(path) as image:
+            assert image.size == (1200, 800) and image.format == "PNG"
+            pixels = np.asarray(image.convert("L"))
+            assert pixels.std() > 10  # not a uniform canvas
+    assert main(["plot", str(demo_output), "--to", str(tmp_path / "one"), "--models", "eeg/things_eeg_2/vit_b_32/sub-01"]) == 0
+    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == ["eeg_timecourses.png", "heatmap.png"]
+
+
+def test_command_errors_exit_2_with_one_line(demo_output, demo_dir, tmp_path, capsys):
+    cases = [
+        (["inspect", str(tmp_path)], "is not a finished ned-ray output"),
+        (["plot", str(demo_output), "--to", str(tmp_path / "p"), "--models", "eeg/nope"], "has no model eeg/nope"),
+        (["encode", "--ned-dir", str(demo_dir), "--images", str(tmp_path), "--models", "eeg/*", "--output",
+          str(tmp_path / "o"), "--times", "0.3"], "--times must be START:END"),
+        (["encode", "--ned-dir", str(demo_dir), "--images", str(demo_output.parent / "images"), "--models", "fmri/*",
+          "--output", str(tmp_path / "o2"), "--min-ncsnr", "1000"], "--min-ncsnr 1000.0 keeps no voxel of"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert not (tmp_path / "o2").exists()  # refused before anything was written: a corrected rerun is not blocked
+
+
+def test_encode_prints_progress(demo_dir, tmp_path):
+    from ned_ray.demo import write_demo_images
+
+    write_demo_images(tmp_path / "imgs")
+    result = subprocess.run([sys.executable, "-m", "ned_ray.cli", "encode", "--ned-dir", str(demo_dir), "--images",
+                             str(tmp_path / "imgs"), "--models", "fmri/nsd/fwrf/sub-01/V1", "--output", str(tmp_path / "o"),
+                             "--device", "cpu", "--shard-size", "4", "--progress-every", "0.5"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    progress = [line for line in result.stderr.splitlines() if line.startswith("encoded ")]
+    assert progress and progress[-1].startswith("encoded 14/14 images (100.0%)") and "images/s, ETA 0s" in progress[-1]

@@ -7,6 +7,8 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from ..selection import Selection, parse_channels, parse_times
+
 __all__ = ["EncodeConfig", "add_encode_arguments", "config_from_args"]
 
 FORMATS = ("parquet", "npy")
@@ -34,6 +36,9 @@ class EncodeConfig:
     max_pixels: int = 100_000_000  # larger images are refused (decompression bombs)
     cpu_threads: int = 0  # torch threads per CPU actor; 0: the node's CPUs / number of model groups
     vit_weights: str | None = None
+    channels: str | None = None  # EEG: comma-separated channel names to keep (default: all 63)
+    times: str | None = None  # EEG: START:END in seconds to keep (default: all 140 time points)
+    min_ncsnr: float | None = None  # fMRI: keep voxels whose ncsnr > this (default: all voxels)
     model_cache: str | None = None  # local folder on each node for remote NED files (read once per node)
     overwrite: bool = False
     ray_address: str | None = None  # None: $RAY_ADDRESS, else a new local cluster
@@ -50,6 +55,7 @@ class EncodeConfig:
             raise ValueError(f"--non-square must be one of {', '.join(NON_SQUARE)}, got '{self.non_square}'")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"--device must be auto, cpu or cuda, got '{self.device}'")
+        self.selection()  # malformed --channels/--times fail here, before any work
         if self.precision not in PRECISIONS:
             raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
         if int(self.batch_size) < 0:
@@ -67,6 +73,11 @@ class EncodeConfig:
         data["formats"] = list(self.formats)
         return data
 
+    def selection(self) -> Selection:
+        """The response selection (channels, times, voxels) this job keeps."""
+        return Selection(parse_channels(self.channels), parse_times(self.times),
+                         None if self.min_ncsnr is None else float(self.min_ncsnr))
+
     def open_ned(self):
         """The NED directory, with this job's storage options and model cache."""
         from ..nedfmt import NedDir
@@ -76,7 +87,7 @@ class EncodeConfig:
 
     def identity(self) -> dict[str, Any]:
         """What defines the output's content: a rerun must match it to resume."""
-        return {k: v for k, v in self.to_json().items() if k in ("ned_dir", "images", "models", "non_square", "shard_size", "formats", "max_pixels", "vit_weights", "precision")}
+        return {k: v for k, v in self.to_json().items() if k in ("ned_dir", "images", "models", "non_square", "shard_size", "formats", "max_pixels", "vit_weights", "precision", "channels", "times", "min_ncsnr")}
 
 
 def add_encode_arguments(parser: argparse.ArgumentParser) -> None:
@@ -99,6 +110,11 @@ def add_encode_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--actors-per-group", type=int, default=1)
     parser.add_argument("--gpus-per-actor", type=float, default=1.0)
     parser.add_argument("--fmri-models-per-actor", type=int, default=0, help="0: all fMRI models on one actor")
+    parser.add_argument("--channels", default=None,
+                        help="EEG: keep these channels (comma-separated names, e.g. 'O1,Oz,O2'); default all 63")
+    parser.add_argument("--times", default=None, help="EEG: keep time points in START:END seconds (e.g. 0.1:0.3)")
+    parser.add_argument("--min-ncsnr", type=float, default=None,
+                        help="fMRI: keep voxels whose noise-ceiling SNR (NED metadata fmri.ncsnr) is above this")
     parser.add_argument("--max-pixels", type=int, default=100_000_000)
     parser.add_argument("--cpu-threads", type=int, default=0, help="torch threads per CPU actor (0: auto)")
     parser.add_argument("--vit-weights", default=None, help="path or URL of torchvision's vit_b_32-d86f8d99.pth")

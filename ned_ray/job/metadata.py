@@ -20,10 +20,11 @@ from ..ids import ModelId
 from ..models.vit_eeg import vit_filesystem
 from ..models.vit_eeg import find_vit_weights
 from ..nedfmt import NedDir
+from ..selection import Resolved
 from .config import EncodeConfig
 from .sink import write_bytes
 
-__all__ = ["write_model_metadata", "split_arrays", "PREPROCESSING"]
+__all__ = ["write_model_metadata", "split_arrays", "ned_shape", "PREPROCESSING"]
 
 PREPROCESSING = {
     "fmri": "RGB uint8, center-crop to square; torchvision Resize((227,227)) bilinear antialias, rounded to uint8; /255; "
@@ -94,16 +95,41 @@ def recorded_files(fs, root: str, mid: ModelId) -> list[dict[str, Any]] | None:
     return json.loads(fs.cat_file(path))["provenance"]["files"]
 
 
-def write_model_metadata(fs, root: str, ned: NedDir, mid: ModelId, config: EncodeConfig,
-                         files: list[dict[str, Any]]) -> None:
+def ned_shape(mid: ModelId, metadata: dict) -> tuple[int, ...]:
+    """A model's full per-image response shape, from its NED metadata: (V,) or (reps, channels, times)."""
+    if mid.modality == "fmri":
+        return (len(metadata["fmri"]["ncsnr"]),)
+    return tuple(np.shape(metadata["encoding_models"]["encoding_accuracy"]["correlation_single_repetitions"]))
+
+
+def selection_record(mid: ModelId, metadata: dict, resolved: Resolved, asked: dict[str, Any]) -> tuple[dict, dict]:
+    """(JSON part, npz arrays) describing what a selection kept, in NED's terms."""
+    record: dict[str, Any] = {"asked": asked}
+    arrays = {f"selection/{k}": v for k, v in resolved.to_arrays().items()}
+    if mid.modality == "fmri":
+        record["voxels"] = None if resolved.voxels is None else {"npz": "selection/voxels", "count": len(resolved.voxels)}
+    else:
+        names, times = list(metadata["eeg"]["ch_names"]), np.asarray(metadata["eeg"]["times"])
+        record["channels"] = [str(names[i]) for i in resolved.channels] if resolved.channels is not None else None
+        record["times"] = times[resolved.times].tolist() if resolved.times is not None else None
+    return record, arrays
+
+
+def write_model_metadata(fs, root: str, mid: ModelId, metadata: dict, config: EncodeConfig,
+                         files: list[dict[str, Any]], resolved: Resolved, format_name: str) -> None:
     """Write ``OUT/<model_id>/metadata.json`` and ``metadata.npz`` (same content on a rerun)."""
-    tree, arrays = split_arrays(ned.load_npy(ned.entry(mid).metadata))
+    tree, arrays = split_arrays(metadata)
+    selection, selected = selection_record(mid, metadata, resolved, config.selection().to_json())
+    arrays.update(selected)
+    shape = ned_shape(mid, metadata)
     document = {
         "model_id": str(mid),
+        "response_shape": list(resolved.apply(np.empty((0, *shape), np.float32)).shape[1:]),
+        "selection": selection,
         "ned_metadata": tree,
         "provenance": {
             "ned_ray_version": __version__,
-            "format": ned.entry(mid).format,
+            "format": format_name,
             "files": files,
             "preprocessing": PREPROCESSING[mid.modality],
             "response_layout": RESPONSE_LAYOUT[mid.modality],

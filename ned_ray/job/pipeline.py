@@ -17,7 +17,7 @@ import posixpath
 import re
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -29,9 +29,11 @@ from ..ids import ModelId, UnknownModelError, select
 from ..models.group import ModelGroup, ModelLoadError
 from ..nedfmt import MissingFileError
 from ..safeload import UnsafePickleError
+from ..selection import Resolved
 from ..storage import filesystem
 from .config import EncodeConfig
 from .decode import DecodeShard
+from .progress import ProgressReporter
 from .metadata import model_files, recorded_files, write_model_metadata
 from .sink import (JOB_FILE, MANIFEST, ResponseSink, finalize, precision_column, read_commits, response_column,
                    write_bytes)
@@ -87,18 +89,22 @@ def plan_groups(models: list[ModelId], fmri_per_actor: int) -> list[list[ModelId
 class GroupEncoder:
     """Ray actor: hosts one model group (loaded once, in ``__init__``) and adds its response columns."""
 
-    def __init__(self, config: EncodeConfig, model_ids: list[str], device: str, cpu_threads: int) -> None:
+    def __init__(self, config: EncodeConfig, model_ids: list[str], device: str, cpu_threads: int,
+                 selections: dict[str, dict[str, list[int]]] | None = None) -> None:
         if device == "cpu":
             torch.set_num_threads(cpu_threads)  # Ray starts workers with one thread
         self.group = ModelGroup(config.open_ned(), model_ids, device, config.vit_weights, config.precision,
                                 config.batch_size)
         log.info("model group %s on %s: batch sizes %s", model_ids, self.group.device, self.group.batch_sizes)
+        self.selections = {m: _resolved((selections or {}).get(str(m), {})) for m in self.group.model_ids}
+        self.shapes = {m: self.selections[m].apply(np.empty((0, *self.group.output_shape(m)), np.float32)).shape[1:]
+                       for m in self.group.model_ids}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         _maybe_fail()
         ok = np.flatnonzero(batch["status"] == "ok")
         n = len(batch["status"])
-        outputs = {m: np.full((n, *self.group.output_shape(m)), np.nan, np.float32) for m in self.group.model_ids}
+        outputs = {m: np.full((n, *self.shapes[m]), np.nan, np.float32) for m in self.group.model_ids}
         checks = {m: np.full((n, 2), np.nan) for m in self.group.model_ids} if self.group.precision != "fp32" else {}
         if len(ok):
             # the block's images at once: uint8, pinned for an asynchronous copy; each model batches them
@@ -107,7 +113,7 @@ class GroupEncoder:
                 inputs = {k: v.pin_memory() for k, v in inputs.items()}
             results = self.group.run(inputs)
             for mid, values in results.items():
-                outputs[mid][ok] = values
+                outputs[mid][ok] = self.selections[mid].apply(values)
             for mid, (deviation, std) in (self.group.deviation(inputs, results).items() if checks else ()):
                 checks[mid][ok[0]] = deviation, std  # reduced precision vs fp32 on the block's first image
         for mid, values in outputs.items():
@@ -137,6 +143,11 @@ class _Plan:
     groups: list[list[ModelId]]
     n_images: int
     remaining: list[tuple[int, int]]  # [start, stop) ranges still to encode, within shard bounds
+    selections: dict[str, dict[str, list[int]]] = field(default_factory=dict)  # model -> kept indexes per axis
+
+
+def _resolved(indexes: dict[str, list[int]]) -> Resolved:
+    return Resolved(**{k: np.asarray(v, dtype=np.int64) for k, v in indexes.items()})
 
 
 def _check_output(config: EncodeConfig, fs, root: str) -> None:
@@ -164,12 +175,18 @@ def _remaining(done: np.ndarray, shard_size: int) -> list[tuple[int, int]]:
     return [(int(run[0]), int(run[-1]) + 1) for run in np.split(todo, breaks)]
 
 
-def run_encode(config: EncodeConfig) -> dict[str, Any]:
-    """Run (or resume) an encode job; returns the manifest plus run statistics."""
+def run_encode(config: EncodeConfig, progress: float | None = None) -> dict[str, Any]:
+    """Run (or resume) an encode job; returns the manifest plus run statistics.
+
+    ``progress``: print images done, images/s and ETA to stderr every ``progress`` seconds.
+    """
     started = time.perf_counter()
     opts = config.storage_options
     ned = config.open_ned()
     models = select(list(ned.catalogue), config.models)
+    selection = config.selection()  # a selection that keeps nothing fails here, before anything is written
+    selections = {str(m): {k: v.tolist() for k, v in selection.resolve(m, ned.metadata(m)).to_arrays().items()}
+                  for m in models}
     with _storage("read images at", config.images):
         source = open_source(config.images, opts)
     with _storage("write the output to", config.output):
@@ -181,7 +198,7 @@ def run_encode(config: EncodeConfig) -> dict[str, Any]:
     for commit in read_commits(fs, root):
         done[np.asarray(commit["image_index"], np.int64)] = True
     plan = _Plan(models, plan_groups(models, config.fmri_models_per_actor), len(source),
-                 _remaining(done, config.shard_size))
+                 _remaining(done, config.shard_size), selections)
     job = {"ned_ray_version": __version__, "identity": config.identity(), "options": config.to_json(),
            "models": [str(m) for m in models], "n_images": len(source)}
     if not fs.exists(posixpath.join(root, JOB_FILE)):
@@ -199,10 +216,15 @@ def run_encode(config: EncodeConfig) -> dict[str, Any]:
             raise OutputExistsError(f"output '{config.output}' was made with other weights for {mid} ({changed} changed); "
                                     "use another --output, or --overwrite to replace it")
         if recorded is None:
-            write_model_metadata(fs, root, ned, mid, config, files)
+            write_model_metadata(fs, root, mid, ned.metadata(mid), config, files, _resolved(plan.selections[str(mid)]),
+                                 ned.entry(mid).format)
     if plan.remaining:
         try:
-            _run_pipeline(config, source, plan)
+            if progress:
+                with ProgressReporter(fs, root, encoded, progress):
+                    _run_pipeline(config, source, plan)
+            else:
+                _run_pipeline(config, source, plan)
         except Exception as exc:
             ours = _job_error(exc)
             if ours is None:
@@ -241,7 +263,8 @@ def _run_pipeline(config: EncodeConfig, source, plan: _Plan) -> None:
     for group in plan.groups:
         ds = ds.map_batches(
             GroupEncoder,
-            fn_constructor_args=(config, [str(m) for m in group], "cuda" if use_gpu else "cpu", threads),
+            fn_constructor_args=(config, [str(m) for m in group], "cuda" if use_gpu else "cpu", threads,
+                                 {str(m): plan.selections[str(m)] for m in group}),
             batch_size=None,
             compute=ray.data.ActorPoolStrategy(size=config.actors_per_group),
             num_gpus=config.gpus_per_actor if use_gpu else None,

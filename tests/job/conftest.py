@@ -61,17 +61,6 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster():
-    """A real local Ray cluster for the session (2 CPUs, as on this machine class)."""
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="session")
 def s3_server():
     """moto's S3 server on a free port; yields fsspec storage options for s3://."""
     port = free_port()

@@ -232,3 +232,39 @@ def test_clear_errors_before_any_work(ray_cluster, demo_dir, tmp_path):
         run_encode(EncodeConfig(str(demo_dir), str(tmp_path), "fmri/nsd/fwrf/sub-05/V1", str(tmp_path / "o2")))
     with pytest.raises(IncompleteOutputError, match="no _manifest.json"):
         open_output(str(tmp_path))
+
+
+def test_selections_equal_slicing_the_full_output(demo_output, demo_dir, tmp_path):
+    from ned_ray.demo import write_demo_images
+
+    full = open_output(str(demo_output))
+    eeg, fmri = "eeg/things_eeg_2/vit_b_32/sub-01", "fmri/nsd/fwrf/sub-01/lateral"
+    ncsnr = full.metadata(fmri)["npz"]["fmri/ncsnr"]
+    threshold = float(np.quantile(ncsnr, 0.6))
+    write_demo_images(tmp_path / "imgs")
+    config = EncodeConfig(str(demo_dir), str(tmp_path / "imgs"), f"{eeg},{fmri}", str(tmp_path / "sel"), device="cpu",
+                          channels="Oz,O1,Pz", times="0.1:0.3", min_ncsnr=threshold, shard_size=5, cpu_threads=1)
+    run_encode(config)
+    sel = open_output(config.output)
+    coords = full.coords(eeg)
+    channels = [list(coords["channel"]).index(c) for c in ("Oz", "O1", "Pz")]
+    times = np.flatnonzero((coords["time"] >= 0.1 - 1e-9) & (coords["time"] <= 0.3 + 1e-9))
+    expected_eeg = full.responses(eeg)[1][:, :, channels][..., times]
+    expected_fmri = full.responses(fmri)[1][:, ncsnr > threshold]
+    assert sel.shape(eeg) == (4, 3, len(times)) and sel.shape(fmri) == (int((ncsnr > threshold).sum()),)
+    np.testing.assert_allclose(sel.responses(eeg)[1], expected_eeg, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(sel.responses(fmri)[1], expected_fmri, rtol=0, atol=1e-6)
+    # the metadata records the selection, and xarray coordinates follow it
+    meta = sel.metadata(eeg)["json"]
+    assert meta["selection"]["channels"] == ["Oz", "O1", "Pz"] and len(meta["selection"]["times"]) == len(times)
+    assert meta["selection"]["asked"] == {"channels": ["Oz", "O1", "Pz"], "times": [0.1, 0.3], "min_ncsnr": threshold}
+    assert list(sel.to_xarray(eeg).coords["channel"].values) == ["Oz", "O1", "Pz"]
+    np.testing.assert_array_equal(sel.to_xarray(fmri).coords["voxel"].values, np.flatnonzero(ncsnr > threshold))
+    assert sel.metadata(fmri)["json"]["selection"]["voxels"]["count"] == int((ncsnr > threshold).sum())
+    # the NIfTI export puts the kept voxels where they belong, and zeros where they were dropped
+    import nibabel as nib
+
+    volume = np.asarray(nib.load(sel.to_nifti(fmri, str(tmp_path / "sel.nii.gz"), images=[2])).dataobj)[..., 0]
+    mask = full.metadata(fmri)["npz"]["fmri/roi_mask_volume"]
+    expected = np.where(ncsnr > threshold, full.responses(fmri)[1][2], 0)
+    np.testing.assert_allclose(volume[mask], expected, rtol=0, atol=1e-6)

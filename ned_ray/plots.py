@@ -1,0 +1,138 @@
+"""Figures of a finished output (``ned-ray plot OUT``), as PNG files, with matplotlib.
+
+* ``eeg_timecourses.png``: per EEG model, the mean response over repetitions and the channels of each
+  channel group (occipital: names with an O, as NED's tutorial selects them; then by first letter: P
+  parietal, C central, T temporal, F/A frontal), with the spread (+-1 sd) across images.
+* ``fmri_distributions.png``: the distribution of responses (all voxels x images) per ROI and subject.
+* ``heatmap.png``: image x model, each model's mean response per image, z-scored across images.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .ids import ModelId
+from .output import Output
+
+__all__ = ["plot_output", "channel_groups", "FIGSIZE", "DPI"]
+
+FIGSIZE = (12.0, 8.0)  # inches; with DPI every PNG is 1200 x 800 pixels
+DPI = 100
+GROUPS = {"O": "occipital", "P": "parietal", "C": "central", "T": "temporal", "F": "frontal", "A": "frontal"}
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ImportError("ned-ray plot needs matplotlib: pip install 'ned-ray[analysis]'") from None
+    return plt
+
+
+def channel_groups(names: list[str] | np.ndarray) -> dict[str, np.ndarray]:
+    """{group: channel indexes}. Occipital: every name with an 'O' (O1, Oz, O2 and the PO channels: the
+    8 of NED's EEG tutorial); the others by their first letter (Fp1 -> frontal, CP3 -> central)."""
+    groups: dict[str, list[int]] = {}
+    for i, name in enumerate(map(str, names)):
+        group = "occipital" if "O" in name.upper() else GROUPS.get(name[:1].upper(), "other")
+        groups.setdefault(group, []).append(i)
+    return {g: np.asarray(v) for g, v in groups.items()}
+
+
+def _eeg(out: Output, models: list[str], path: Path) -> None:
+    plt = _pyplot()
+    cols = min(3, len(models))
+    rows = -(-len(models) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=FIGSIZE, dpi=DPI, squeeze=False, sharex=True)
+    for ax, mid in zip(axes.ravel(), models):
+        _, values = out.responses(mid)  # (N, reps, channels, times)
+        coords = out.coords(mid)
+        times = coords["time"]
+        for group, index in channel_groups(coords["channel"]).items():
+            per_image = values[:, :, index].mean(axis=(1, 2))  # (N, times)
+            mean, sd = per_image.mean(0), per_image.std(0)
+            line, = ax.plot(times, mean, label=f"{group} ({len(index)})")
+            ax.fill_between(times, mean - sd, mean + sd, color=line.get_color(), alpha=0.2)
+        ax.axvline(0, color="grey", lw=0.5)
+        ax.set_title(f"{ModelId.parse(mid).label} ({len(values)} images)", fontsize=9)
+        ax.set_xlabel("time (s)")
+    for ax in axes.ravel()[len(models):]:
+        ax.axis("off")
+    axes[0, 0].set_ylabel("response (mean over reps and channels)")
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle(f"EEG: mean time course per channel group, +-1 sd across images\n{out.uri}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+
+
+def _fmri(out: Output, models: list[str], path: Path, rng: np.random.Generator, cap: int = 20000) -> None:
+    plt = _pyplot()
+    ids = sorted((ModelId.parse(m) for m in models), key=lambda m: (m.roi, m.subject))
+    data, labels = [], []
+    for mid in ids:
+        values = out.responses(str(mid))[1].ravel()
+        data.append(values if len(values) <= cap else rng.choice(values, cap, replace=False))
+        labels.append(f"{mid.roi}\nsub-{mid.subject:02d}")
+    fig, ax = plt.subplots(figsize=FIGSIZE, dpi=DPI)
+    parts = ax.violinplot(data, showmedians=True, widths=0.8)
+    for body, mid in zip(parts["bodies"], ids):
+        body.set_facecolor(f"C{mid.subject % 10}")
+    ax.set_xticks(range(1, len(labels) + 1), labels, fontsize=7 if len(labels) > 12 else 9, rotation=0)
+    ax.set_ylabel("predicted response (all voxels x images)")
+    ax.set_title(f"fMRI: response distribution per ROI and subject (colour = subject)\n{out.uri}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+
+
+def _heatmap(out: Output, models: list[str], path: Path, max_images: int = 200) -> None:
+    plt = _pyplot()
+    columns, names = [], None
+    for mid in models:
+        index, values = out.responses(mid)
+        mean = values.reshape(len(values), -1).mean(axis=1)
+        columns.append((mean - mean.mean()) / (mean.std() or 1.0))
+        names = out.images().column("image_id").to_numpy(zero_copy_only=False)[index]
+    matrix = np.stack(columns, axis=1)[:max_images]
+    fig, ax = plt.subplots(figsize=FIGSIZE, dpi=DPI)
+    image = ax.imshow(matrix, aspect="auto", cmap="RdBu_r", vmin=-3, vmax=3, interpolation="nearest")
+    ax.set_xticks(range(len(models)), [ModelId.parse(m).label for m in models], rotation=60, ha="right", fontsize=7)
+    if len(matrix) <= 40:
+        ax.set_yticks(range(len(matrix)), [str(n) for n in names[:len(matrix)]], fontsize=7)
+    ax.set_ylabel(f"image ({len(matrix)} of {len(columns[0])})")
+    fig.colorbar(image, ax=ax, label="mean response, z-scored across images")
+    ax.set_title(f"image x model: mean response per image\n{out.uri}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+
+
+def plot_output(out: Output, folder: str | os.PathLike, models: list[str] | None = None, seed: int = 0) -> list[Path]:
+    """Write the figures of ``out`` (restricted to ``models``) into ``folder``; returns the PNG paths."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    chosen = models or out.models
+    unknown = [m for m in chosen if m not in out.models]
+    if unknown:
+        raise ValueError(f"{out.uri} has no model {', '.join(unknown)}; it has: {', '.join(out.models)}")
+    if out.manifest["images"]["ok"] == 0:
+        raise ValueError(f"{out.uri} has no successfully encoded image to plot")
+    eeg = [m for m in chosen if ModelId.parse(m).modality == "eeg"]
+    fmri = [m for m in chosen if ModelId.parse(m).modality == "fmri"]
+    written = []
+    if eeg:
+        _eeg(out, eeg, folder / "eeg_timecourses.png")
+        written.append(folder / "eeg_timecourses.png")
+    if fmri:
+        _fmri(out, fmri, folder / "fmri_distributions.png", np.random.default_rng(seed))
+        written.append(folder / "fmri_distributions.png")
+    _heatmap(out, chosen, folder / "heatmap.png")
+    written.append(folder / "heatmap.png")
+    return written

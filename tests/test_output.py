@@ -1,0 +1,71 @@
+"""Reading outputs: numpy arrays, Arrow tables and xarray objects agree; NIfTI export follows NED's mask."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from ned_ray.output import IncompleteOutputError, open_output
+
+EEG = "eeg/things_eeg_2/vit_b_32/sub-02"
+FMRI = "fmri/nsd/fwrf/sub-01/lateral"
+
+
+def test_numpy_arrow_and_xarray_agree(demo_output):
+    out = open_output(str(demo_output))
+    ids = out.images().column("image_id").to_pylist()
+    assert len(ids) == 15 and ids[-1] == "zz_corrupt.jpg"
+    for mid in (EEG, FMRI):
+        index, values = out.responses(mid)
+        assert index.tolist() == list(range(14))  # the corrupt image has no row
+        table = out.table(mid)
+        flat = np.stack(table.column("response").to_numpy(zero_copy_only=False))
+        np.testing.assert_array_equal(flat.reshape(values.shape), values)
+        data = out.to_xarray(mid)
+        np.testing.assert_array_equal(data.values, values)
+        assert list(data.coords["image"].values) == ids[:14]
+        assert data.coords["image_index"].values.tolist() == index.tolist()
+        assert data.sel(image="astronaut.jpg").values.tolist() == values[ids.index("astronaut.jpg")].tolist()
+    eeg = out.to_xarray(EEG)
+    meta = out.metadata(EEG)
+    assert eeg.dims == ("image", "repetition", "channel", "time")
+    assert list(eeg.coords["channel"].values) == meta["json"]["ned_metadata"]["eeg"]["ch_names"]
+    np.testing.assert_array_equal(eeg.coords["time"].values, meta["npz"]["eeg/times"])
+    assert eeg.coords["repetition"].values.tolist() == [1, 2, 3, 4]
+    # a named selection equals positional indexing
+    oz = list(eeg.coords["channel"].values).index("Oz")
+    np.testing.assert_array_equal(eeg.sel(channel="Oz").values, out.responses(EEG)[1][:, :, oz])
+    fmri = out.to_xarray(FMRI)
+    assert fmri.dims == ("image", "voxel") and fmri.coords["voxel"].values.tolist() == list(range(fmri.shape[1]))
+
+
+def test_nifti_export_puts_each_voxel_where_neds_mask_says(demo_output, tmp_path):
+    out = open_output(str(demo_output))
+    _, values = out.responses(FMRI)
+    meta = out.metadata(FMRI)["npz"]
+    mask, affine = meta["fmri/roi_mask_volume"], meta["fmri/fmri_affine"]
+    path = out.to_nifti(FMRI, str(tmp_path / "lateral.nii.gz"), images=[0, 3])
+    image = nib.load(path)
+    volume = np.asarray(image.dataobj)
+    assert volume.shape == (*mask.shape, 2)
+    np.testing.assert_allclose(image.affine, affine, atol=1e-5)  # NIfTI headers keep the affine in float32
+    # NED's tutorial: vol = zeros(mask.shape); vol[mask] = response (the v-th True entry in C order)
+    coords = np.argwhere(mask)  # C order
+    for v in (0, 1, len(coords) // 2, len(coords) - 1):
+        x, y, z = coords[v]
+        assert volume[x, y, z, 1] == values[3, v]
+    assert np.all(volume[~mask] == 0)
+    with pytest.raises(ValueError, match="EEG model"):
+        out.to_nifti(EEG, str(tmp_path / "eeg.nii"))
+
+
+def test_an_unfinished_output_does_not_open(demo_output, tmp_path):
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "_job.json").write_text(json.dumps({}))
+    with pytest.raises(IncompleteOutputError, match="rerun the same command"):
+        open_output(str(tmp_path / "half"))
+    with pytest.raises(KeyError, match="has no model 'eeg/x'"):
+        open_output(str(demo_output)).responses("eeg/x")
