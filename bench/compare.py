@@ -65,21 +65,21 @@ def make_images(folder: Path, n: int, side: int = 425) -> np.ndarray:
     return np.stack(arrays).transpose(0, 3, 1, 2).copy()
 
 
-def baseline(ned_dir: Path, ids: list[str], images: np.ndarray) -> float:
+def baseline(ned_dir: Path, ids: list[str], images: np.ndarray, device: str) -> float:
     start = time.perf_counter()
     ned = NED(ned_dir)
     for mid in ids:
         parts = mid.split("/")
         subject = int(parts[3][4:])
-        model = ned.get_encoding_model(parts[0], parts[1], parts[2], subject, parts[4] if len(parts) > 4 else None, device="cpu")
+        model = ned.get_encoding_model(parts[0], parts[1], parts[2], subject, parts[4] if len(parts) > 4 else None, device=device)
         ned.encode(model, images, return_metadata=False)
         del model
     return time.perf_counter() - start
 
 
-def job(ned_dir: Path, spec: str, folder: Path, out: Path) -> float:
+def job(ned_dir: Path, spec: str, folder: Path, out: Path, device: str) -> float:
     start = time.perf_counter()
-    summary = run_encode(EncodeConfig(ned_dir=str(ned_dir), images=str(folder), models=spec, output=str(out), device="cpu"))
+    summary = run_encode(EncodeConfig(ned_dir=str(ned_dir), images=str(folder), models=spec, output=str(out), device=device))
     assert summary["images"]["error"] == 0
     return time.perf_counter() - start
 
@@ -98,6 +98,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steady", action="store_true", help="also run the job on 5x the images")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -112,21 +113,21 @@ def main() -> None:
         if args.steady:
             make_images(root / "images5", 5 * args.images)
         ray.init(include_dashboard=False, log_to_driver=False)
-        group = ModelGroup(ned, ids, "cpu", batch_size=100)
+        group = ModelGroup(ned, ids, args.device, batch_size=100)
         inputs = group.preprocess(images)
         modes = ["baseline", "job", "model-only", "model-only bf16"] + (["job x5"] if args.steady else [])
         times: dict[str, list[float]] = {k: [] for k in modes}
         deviation: dict[str, float] = {}
         for r in range(args.repeats):
-            times["baseline"].append(baseline(root / "ned", ids, images))
-            times["job"].append(job(root / "ned", spec, root / "images", root / f"out{r}"))
+            times["baseline"].append(baseline(root / "ned", ids, images, args.device))
+            times["job"].append(job(root / "ned", spec, root / "images", root / f"out{r}", args.device))
             elapsed, exact = model_only(group, inputs)
             times["model-only"].append(elapsed)
             elapsed, reduced = model_only(group, inputs, "bf16")
             times["model-only bf16"].append(elapsed)
             deviation = {m: float(np.abs(reduced[m] - exact[m]).max() / exact[m].std()) for m in exact}
             if args.steady:
-                times["job x5"].append(job(root / "ned", spec, root / "images5", root / f"out5-{r}"))
+                times["job x5"].append(job(root / "ned", spec, root / "images5", root / f"out5-{r}", args.device))
             print(f"repeat {r}: " + ", ".join(f"{k} {v[-1]:.1f}s" for k, v in times.items()), flush=True)
         med = {k: statistics.median(v) for k, v in times.items()}
         print(f"suite {args.suite}: {len(ids)} models, {args.images} images of 425 px, torch threads {torch.get_num_threads()}")

@@ -23,9 +23,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="ned-ray encode job (for ray job submit)")
     add_encode_arguments(parser)
     parser.add_argument("--summary-json", action="store_true", help="print the full summary as JSON")
+    parser.add_argument("--progress-every", type=float, default=30.0,
+                        help="seconds between progress lines in the job's log (0: none)")
     args = parser.parse_args(argv)
     try:
-        summary = run_encode(config_from_args(args))
+        summary = run_encode(config_from_args(args), progress=args.progress_every or None)
     except EXPECTED_ERRORS as exc:
         print(f"encode: error: {exc}", file=sys.stderr)
         return 2
