@@ -42,8 +42,8 @@ def _cmd_make_demo_models(args: argparse.Namespace) -> int:
 def model_summary(ned: NedDir) -> list[dict]:
     """One row per model: modality, subject, ROI, outputs and mean noise-normalised accuracy.
 
-    fMRI: the mean of NED's ``noise_normalized_encoding`` over voxels (percent of the explainable
-    variance). EEG: 100 x mean correlation (all repetitions) / mean upper noise ceiling, over channels
+    fMRI: 100 x the mean of NED's ``noise_normalized_encoding`` (r2 / noise ceiling) over voxels, in
+    percent of the explainable variance. EEG: 100 x mean correlation (all repetitions) / mean upper noise ceiling, over channels
     and times.
     """
     rows = []
@@ -52,7 +52,7 @@ def model_summary(ned: NedDir) -> list[dict]:
         accuracy = meta["encoding_models"]["encoding_accuracy"]
         if mid.modality == "fmri":
             outputs, shape = len(meta["fmri"]["ncsnr"]), [len(meta["fmri"]["ncsnr"])]
-            score = float(np.mean(accuracy["noise_normalized_encoding"]))
+            score = float(100 * np.mean(accuracy["noise_normalized_encoding"]))  # NED stores a fraction
         else:
             shape = list(np.shape(accuracy["correlation_single_repetitions"]))
             outputs = int(np.prod(shape))

@@ -65,7 +65,7 @@ def test_models_table_and_json_give_voxels_and_accuracy(demo_dir, capsys):
     meta = ned.metadata("fmri/nsd/fwrf/sub-01/V1")
     assert v1["voxels"] == len(meta["fmri"]["ncsnr"]) == 48 and v1["response_shape"] == [48]
     assert v1["noise_normalized_accuracy"] == pytest.approx(
-        float(np.mean(meta["encoding_models"]["encoding_accuracy"]["noise_normalized_encoding"])), abs=1e-3)
+        100 * float(np.mean(meta["encoding_models"]["encoding_accuracy"]["noise_normalized_encoding"])), abs=1e-3)
     eeg = rows["eeg/things_eeg_2/vit_b_32/sub-01"]
     acc = ned.metadata("eeg/things_eeg_2/vit_b_32/sub-01")["encoding_models"]["encoding_accuracy"]
     assert eeg["voxels"] is None and eeg["response_shape"] == [4, 63, 140]
