@@ -88,10 +88,11 @@ def load_vit(location: str, ned: NedDir | None = None) -> VisionTransformer:
     tokens = state["encoder.pos_embedding"].shape[1]
     image = patch * int(round((tokens - 1) ** 0.5))
     heads = 12 if hidden == 768 else max(1, hidden // 64)  # torchvision ViTs use 64-d heads
-    vit = VisionTransformer(image_size=image, patch_size=patch, num_layers=layers, num_heads=heads,
-                            hidden_dim=hidden, mlp_dim=mlp)
+    with torch.device("meta"):  # no random initialisation (1 s for ViT-B/32): the weights replace it
+        vit = VisionTransformer(image_size=image, patch_size=patch, num_layers=layers, num_heads=heads,
+                                hidden_dim=hidden, mlp_dim=mlp)
     try:
-        vit.load_state_dict(state, strict=True)
+        vit.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as exc:
         raise ValueError(f"{location}: weights do not fit a ViT: {str(exc).splitlines()[0]}") from None
     return vit.eval()
