@@ -192,59 +192,58 @@ def format_summary(summary: dict, output: str) -> str:
     return "\n".join(lines)
 
 
+def _command(sub, name: str, help: str, examples: list[str], func) -> argparse.ArgumentParser:
+    """One subcommand, its examples shown at the end of ``--help``."""
+    parser = sub.add_parser(name, help=help, formatter_class=argparse.RawDescriptionHelpFormatter,
+                            epilog="examples:\n" + "\n".join(f"  {line}" for line in examples))
+    parser.set_defaults(func=func)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ned-ray", description="In-silico brain responses from NED encoding models.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("make-demo-models", help="write small NED-format demo models (random weights)",
-                       epilog="example: ned-ray make-demo-models .demo/ned_dir")
+    p = _command(sub, "make-demo-models", "write small NED-format demo models (random weights)",
+                 ["ned-ray make-demo-models .demo/ned_dir"], _cmd_make_demo_models)
     p.add_argument("dir", help="output directory (local path or fsspec URL)")
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=_cmd_make_demo_models)
 
-    p = sub.add_parser("models", help="list the models a NED directory holds, with voxel counts and accuracy",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="examples:\n  ned-ray models .demo/ned_dir\n"
-                              "  ned-ray models s3://bucket/neural_encoding_dataset --json > models.json")
+    p = _command(sub, "models", "list the models a NED directory holds, with voxel counts and accuracy",
+                 ["ned-ray models .demo/ned_dir",
+                  "ned-ray models s3://bucket/neural_encoding_dataset --json > models.json"], _cmd_models)
     p.add_argument("ned_dir", help="the neural_encoding_dataset folder (local path or s3://, gs://, ...)")
     p.add_argument("--json", action="store_true", help="machine-readable output (one object per model)")
-    p.set_defaults(func=_cmd_models)
 
-    p = sub.add_parser("encode", help="encode an image set with many models (a Ray Data job)",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="examples:\n"
-                              "  ned-ray encode --ned-dir .demo/ned_dir --images .demo/images --models all --output out/\n"
-                              "  ned-ray encode --ned-dir .demo/ned_dir --images my_photos/ --models 'eeg/*' \\\n"
-                              "      --channels O1,Oz,O2 --times 0.05:0.3 --output eeg_out/\n"
-                              "  ned-ray encode --ned-dir s3://bucket/neural_encoding_dataset --images gs://bucket/stimuli/ \\\n"
-                              "      --models 'fmri/nsd/fwrf/sub-0*/V1,eeg/*' --min-ncsnr 0.2 --output s3://bucket/responses/")
+    p = _command(sub, "encode", "encode an image set with many models (a Ray Data job)",
+                 ["ned-ray encode --ned-dir .demo/ned_dir --images .demo/images --models all --output out/",
+                  "ned-ray encode --ned-dir .demo/ned_dir --images my_photos/ --models 'eeg/*' \\",
+                  "    --channels O1,Oz,O2 --times 0.05:0.3 --output eeg_out/",
+                  "ned-ray encode --ned-dir s3://bucket/neural_encoding_dataset --images gs://bucket/stimuli/ \\",
+                  "    --models 'fmri/nsd/fwrf/sub-0*/V1,eeg/*' --min-ncsnr 0.2 --output s3://bucket/responses/"],
+                 _cmd_encode)
     add_encode_arguments(p)
     p.add_argument("--progress-every", type=float, default=5.0, help="seconds between progress lines (default 5)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
-    p.set_defaults(func=_cmd_encode)
 
-    p = sub.add_parser("inspect", help="what an output holds: models, rows, errors, options",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="examples:\n  ned-ray inspect .demo/out\n  ned-ray inspect s3://bucket/responses --json")
+    p = _command(sub, "inspect", "what an output holds: models, rows, errors, options",
+                 ["ned-ray inspect .demo/out", "ned-ray inspect s3://bucket/responses --json"], _cmd_inspect)
     p.add_argument("output", help="an encode job's output folder (path or fsspec URL)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--max-errors", type=int, default=10, help="image errors to list (default 10)")
-    p.set_defaults(func=_cmd_inspect)
 
-    p = sub.add_parser("plot", help="PNG figures of an output: EEG time courses, fMRI distributions, a heatmap",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="examples:\n  ned-ray plot .demo/out            # writes .demo/out/plots/*.png\n"
-                              "  ned-ray plot out/ --to figures/ --models 'fmri/nsd/fwrf/sub-01/V1,eeg/things_eeg_2/vit_b_32/sub-01'")
+    p = _command(sub, "plot", "PNG figures of an output: EEG time courses, fMRI distributions, a heatmap",
+                 ["ned-ray plot .demo/out            # writes .demo/out/plots/*.png",
+                  "ned-ray plot out/ --to figures/ --models 'fmri/nsd/fwrf/sub-01/V1,eeg/things_eeg_2/vit_b_32/sub-01'"],
+                 _cmd_plot)
     p.add_argument("output", help="an encode job's output folder")
     p.add_argument("--to", default=None, help="folder for the PNGs (default OUTPUT/plots; local)")
     p.add_argument("--models", default=None, help="comma-separated model ids (default: all in the output)")
-    p.set_defaults(func=_cmd_plot)
 
-    p = sub.add_parser("demo", help="run the encode job on demo models and built-in photos (no downloads)",
-                       epilog="example: ned-ray demo --workdir .demo")
+    p = _command(sub, "demo", "run the encode job on demo models and built-in photos (no downloads)",
+                 ["ned-ray demo --workdir .demo"], _cmd_demo)
     p.add_argument("--workdir", default=".demo")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.set_defaults(func=_cmd_demo)
     return parser
 
 

@@ -53,10 +53,13 @@ class Output:
 
     def shape(self, model_id: str | ModelId) -> tuple[int, ...]:
         """Per-image response shape, from the model's metadata."""
-        meta = self.metadata(model_id)
+        return self._shape(self._key(model_id), self.metadata(model_id))
+
+    @staticmethod
+    def _shape(key: str, meta: dict[str, Any]) -> tuple[int, ...]:
         if "response_shape" in meta["json"]:  # after any selection
             return tuple(meta["json"]["response_shape"])
-        if ModelId.parse(self._key(model_id)).modality == "fmri":
+        if ModelId.parse(key).modality == "fmri":  # outputs written before response_shape was recorded
             return (int(meta["npz"]["fmri/ncsnr"].shape[0]),)
         enc = meta["json"]["ned_metadata"]["encoding_models"]["encoding_accuracy"]["correlation_single_repetitions"]
         return tuple(enc["shape"])
@@ -98,7 +101,7 @@ class Output:
         for fMRI; ``repetition`` (1-based), ``channel`` (names) and ``time`` (seconds) for EEG."""
         key = self._key(model_id)
         meta = self.metadata(key)
-        shape = self.shape(key)
+        shape = self._shape(key, meta)
         npz, ned = meta["npz"], meta["json"]["ned_metadata"]
         if ModelId.parse(key).modality == "fmri":
             return {"voxel": npz.get("selection/voxels", np.arange(shape[0]))}

@@ -94,12 +94,13 @@ def _fmri(out: Output, models: list[str], path: Path, rng: np.random.Generator, 
 
 def _heatmap(out: Output, models: list[str], path: Path, max_images: int = 200) -> None:
     plt = _pyplot()
-    columns, names = [], None
+    columns = []
+    ids = out.images().column("image_id").to_numpy(zero_copy_only=False)
     for mid in models:
-        index, values = out.responses(mid)
+        index, values = out.responses(mid)  # every model has the same rows (the images that decoded)
         mean = values.reshape(len(values), -1).mean(axis=1)
         columns.append((mean - mean.mean()) / (mean.std() or 1.0))
-        names = out.images().column("image_id").to_numpy(zero_copy_only=False)[index]
+    names = ids[index]
     matrix = np.stack(columns, axis=1)[:max_images]
     fig, ax = plt.subplots(figsize=FIGSIZE, dpi=DPI)
     image = ax.imshow(matrix, aspect="auto", cmap="RdBu_r", vmin=-3, vmax=3, interpolation="nearest")

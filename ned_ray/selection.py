@@ -63,6 +63,10 @@ class Resolved:
             values = values[..., self.times]
         return values
 
+    def shape(self, full: tuple[int, ...]) -> tuple[int, ...]:
+        """The per-image shape after this selection, from the model's full per-image shape."""
+        return tuple(self.apply(np.empty((0, *full), np.float32)).shape[1:])
+
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {k: getattr(self, k) for k in ("voxels", "channels", "times") if getattr(self, k) is not None}
 

@@ -121,10 +121,9 @@ def write_model_metadata(fs, root: str, mid: ModelId, metadata: dict, config: En
     tree, arrays = split_arrays(metadata)
     selection, selected = selection_record(mid, metadata, resolved, config.selection().to_json())
     arrays.update(selected)
-    shape = ned_shape(mid, metadata)
     document = {
         "model_id": str(mid),
-        "response_shape": list(resolved.apply(np.empty((0, *shape), np.float32)).shape[1:]),
+        "response_shape": list(resolved.shape(ned_shape(mid, metadata))),
         "selection": selection,
         "ned_metadata": tree,
         "provenance": {

@@ -97,8 +97,7 @@ class GroupEncoder:
                                 config.batch_size)
         log.info("model group %s on %s: batch sizes %s", model_ids, self.group.device, self.group.batch_sizes)
         self.selections = {m: _resolved((selections or {}).get(str(m), {})) for m in self.group.model_ids}
-        self.shapes = {m: self.selections[m].apply(np.empty((0, *self.group.output_shape(m)), np.float32)).shape[1:]
-                       for m in self.group.model_ids}
+        self.shapes = {m: self.selections[m].shape(self.group.output_shape(m)) for m in self.group.model_ids}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         _maybe_fail()
@@ -185,7 +184,8 @@ def run_encode(config: EncodeConfig, progress: float | None = None) -> dict[str,
     ned = config.open_ned()
     models = select(list(ned.catalogue), config.models)
     selection = config.selection()  # a selection that keeps nothing fails here, before anything is written
-    selections = {str(m): {k: v.tolist() for k, v in selection.resolve(m, ned.metadata(m)).to_arrays().items()}
+    metadata = {m: ned.metadata(m) for m in models}
+    selections = {str(m): {k: v.tolist() for k, v in selection.resolve(m, metadata[m]).to_arrays().items()}
                   for m in models}
     with _storage("read images at", config.images):
         source = open_source(config.images, opts)
@@ -216,8 +216,9 @@ def run_encode(config: EncodeConfig, progress: float | None = None) -> dict[str,
             raise OutputExistsError(f"output '{config.output}' was made with other weights for {mid} ({changed} changed); "
                                     "use another --output, or --overwrite to replace it")
         if recorded is None:
-            write_model_metadata(fs, root, mid, ned.metadata(mid), config, files, _resolved(plan.selections[str(mid)]),
+            write_model_metadata(fs, root, mid, metadata[mid], config, files, _resolved(plan.selections[str(mid)]),
                                  ned.entry(mid).format)
+    del metadata  # NED's metadata (ROI mask volumes) is not needed while the pipeline runs
     if plan.remaining:
         try:
             if progress:

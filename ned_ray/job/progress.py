@@ -38,6 +38,11 @@ class ProgressReporter:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="ned-ray-progress", daemon=True)
         self._start = 0.0
+        self._already = 0  # images committed before this run (not this run's speed)
+
+    def _refresh(self) -> None:
+        if hasattr(self.fs, "invalidate_cache"):  # object stores cache listings
+            self.fs.invalidate_cache()
 
     def count(self) -> int:
         """Images committed by this run so far (markers read once each)."""
@@ -52,8 +57,8 @@ class ProgressReporter:
         return sum(self._seen.values())
 
     def __enter__(self) -> "ProgressReporter":
-        self.fs.invalidate_cache() if hasattr(self.fs, "invalidate_cache") else None
-        self._already = self.count()  # committed by earlier runs: not this run's speed
+        self._refresh()
+        self._already = self.count()
         self._start = self.clock()
         self._thread.start()
         return self
@@ -65,7 +70,7 @@ class ProgressReporter:
             self._report()
 
     def _report(self) -> None:
-        self.fs.invalidate_cache() if hasattr(self.fs, "invalidate_cache") else None
+        self._refresh()
         done = self.count() - self._already
         print(format_progress(done, self.total, self.clock() - self._start), file=self.stream, flush=True)
 
