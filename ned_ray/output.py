@@ -78,7 +78,7 @@ class Output:
             table = self.table(key)
             index = table.column("image_index").to_numpy()
             flat = table.column("response").combine_chunks()
-            values = flat.values.to_numpy(zero_copy_only=False).reshape(len(table), -1)
+            values = flat.values.to_numpy(zero_copy_only=False).reshape(len(table), flat.type.list_size)
         order = np.argsort(index, kind="stable")
         return index[order], values[order].reshape(len(index), *self.shape(key))
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import fsspec
 
-__all__ = ["filesystem", "options_for", "is_local"]
+__all__ = ["filesystem", "options_for", "is_local", "bucket_of"]
 
 
 def options_for(uri: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
@@ -27,3 +27,10 @@ def filesystem(uri: str, storage_options: dict[str, Any] | None = None) -> tuple
 def is_local(fs: fsspec.AbstractFileSystem) -> bool:
     protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
     return "file" in protocols or "local" in protocols
+
+
+def bucket_of(fs: fsspec.AbstractFileSystem, path: str) -> str | None:
+    """The bucket of an object-store path (s3fs, gcsfs, adlfs...), None on filesystems without buckets."""
+    if is_local(fs) or not hasattr(fs, "split_path"):
+        return None
+    return fs.split_path(path)[0] or None

@@ -41,6 +41,7 @@ class EncodeConfig:
     min_ncsnr: float | None = None  # fMRI: keep voxels whose ncsnr > this (default: all voxels)
     model_cache: str | None = None  # local folder on each node for remote NED files (read once per node)
     overwrite: bool = False
+    create_output_bucket: bool = False  # create a missing s3:// / gs:// output bucket (default: an error)
     ray_address: str | None = None  # None: $RAY_ADDRESS, else a new local cluster
     storage_options: dict[str, Any] = field(default_factory=dict)
 
@@ -121,6 +122,8 @@ def add_encode_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-cache", default=None,
                         help="local folder where each node keeps remote NED model files after the first read")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output made with other options")
+    parser.add_argument("--create-output-bucket", action="store_true",
+                        help="create the output's bucket if it does not exist (default: a missing bucket is an error)")
     parser.add_argument("--ray-address", default=None, help="Ray cluster to join (default: $RAY_ADDRESS or a new local one)")
     parser.add_argument("--storage-options", default="{}", help="JSON dict passed to fsspec (e.g. endpoint settings)")
 

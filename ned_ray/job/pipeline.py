@@ -30,16 +30,16 @@ from ..models.group import ModelGroup, ModelLoadError
 from ..nedfmt import MissingFileError
 from ..safeload import UnsafePickleError
 from ..selection import Resolved
-from ..storage import filesystem
+from ..storage import bucket_of, filesystem
 from .config import EncodeConfig
 from .decode import DecodeShard
 from .progress import ProgressReporter
 from .metadata import model_files, recorded_files, write_model_metadata
-from .sink import (JOB_FILE, MANIFEST, ResponseSink, finalize, precision_column, read_commits, response_column,
+from .sink import (COMMITS, IMAGE_PARTS, JOB_FILE, MANIFEST, ResponseSink, finalize, precision_column, read_commits, response_column,
                    write_bytes)
 from .sources import NoImagesError, open_source
 
-__all__ = ["run_encode", "GroupEncoder", "plan_groups", "OutputExistsError"]
+__all__ = ["run_encode", "GroupEncoder", "plan_groups", "OutputExistsError", "MissingBucketError", "StorageError"]
 
 log = logging.getLogger("ned_ray")
 
@@ -149,12 +149,34 @@ def _resolved(indexes: dict[str, list[int]]) -> Resolved:
     return Resolved(**{k: np.asarray(v, dtype=np.int64) for k, v in indexes.items()})
 
 
+class MissingBucketError(ValueError):
+    """The output's bucket does not exist (and the job was not asked to create it)."""
+
+
+def _check_bucket(config: EncodeConfig, fs, root: str) -> None:
+    """Object stores: the output bucket must exist (creating buckets is not the job's business unless
+    ``create_output_bucket``); without this check s3fs/gcsfs would create it silently."""
+    bucket = bucket_of(fs, root)
+    if bucket is None or fs.exists(bucket):
+        return
+    protocol = config.output.split("://", 1)[0]
+    if not config.create_output_bucket:
+        raise MissingBucketError(f"output bucket '{protocol}://{bucket}' does not exist (output '{config.output}'); "
+                                 "create it, or pass --create-output-bucket")
+    log.warning("creating output bucket %s://%s", protocol, bucket)
+    fs.mkdir(bucket)
+
+
 def _check_output(config: EncodeConfig, fs, root: str) -> None:
     job_path = posixpath.join(root, JOB_FILE)
     if not fs.exists(job_path):
         return
     previous = json.loads(fs.cat_file(job_path))
     if previous.get("identity") == config.identity():
+        return
+    if not read_commits(fs, root):  # nothing committed (an earlier attempt failed early): nobody's output yet
+        log.warning("output %s: replacing an earlier attempt that committed nothing", config.output)
+        _clear_attempt(fs, root, previous)
         return
     if not config.overwrite:
         changed = sorted(k for k in set(previous.get("identity", {})) | set(config.identity())
@@ -163,6 +185,16 @@ def _check_output(config: EncodeConfig, fs, root: str) -> None:
                                 "use another --output, or --overwrite to replace it")
     log.warning("overwriting %s", config.output)
     fs.rm(root, recursive=True)
+
+
+def _clear_attempt(fs, root: str, previous: dict[str, Any]) -> None:
+    """Remove what a job that committed nothing wrote: its options, its models' metadata and any
+    uncommitted parts (only ned-ray's own files; model ids are re-validated, never used as raw paths)."""
+    folders = [posixpath.join(root, str(ModelId.parse(m))) for m in previous.get("models", [])]
+    for path in [posixpath.join(root, name) for name in (COMMITS, IMAGE_PARTS)] + folders:
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+    fs.rm(posixpath.join(root, JOB_FILE))
 
 
 def _remaining(done: np.ndarray, shard_size: int) -> list[tuple[int, int]]:
@@ -191,6 +223,7 @@ def run_encode(config: EncodeConfig, progress: float | None = None) -> dict[str,
         source = open_source(config.images, opts)
     with _storage("write the output to", config.output):
         fs, root = filesystem(config.output, opts)
+        _check_bucket(config, fs, root)
         _check_output(config, fs, root)
         fs.makedirs(root, exist_ok=True)
 
@@ -231,7 +264,11 @@ def run_encode(config: EncodeConfig, progress: float | None = None) -> dict[str,
             if ours is None:
                 raise
             raise ours from None
-    manifest = finalize(config.output, opts, models, config.formats, len(source), job)
+    manifest_path = posixpath.join(root, MANIFEST)
+    if not plan.remaining and fs.exists(manifest_path):  # already complete: a rerun writes nothing
+        manifest = json.loads(fs.cat_file(manifest_path))
+    else:
+        manifest = finalize(config.output, opts, models, config.formats, len(source), job)
     elapsed = time.perf_counter() - started
     return {**manifest, "run": {"encoded_images": encoded, "skipped_images": int(done.sum()), "seconds": elapsed,
                                 "images_per_second": encoded / elapsed if elapsed > 0 else 0.0,
@@ -246,6 +283,22 @@ def cpu_threads(config: EncodeConfig, n_groups: int) -> int:
     return max(1, int(min(cpus)) // max(1, n_groups))
 
 
+DECODE_CPUS = 1.0  # Ray CPUs of one decode task
+WRITE_CPUS = 0.5  # Ray CPUs of one write task
+
+
+def actor_cpus(cluster_cpus: float, n_actors: int, use_gpu: bool) -> float:
+    """Ray CPUs reserved by each model actor, so that the actors never hold the CPUs that the decode
+    and write tasks feeding them need (actors waiting for blocks that no task can be scheduled to make
+    would hang the job). The reservation is logical: an actor's torch threads are ``cpu_threads``."""
+    wanted = 1.0 if use_gpu else 0.5
+    free = cluster_cpus - DECODE_CPUS - WRITE_CPUS
+    if free <= 0:
+        raise ValueError(f"the Ray cluster has {cluster_cpus:g} CPUs; the encode job needs at least "
+                         f"{DECODE_CPUS + WRITE_CPUS + 0.5:g} (decode, write and model actors)")
+    return round(min(wanted, free / max(1, n_actors)), 4)
+
+
 def _run_pipeline(config: EncodeConfig, source, plan: _Plan) -> None:
     if not ray.is_initialized():
         ray.init(address=config.ray_address, ignore_reinit_error=True, log_to_driver=False)
@@ -254,13 +307,15 @@ def _run_pipeline(config: EncodeConfig, source, plan: _Plan) -> None:
         raise ValueError("--device cuda was requested but the Ray cluster has no GPUs; use --device auto or cpu")
     use_gpu = gpus > 0 and config.device != "cpu"
     threads = cpu_threads(config, len(plan.groups))
+    per_actor_cpus = actor_cpus(ray.cluster_resources().get("CPU", 0), len(plan.groups) * config.actors_per_group,
+                                use_gpu)
     kinds = tuple(sorted({k for g in plan.groups for k in (["fwrf"] if any(m.modality == "fmri" for m in g) else [])
                           + (["vit"] if any(m.modality == "eeg" for m in g) else [])}))
 
     items = source.shard_items(plan.remaining)
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(DecodeShard(source.description(), kinds, config.non_square, config.max_pixels),
-                        batch_size=1, num_cpus=1)
+                        batch_size=1, num_cpus=DECODE_CPUS)
     for group in plan.groups:
         ds = ds.map_batches(
             GroupEncoder,
@@ -269,9 +324,9 @@ def _run_pipeline(config: EncodeConfig, source, plan: _Plan) -> None:
             batch_size=None,
             compute=ray.data.ActorPoolStrategy(size=config.actors_per_group),
             num_gpus=config.gpus_per_actor if use_gpu else None,
-            num_cpus=1 if use_gpu else 0.5,
+            num_cpus=per_actor_cpus,
             **({"runtime_env": {"env_vars": {FAULT_ENV: os.environ[FAULT_ENV]}}} if os.environ.get(FAULT_ENV) else {}),
         )
     ds = ds.drop_columns(list(kinds))
     ds.write_datasink(ResponseSink(config.output, config.storage_options, plan.models, config.formats,
-                                   config.shard_size, plan.n_images))
+                                   config.shard_size, plan.n_images), ray_remote_args={"num_cpus": WRITE_CPUS})

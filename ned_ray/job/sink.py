@@ -123,7 +123,7 @@ class ResponseSink(Datasink[list]):
             values = np.ascontiguousarray(batch[response_column(mid)][ok], dtype=np.float32)
             folder = posixpath.join(root, str(mid))
             if "parquet" in self.formats:
-                flat = values.reshape(len(values), -1)
+                flat = values.reshape(len(values), int(np.prod(values.shape[1:])))  # also for 0 ok rows
                 table = pa.table({
                     "image_index": pa.array(index[ok], pa.int64()),
                     "image_id": ids.filter(pa.array(ok)),

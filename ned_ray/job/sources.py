@@ -59,12 +59,9 @@ class ImageSource:
 
     def read(self, start: int, stop: int, uris: list[str] | None = None) -> list[bytes | np.ndarray | Exception]:
         """Raw items of images [start, stop); ``uris`` are theirs when the listing is not held."""
-        fs, path = filesystem(self.uri, self.storage_options)
         if self.kind == "files":
-            wanted = list(uris) if uris is not None else self.uris[start:stop]
-            fs_paths = [filesystem(u, self.storage_options)[1] for u in wanted]
-            found = fs.cat(fs_paths, on_error="return")  # concurrent on object stores
-            return [found.get(p, FileNotFoundError(p)) for p in fs_paths]
+            return _read_files(list(uris) if uris is not None else self.uris[start:stop], self.storage_options)
+        fs, path = filesystem(self.uri, self.storage_options)
         if self.kind == "npy":
             row = int(np.prod(self.npy_shape[1:]))
             data = fs.cat_file(path, start=self.npy_offset + start * row, end=self.npy_offset + stop * row)
@@ -75,6 +72,27 @@ class ImageSource:
         if pa.types.is_struct(column.type):
             column = column.field("bytes")
         return [b if b is not None else ValueError("null image bytes") for b in column.to_pylist()]
+
+
+def _protocol(uri: str) -> str:
+    return uri.split("://", 1)[0] if "://" in uri else "file"
+
+
+def _read_files(uris: list[str], storage_options: dict[str, Any]) -> list[bytes | Exception]:
+    """The bytes of each URI (or the exception reading it), each through its own protocol's filesystem
+    and options: a local ``.txt`` list may name ``s3://`` or ``gs://`` objects."""
+    found: dict[str, bytes | Exception] = {}
+    for protocol in dict.fromkeys(_protocol(u) for u in uris):
+        wanted = [u for u in uris if _protocol(u) == protocol]
+        try:
+            fs, _ = filesystem(wanted[0], storage_options)
+            paths = [filesystem(u, storage_options)[1] for u in wanted]
+            # concurrent on object stores; paths are taken literally (no glob expansion of '[', '*', '?')
+            data = fs.cat_ranges(paths, None, None, on_error="return")
+        except Exception as exc:  # no such filesystem, unreachable store: every image of it is an error row
+            data = [exc] * len(wanted)
+        found.update(zip(wanted, data))
+    return [found[u] for u in uris]
 
 
 def _relative(uri: str, root: str) -> str:
@@ -114,7 +132,7 @@ def open_source(uri: str, storage_options: dict[str, Any] | None = None) -> Imag
         return ImageSource(uri, "parquet", ids, storage_options=storage_options, parquet_column=column)
 
     if lower.endswith((".txt", ".lst")):
-        root = posixpath.dirname(uri)
+        root = posixpath.dirname(uri if protocol else path)  # local: absolute, so workers anywhere read it
         with fs.open(path, "rt") as fh:
             listed = [line.strip() for line in fh if line.strip() and not line.lstrip().startswith("#")]
         uris = sorted({u if "://" in u or u.startswith("/") else posixpath.join(root, u) for u in listed})

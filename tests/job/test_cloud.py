@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -58,3 +60,52 @@ def test_gcs_round_trip(ray_cluster, gcs_server, demo_dir, png_folder, tmp_path)
     assert summary["images"]["ok"] == 20
     for model in remote.models:
         np.testing.assert_array_equal(remote.responses(model)[1], local.responses(model)[1])
+
+
+def test_a_local_list_of_s3_uris_reads_them_with_the_job_options(ray_cluster, s3_server, demo_dir, png_folder, tmp_path):
+    fs, _ = filesystem("s3://ned-ray-list", s3_server)
+    fs.mkdir("ned-ray-list")
+    _upload(fs, png_folder, "ned-ray-list/stimuli")
+    names = sorted(p.name for p in png_folder.glob("*.png"))[:4]
+    listing = tmp_path / "stimuli.txt"
+    listing.write_text("".join(f"s3://ned-ray-list/stimuli/{n}\n" for n in names) + "s3://ned-ray-list/stimuli/gone.png\n"
+                       + f"{png_folder / names[0]}\n")  # a local file in the same list
+    config = EncodeConfig(ned_dir=str(demo_dir), images=str(listing), models="fmri/nsd/fwrf/sub-01/V1",
+                          output=str(tmp_path / "out"), device="cpu", storage_options=s3_server)
+    summary = run_encode(config)
+    assert summary["images"] == {"total": 6, "ok": 5, "error": 1, "file": "images.parquet"}
+    rows = {r["image_id"]: r for r in open_output(config.output).images().to_pylist()}
+    assert rows["s3://ned-ray-list/stimuli/gone.png"]["status"] == "error"
+    assert "gone.png" in rows["s3://ned-ray-list/stimuli/gone.png"]["error"]
+    assert all(rows[f"s3://ned-ray-list/stimuli/{n}"]["status"] == "ok" for n in names)
+    # the same pictures from local files give the same numbers
+    local = EncodeConfig(ned_dir=str(demo_dir), images=str(png_folder / "images_0*.png"), models=config.models,
+                         output=str(tmp_path / "local"), device="cpu")
+    run_encode(local)
+    by_name = dict(zip(open_output(local.output).images().column("image_id").to_pylist(),
+                       open_output(local.output).responses(config.models)[1]))
+    index, values = open_output(config.output).responses(config.models)
+    ids = open_output(config.output).images().column("image_id").to_pylist()
+    for i, row in zip(index, values):
+        np.testing.assert_array_equal(row, by_name[ids[i].rsplit("/", 1)[-1]])
+
+
+@pytest.mark.parametrize("scheme", ["s3", "gs"])
+def test_a_missing_output_bucket_is_one_line_and_creates_nothing(scheme, request, ray_cluster, demo_dir, png_folder,
+                                                                 tmp_path, capsys):
+    from ned_ray.cli import main as cli_main
+
+    options = request.getfixturevalue("s3_server" if scheme == "s3" else "gcs_server")
+    fs, _ = filesystem(f"{scheme}://x", options)
+    bucket = f"ned-ray-missing-{scheme}"
+    args = ["encode", "--ned-dir", str(demo_dir), "--images", str(png_folder), "--models", "fmri/nsd/fwrf/sub-01/V1",
+            "--output", f"{scheme}://{bucket}/out", "--device", "cpu", "--storage-options", json.dumps(options)]
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and f"'{scheme}://{bucket}' does not exist" in err, err
+    assert "--create-output-bucket" in err
+    fs.invalidate_cache()
+    assert not fs.exists(bucket)  # nothing created
+    assert cli_main([*args, "--create-output-bucket"]) == 0  # asked for: the bucket is made and the job runs
+    fs.invalidate_cache()
+    assert fs.exists(f"{bucket}/out/_manifest.json")
