@@ -24,11 +24,12 @@ import pyarrow.compute as pc
 from .ids import UnknownModelError
 from .models.group import ModelLoadError
 from .job.config import add_encode_arguments
+from .job.pipeline import DeviceError
 from .nedfmt import MissingFileError, NedDir
 from .safeload import UnsafePickleError
 
 EXPECTED_ERRORS = (MissingFileError, UnknownModelError, UnsafePickleError, ValueError, TypeError, OSError, ModelLoadError,
-                   ImportError, KeyError)
+                   ImportError, KeyError, DeviceError)
 
 
 def _cmd_make_demo_models(args: argparse.Namespace) -> int:
@@ -171,12 +172,28 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def format_plan(info: dict) -> str:
+    """What ``--dry-run`` prints: the work, then the plan."""
+    head = (f"{len(info['models'])} models x {info['n_images']} images in {info['shards']} shard(s): "
+            f"{info['to_encode']} to encode, {info['already_committed']} already committed")
+    return head + "\n" + info["plan"].describe()
+
+
+def plan_json(info: dict) -> str:
+    return json.dumps({**info, "plan": info["plan"].to_json()}, indent=2)
+
+
 def _cmd_encode(args: argparse.Namespace) -> int:
     from .job.config import config_from_args
-    from .job.pipeline import run_encode
+    from .job.pipeline import plan_encode, run_encode
 
-    summary = run_encode(config_from_args(args), progress=None if args.quiet else args.progress_every)
-    print(format_summary(summary, args.output))
+    config = config_from_args(args)
+    if args.dry_run:
+        info = plan_encode(config)
+        print(plan_json(info) if args.json else format_plan(info))
+        return 0
+    summary = run_encode(config, progress=None if args.quiet else args.progress_every)
+    print(json.dumps(summary, indent=2, default=str) if args.json else format_summary(summary, args.output))
     return 0
 
 
@@ -220,11 +237,16 @@ def build_parser() -> argparse.ArgumentParser:
                   "ned-ray encode --ned-dir .demo/ned_dir --images my_photos/ --models 'eeg/*' \\",
                   "    --channels O1,Oz,O2 --times 0.05:0.3 --output eeg_out/",
                   "ned-ray encode --ned-dir s3://bucket/neural_encoding_dataset --images gs://bucket/stimuli/ \\",
-                  "    --models 'fmri/nsd/fwrf/sub-0*/V1,eeg/*' --min-ncsnr 0.2 --output s3://bucket/responses/"],
+                  "    --models 'fmri/nsd/fwrf/sub-0*/V1,eeg/*' --min-ncsnr 0.2 --output s3://bucket/responses/",
+                  "ned-ray encode --ned-dir D --images I --models all --output O --dry-run --cluster '16cpu,0-8x8cpu+1gpu:24GB'"],
                  _cmd_encode)
     add_encode_arguments(p)
     p.add_argument("--progress-every", type=float, default=5.0, help="seconds between progress lines (default 5)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan (pools, actors, GPUs and CPUs per actor, batch rows) and exit; with "
+                        "--cluster SPEC, for a described cluster")
+    p.add_argument("--json", action="store_true", help="with --dry-run: the plan as JSON; else the summary as JSON")
 
     p = _command(sub, "inspect", "what an output holds: models, rows, errors, options",
                  ["ned-ray inspect .demo/out", "ned-ray inspect s3://bucket/responses --json"], _cmd_inspect)

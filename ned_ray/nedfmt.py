@@ -17,6 +17,7 @@ from typing import Any
 import fsspec
 
 from . import safeload
+from .storage import cached_copy, file_identity, is_local
 from .ids import MODELS, ROIS, SPLIT_ROIS, SUBJECTS, TRAIN_DATASETS, ModelId, UnknownModelError
 
 __all__ = ["NedDir", "ModelEntry", "MissingFileError", "FMRI_ROOT", "EEG_ROOT", "VIT_IN_NED_DIR"]
@@ -64,10 +65,7 @@ class NedDir:
         self.url = str(self.url)
         self.fs, root = fsspec.core.url_to_fs(self.url, **self.storage_options)
         self.root = root.rstrip("/") or "/"
-        self._reader = self.fs
-        protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
-        if self.cache_dir and not {"file", "local"} & set(protocols):
-            self._reader = fsspec.filesystem("filecache", fs=self.fs, cache_storage=self.cache_dir, same_names=False)
+        self._listings: dict[str, dict[str, dict]] = {}
         if not self.fs.isdir(self.root):
             raise MissingFileError(
                 f"NED directory not found: '{self.url}'. Point it at the 'neural_encoding_dataset' folder "
@@ -142,9 +140,40 @@ class NedDir:
             )
         return path
 
+    @property
+    def is_local(self) -> bool:
+        return is_local(self.fs)
+
     def open(self, relative: str):
-        """Open a file for reading (through the local cache when one is set)."""
-        return self._reader.open(self.require(relative), "rb")
+        """Open a file for reading: remote files through this node's cache when one is set (fetched
+        once per node, never read half-written: :func:`~ned_ray.storage.cached_copy`)."""
+        path = self.require(relative)
+        if self.cache_dir and not self.is_local:
+            return open(cached_copy(self.fs, path, self.cache_dir), "rb")
+        return self.fs.open(path, "rb")
+
+    def info(self, relative: str) -> dict:
+        """The store's listing entry of a file (size, ETag/mtime), from one listing per folder."""
+        folder, name = posixpath.split(self.path(relative))
+        if folder not in self._listings:
+            entries = self.fs.ls(folder, detail=True) if self.fs.isdir(folder) else []
+            self._listings[folder] = {posixpath.basename(e["name"].rstrip("/")): e for e in entries}
+        entry = self._listings[folder].get(name)
+        if entry is None:
+            self.require(relative)  # the missing-file message
+            entry = self.fs.info(self.path(relative))
+        return entry
+
+    def size(self, relative: str) -> int:
+        return int(self.info(relative).get("size") or 0)
+
+    def file_record(self, relative: str) -> dict:
+        """Provenance of a file without downloading it: sha256 of local files; the store's identity
+        (size + ETag/generation/mtime) of remote ones, which the actors' caches are keyed by too."""
+        record = {"file": self.uri(relative)}
+        if self.is_local:
+            return {**record, "sha256": self.sha256(relative), "bytes": self.size(relative)}
+        return {**record, **file_identity(self.info(relative))}
 
     def load_npy(self, relative: str) -> Any:
         """A NED ``.npy`` dict, through the restricted unpickler."""

@@ -1,12 +1,14 @@
-"""fsspec filesystems for URIs, with per-protocol options (``{"s3": {...}, "gs": {...}}``)."""
+"""fsspec filesystems for URIs, with per-protocol options (``{"s3": {...}, "gs": {...}}``), and the
+per-node cache of remote model files."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import fsspec
 
-__all__ = ["filesystem", "options_for", "is_local", "bucket_of"]
+__all__ = ["filesystem", "options_for", "is_local", "bucket_of", "file_identity", "cached_copy"]
 
 
 def options_for(uri: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
@@ -34,3 +36,57 @@ def bucket_of(fs: fsspec.AbstractFileSystem, path: str) -> str | None:
     if is_local(fs) or not hasattr(fs, "split_path"):
         return None
     return fs.split_path(path)[0] or None
+
+
+def file_identity(info: dict[str, Any]) -> dict[str, Any]:
+    """What identifies a stored file's content without reading it: size plus the store's ETag,
+    MD5, generation or modification time (the first the filesystem reports)."""
+    record: dict[str, Any] = {"bytes": int(info.get("size") or 0)}
+    for key in ("ETag", "etag", "md5Hash", "generation", "VersionId", "mtime", "LastModified", "updated"):
+        value = info.get(key)
+        if value not in (None, ""):
+            record[key.lower()] = str(value).strip('"')
+            break
+    return record
+
+
+def cached_copy(fs: fsspec.AbstractFileSystem, path: str, cache_dir: str) -> str:
+    """A local copy of ``path`` in this node's ``cache_dir``, downloaded at most once per node.
+
+    The copy is keyed by the file's URI and its identity (size + ETag/generation/mtime), so a
+    changed remote file is fetched again. One process downloads (an exclusive lock per file) to a
+    temporary name and renames it into place: no reader ever sees a half-written file, and the
+    others wait for it instead of downloading it again. Each download is logged to
+    ``cache_dir/downloads.log`` (time, process, bytes, seconds, URI).
+    """
+    import fcntl
+    import hashlib
+    import os
+    import time
+    import uuid
+
+    uri = fs.unstrip_protocol(path)
+    identity = json.dumps(file_identity(fs.info(path)), sort_keys=True)
+    key = hashlib.sha256(f"{uri}\n{identity}".encode()).hexdigest()[:20]
+    final = os.path.join(cache_dir, f"{key}-{os.path.basename(path)}")
+    if os.path.exists(final):
+        return final
+    os.makedirs(cache_dir, exist_ok=True)
+    with open(f"{final}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+        if os.path.exists(final):  # another process of this node fetched it while we waited
+            return final
+        started = time.perf_counter()
+        tmp = f"{final}.tmp-{uuid.uuid4().hex}"
+        try:
+            fs.get_file(path, tmp)
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, final)  # atomic: readers see nothing or the whole file
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        with open(os.path.join(cache_dir, "downloads.log"), "a") as log:
+            log.write(f"{time.time():.3f}\t{os.getpid()}\t{os.path.getsize(final)}\t"
+                      f"{time.perf_counter() - started:.3f}\t{uri}\n")
+    return final

@@ -30,9 +30,9 @@ class EncodeConfig:
     shard_size: int = 256  # images per output part (the unit of commit and resume)
     formats: tuple[str, ...] = ("parquet",)
     non_square: str = "center-crop"  # center-crop | error
-    actors_per_group: int = 1
-    gpus_per_actor: float = 1.0  # fractional values let small models share a GPU
-    fmri_models_per_actor: int = 0  # 0: all fMRI models on one actor
+    actors_per_group: int = 0  # 0: each pool autoscales from 1 actor to its share of the cluster; N: fixed N
+    gpus_per_actor: float = 0.0  # 0: 1, or a fraction when model groups outnumber GPUs; fractions share a GPU
+    fmri_models_per_actor: int = 0  # 0: automatic (by subject when GPUs outnumber groups, and to fit memory)
     max_pixels: int = 100_000_000  # larger images are refused (decompression bombs)
     cpu_threads: int = 0  # torch threads per CPU actor; 0: the node's CPUs / number of model groups
     vit_weights: str | None = None
@@ -43,6 +43,8 @@ class EncodeConfig:
     overwrite: bool = False
     create_output_bucket: bool = False  # create a missing s3:// / gs:// output bucket (default: an error)
     ray_address: str | None = None  # None: $RAY_ADDRESS, else a new local cluster
+    cluster: str | None = None  # plan for this described cluster instead of asking Ray (see job/cluster.py)
+    gpu_wait: float = 600.0  # seconds to wait for GPUs to join the cluster (--device cuda, or auto + autoscaler)
     storage_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -61,11 +63,16 @@ class EncodeConfig:
             raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
         if int(self.batch_size) < 0:
             raise ValueError(f"--batch-size must be 0 (automatic) or more, got {self.batch_size}")
-        for name in ("shard_size", "actors_per_group", "max_pixels"):
+        for name in ("shard_size", "max_pixels"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if not 0 < float(self.gpus_per_actor) <= 8:
-            raise ValueError(f"--gpus-per-actor must be in (0, 8], got {self.gpus_per_actor}")
+        for name in ("actors_per_group", "fmri_models_per_actor", "cpu_threads"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be 0 (automatic) or more, got {getattr(self, name)}")
+        if not 0 <= float(self.gpus_per_actor) <= 8:
+            raise ValueError(f"--gpus-per-actor must be 0 (automatic) or in (0, 8], got {self.gpus_per_actor}")
+        if float(self.gpu_wait) < 0:
+            raise ValueError(f"--gpu-wait must be 0 or more seconds, got {self.gpu_wait}")
 
     def to_json(self) -> dict[str, Any]:
         """The options as recorded in outputs (storage options are left out: they may hold secrets)."""
@@ -108,9 +115,12 @@ def add_encode_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shard-size", type=int, default=256, help="images per output part and commit (default 256)")
     parser.add_argument("--format", dest="formats", default="parquet", help="parquet, npy or parquet,npy")
     parser.add_argument("--non-square", default="center-crop", choices=list(NON_SQUARE))
-    parser.add_argument("--actors-per-group", type=int, default=1)
-    parser.add_argument("--gpus-per-actor", type=float, default=1.0)
-    parser.add_argument("--fmri-models-per-actor", type=int, default=0, help="0: all fMRI models on one actor")
+    parser.add_argument("--actors-per-group", type=int, default=0,
+                        help="actors per model group (default 0: each pool autoscales from 1 to its share of the cluster)")
+    parser.add_argument("--gpus-per-actor", type=float, default=0.0,
+                        help="GPUs per actor (default 0: 1, or a fraction when model groups outnumber GPUs)")
+    parser.add_argument("--fmri-models-per-actor", type=int, default=0,
+                        help="fMRI models per group (default 0: by subject when GPUs outnumber groups, and to fit memory)")
     parser.add_argument("--channels", default=None,
                         help="EEG: keep these channels (comma-separated names, e.g. 'O1,Oz,O2'); default all 63")
     parser.add_argument("--times", default=None, help="EEG: keep time points in START:END seconds (e.g. 0.1:0.3)")
@@ -125,6 +135,11 @@ def add_encode_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--create-output-bucket", action="store_true",
                         help="create the output's bucket if it does not exist (default: a missing bucket is an error)")
     parser.add_argument("--ray-address", default=None, help="Ray cluster to join (default: $RAY_ADDRESS or a new local one)")
+    parser.add_argument("--cluster", default=None,
+                        help="plan for a described cluster instead of asking Ray: e.g. '16cpu,0-8x8cpu+1gpu:24GB' "
+                             "(a head and 0-8 workers of one 24 GB GPU), '2x16cpu+4gpu', or a cluster launcher YAML")
+    parser.add_argument("--gpu-wait", type=float, default=600.0,
+                        help="seconds to wait for GPUs to join the cluster (--device cuda, or auto with an autoscaler)")
     parser.add_argument("--storage-options", default="{}", help="JSON dict passed to fsspec (e.g. endpoint settings)")
 
 

@@ -21,8 +21,9 @@ from ..models.vit_eeg import vit_filesystem
 from ..models.vit_eeg import find_vit_weights
 from ..nedfmt import NedDir
 from ..selection import Resolved
+from ..storage import file_identity, is_local
 from .config import EncodeConfig
-from .sink import write_bytes
+from .commit import write_bytes
 
 __all__ = ["write_model_metadata", "split_arrays", "ned_shape", "PREPROCESSING"]
 
@@ -58,31 +59,34 @@ def split_arrays(tree: Any, prefix: str = "") -> tuple[Any, dict[str, np.ndarray
     return tree, arrays
 
 
-def _sha256(fs, path: str) -> str:
-    digest = hashlib.sha256()
-    with fs.open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def _vit_record(location: str, ned: NedDir) -> dict[str, Any]:
+    fs, path = vit_filesystem(location, ned)
+    if is_local(fs):
+        digest = hashlib.sha256()
+        with fs.open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                digest.update(block)
+        return {"file": location, "sha256": digest.hexdigest(), "bytes": fs.size(path)}
+    return {"file": location, **file_identity(fs.info(path))}
 
 
 def model_files(ned: NedDir, mid: ModelId, config: EncodeConfig,
                 cache: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-    """Every file a model is computed from, with its sha256 (the ViT backbone too, for EEG).
+    """Every file a model is computed from (the ViT backbone too, for EEG), identified without
+    downloading anything: sha256 of local files, the store's size + ETag/generation of remote ones.
 
-    ``cache`` (file -> record) lets models that share files (EEG's scaler, PCA, ViT) hash them once.
+    ``cache`` (file -> record) lets models that share files (EEG's scaler, PCA, ViT) record them once.
     """
     cache = {} if cache is None else cache
     entry = ned.entry(mid)
     for rel in (*entry.weights, entry.metadata):
         if ned.uri(rel) not in cache:
-            cache[ned.uri(rel)] = {"file": ned.uri(rel), "sha256": ned.sha256(rel), "bytes": ned.fs.size(ned.path(rel))}
+            cache[ned.uri(rel)] = ned.file_record(rel)
     files = [cache[ned.uri(rel)] for rel in (*entry.weights, entry.metadata)]
     if mid.modality == "eeg":
         vit = find_vit_weights(config.vit_weights, ned)
         if vit not in cache:
-            vit_fs, vit_path = vit_filesystem(vit, ned)
-            cache[vit] = {"file": vit, "sha256": _sha256(vit_fs, vit_path), "bytes": vit_fs.size(vit_path)}
+            cache[vit] = _vit_record(vit, ned)
         files.append(cache[vit])
     return files
 

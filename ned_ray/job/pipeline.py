@@ -1,11 +1,13 @@
-"""The encode job on Ray Data, top to bottom: list -> read+decode -> encode (actor pools) -> write.
+"""The encode job on Ray Data, top to bottom: list -> plan -> read+decode -> encode+write -> commit.
 
     inputs ──list/sort──> shards (driver) ──DecodeShard──> rows with uint8 inputs (CPU tasks)
-           ──GroupEncoder per model group──> + response columns (actors: models loaded once)
-           ──ResponseSink──> parts + commit markers ──finalize──> images.parquet, _manifest.json (last)
+           ──GroupEncoder per pool of the plan──> responses written as parts by the actors
+             (models loaded once per actor; only the input columns a pool reads travel to it)
+           ──ImagesSink──> images' status ──finalize──> images.parquet, _manifest.json (last)
 
-A rerun of the same command skips committed images; other options on an existing output are refused
-unless ``overwrite``.
+What runs where is decided first, as data (:mod:`.plan`), from what the Ray cluster has or can
+launch (:mod:`.cluster`); this module executes that plan. A rerun of the same command skips what is
+committed (:mod:`.commit`); other options on an existing output are refused unless ``overwrite``.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ import logging
 import os
 import posixpath
 import re
+import sys
 import time
+import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, TextIO
 
 import numpy as np
 import ray
@@ -26,20 +30,23 @@ import torch
 
 from .. import __version__
 from ..ids import ModelId, UnknownModelError, select
-from ..models.group import ModelGroup, ModelLoadError
+from ..models.group import ModelGroup, ModelLoadError, weights_bytes
 from ..nedfmt import MissingFileError
 from ..safeload import UnsafePickleError
 from ..selection import Resolved
-from ..storage import bucket_of, filesystem
+from ..storage import bucket_of, filesystem, is_local
+from .cluster import ClusterShape, ClusterSpecError
+from .commit import COMMITS, IMAGE_PARTS, JOB_FILE, MANIFEST, Ledger, Ranges, finalize, write_bytes
 from .config import EncodeConfig
 from .decode import DecodeShard
-from .progress import ProgressReporter
 from .metadata import model_files, recorded_files, write_model_metadata
-from .sink import (COMMITS, IMAGE_PARTS, JOB_FILE, MANIFEST, ResponseSink, finalize, precision_column, read_commits, response_column,
-                   write_bytes)
-from .sources import NoImagesError, open_source
+from .plan import Plan, PlanError, PoolPlan, make_plan
+from .progress import ProgressReporter
+from .sink import ImagesSink, PartWriter
+from .sources import ImageSource, NoImagesError, open_source
 
-__all__ = ["run_encode", "GroupEncoder", "plan_groups", "OutputExistsError", "MissingBucketError", "StorageError"]
+__all__ = ["run_encode", "plan_encode", "GroupEncoder", "OutputExistsError", "MissingBucketError", "StorageError",
+           "DeviceError", "FAULT_ENV"]
 
 log = logging.getLogger("ned_ray")
 
@@ -48,11 +55,21 @@ class OutputExistsError(ValueError):
     """The output folder holds a job with other options."""
 
 
+class MissingBucketError(ValueError):
+    """The output's bucket does not exist (and the job was not asked to create it)."""
+
+
 class StorageError(OSError):
     """An input, model or output location cannot be reached, read or written."""
 
 
-FAULT_ENV = "NED_RAY_FAULT_INJECTION"  # testing hook: "actor-exit-once:<marker file>"
+class DeviceError(RuntimeError):
+    """The GPUs the job was asked to use are not there (or not usable where Ray put an actor)."""
+
+
+FAULT_ENV = "NED_RAY_FAULT_INJECTION"  # testing hooks: "actor-exit-once:<marker file>", "hide-path:<prefix>"
+EXPECTED = (NoImagesError, MissingFileError, OutputExistsError, UnknownModelError, PlanError, ClusterSpecError,
+            DeviceError, ValueError)
 
 
 @contextmanager
@@ -60,7 +77,7 @@ def _storage(what: str, uri: str):
     """Turn a filesystem/network failure on ``uri`` into one StorageError line."""
     try:
         yield
-    except (NoImagesError, MissingFileError, OutputExistsError, UnknownModelError, ValueError):
+    except EXPECTED:
         raise
     except Exception as exc:  # botocore, gcsfs, aiohttp and OS errors alike
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -70,56 +87,76 @@ def _storage(what: str, uri: str):
 def _job_error(exc: BaseException) -> Exception | None:
     """Our own error inside a Ray failure (an actor that could not load its models), as one line."""
     text = str(exc)
-    for cls in (ModelLoadError, UnsafePickleError, MissingFileError):
+    for cls in (DeviceError, ModelLoadError, UnsafePickleError, MissingFileError):
         found = re.search(rf"{cls.__name__}: (.+)", text)
         if found:
             return cls(found.group(1).strip())
     return None
 
 
-def plan_groups(models: list[ModelId], fmri_per_actor: int) -> list[list[ModelId]]:
-    """Model groups, one actor pool each: all EEG subjects together; fMRI models in groups of ``fmri_per_actor``."""
-    eeg = [m for m in models if m.modality == "eeg"]
-    fmri = [m for m in models if m.modality == "fmri"]
-    size = fmri_per_actor if fmri_per_actor > 0 else max(1, len(fmri))
-    groups = [fmri[i:i + size] for i in range(0, len(fmri), size)]
-    return groups + ([eeg] if eeg else [])
-
-
+# -- the actors -----------------------------------------------------------------------------------
 class GroupEncoder:
-    """Ray actor: hosts one model group (loaded once, in ``__init__``) and adds its response columns."""
+    """Ray actor: hosts one pool's model group (loaded once, in ``__init__``), computes its responses
+    and writes them (:class:`~.sink.PartWriter`); passes the rows on without the inputs no later pool
+    reads."""
 
-    def __init__(self, config: EncodeConfig, model_ids: list[str], device: str, cpu_threads: int,
-                 selections: dict[str, dict[str, list[int]]] | None = None) -> None:
-        if device == "cpu":
-            torch.set_num_threads(cpu_threads)  # Ray starts workers with one thread
-        self.group = ModelGroup(config.open_ned(), model_ids, device, config.vit_weights, config.precision,
-                                config.batch_size)
-        log.info("model group %s on %s: batch sizes %s", model_ids, self.group.device, self.group.batch_sizes)
-        self.selections = {m: _resolved((selections or {}).get(str(m), {})) for m in self.group.model_ids}
-        self.shapes = {m: self.selections[m].shape(self.group.output_shape(m)) for m in self.group.model_ids}
+    def __init__(self, config: EncodeConfig, pool: PoolPlan, selections: dict[str, dict[str, list[int]]],
+                 committed: dict[str, Ranges], n_images: int) -> None:
+        import threading
+
+        self.node = ray.util.get_node_ip_address()
+        self.device = _actor_device(pool, config.device, self.node)
+        if self.device == "cpu":
+            torch.set_num_threads(pool.cpu_threads)  # Ray starts workers with one thread
+        self.group = ModelGroup(config.open_ned(), pool.models, self.device, config.vit_weights, config.precision,
+                                config.batch_size, memory_share=pool.memory_share if self.device == "cuda" else 1.0)
+        log.info("pool %s on %s (%s): batch sizes %s", pool.name, self.node, self.group.device, self.group.batch_sizes)
+        self.selections = {m: _resolved(selections.get(str(m), {})) for m in self.group.model_ids}
+        shapes = {m: self.selections[m].shape(self.group.output_shape(m)) for m in self.group.model_ids}
+        self.writer = PartWriter(config.output, config.storage_options, shapes, config.formats, config.shard_size,
+                                 n_images, committed, planned=pool.device)
+        self.drop = list(pool.drop)
+        self.compute_lock = threading.Lock()  # one block computes at a time; another may be writing
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         _maybe_fail()
-        ok = np.flatnonzero(batch["status"] == "ok")
-        n = len(batch["status"])
-        outputs = {m: np.full((n, *self.shapes[m]), np.nan, np.float32) for m in self.group.model_ids}
-        checks = {m: np.full((n, 2), np.nan) for m in self.group.model_ids} if self.group.precision != "fp32" else {}
-        if len(ok):
-            # the block's images at once: uint8, pinned for an asynchronous copy; each model batches them
-            inputs = {kind: torch.from_numpy(np.ascontiguousarray(batch[kind][ok])) for kind in self.group.inputs}
-            if self.group.device.type == "cuda":
-                inputs = {k: v.pin_memory() for k, v in inputs.items()}
-            results = self.group.run(inputs)
-            for mid, values in results.items():
-                outputs[mid][ok] = self.selections[mid].apply(values)
-            for mid, (deviation, std) in (self.group.deviation(inputs, results).items() if checks else ()):
-                checks[mid][ok[0]] = deviation, std  # reduced precision vs fp32 on the block's first image
-        for mid, values in outputs.items():
-            batch[response_column(mid)] = values
-        for mid, values in checks.items():
-            batch[precision_column(mid)] = values
+        index = np.asarray(batch["image_index"], np.int64)
+        needed = self.writer.needed(index)
+        if needed:
+            pending = np.logical_or.reduce([mask for _, mask in needed])
+            computed = np.flatnonzero(pending & (batch["status"] == "ok"))
+            results: dict[ModelId, np.ndarray] = {}
+            checks: dict[ModelId, tuple[float, float]] = {}
+            if len(computed):
+                # the block's images at once: uint8, pinned for an asynchronous copy; each model batches them
+                inputs = {k: torch.from_numpy(np.ascontiguousarray(batch[k][computed])) for k in self.group.inputs}
+                if self.group.device.type == "cuda":
+                    inputs = {k: v.pin_memory() for k, v in inputs.items()}
+                with self.compute_lock:
+                    raw = self.group.run(inputs)
+                    if self.group.precision != "fp32":  # reduced precision vs fp32 on the block's first image
+                        checks = self.group.deviation(inputs, raw)
+                results = {m: self.selections[m].apply(v) for m, v in raw.items()}
+            self.writer.write(batch, needed, computed, results, self.group.device.type, self.node, checks)
+        for column in self.drop:
+            batch.pop(column, None)
         return batch
+
+
+def _actor_device(pool: PoolPlan, policy: str, node: str) -> str:
+    """The device this actor computes on: the plan's, or the CPU where Ray granted a GPU that torch
+    cannot see (``--device auto``: warned and recorded; ``--device cuda``: an error naming the node)."""
+    if pool.device != "cuda" or torch.cuda.is_available():
+        return pool.device
+    detail = (f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')}, torch {torch.__version__} "
+              f"(CUDA build: {torch.version.cuda or 'none'})")
+    if policy == "cuda":
+        raise DeviceError(f"--device cuda: Ray gave pool '{pool.name}' a GPU on node {node}, but torch sees no CUDA "
+                          f"device there ({detail}); fix that node's GPU driver or torch build, or use --device auto "
+                          "to compute on CPU where this happens")
+    log.warning("pool %s: Ray granted a GPU on node %s but torch sees no CUDA device (%s); computing on CPU",
+                pool.name, node, detail)
+    return "cpu"
 
 
 def _maybe_fail() -> None:
@@ -136,23 +173,11 @@ def _maybe_fail() -> None:
         os._exit(1)  # the process dies mid-batch, as on a lost node or an OOM kill
 
 
-@dataclass
-class _Plan:
-    models: list[ModelId]
-    groups: list[list[ModelId]]
-    n_images: int
-    remaining: list[tuple[int, int]]  # [start, stop) ranges still to encode, within shard bounds
-    selections: dict[str, dict[str, list[int]]] = field(default_factory=dict)  # model -> kept indexes per axis
-
-
 def _resolved(indexes: dict[str, list[int]]) -> Resolved:
     return Resolved(**{k: np.asarray(v, dtype=np.int64) for k, v in indexes.items()})
 
 
-class MissingBucketError(ValueError):
-    """The output's bucket does not exist (and the job was not asked to create it)."""
-
-
+# -- the output: checks, ownership, what is left to do ----------------------------------------------
 def _check_bucket(config: EncodeConfig, fs, root: str) -> None:
     """Object stores: the output bucket must exist (creating buckets is not the job's business unless
     ``create_output_bucket``); without this check s3fs/gcsfs would create it silently."""
@@ -174,7 +199,7 @@ def _check_output(config: EncodeConfig, fs, root: str) -> None:
     previous = json.loads(fs.cat_file(job_path))
     if previous.get("identity") == config.identity():
         return
-    if not read_commits(fs, root):  # nothing committed (an earlier attempt failed early): nobody's output yet
+    if not config.overwrite and not Ledger.read(fs, root):  # an earlier attempt committed nothing: nobody's yet
         log.warning("output %s: replacing an earlier attempt that committed nothing", config.output)
         _clear_attempt(fs, root, previous)
         return
@@ -197,19 +222,156 @@ def _clear_attempt(fs, root: str, previous: dict[str, Any]) -> None:
     fs.rm(posixpath.join(root, JOB_FILE))
 
 
-def _remaining(done: np.ndarray, shard_size: int) -> list[tuple[int, int]]:
-    """Contiguous runs of not-done images, cut at shard boundaries."""
-    todo = np.flatnonzero(~done)
-    if len(todo) == 0:
+def _ranges(todo: np.ndarray, shard_size: int) -> list[tuple[int, int]]:
+    """Contiguous runs of images still to do, cut at shard boundaries."""
+    index = np.flatnonzero(todo)
+    if len(index) == 0:
         return []
-    breaks = np.flatnonzero((np.diff(todo) != 1) | (np.diff(todo // shard_size) != 0)) + 1
-    return [(int(run[0]), int(run[-1]) + 1) for run in np.split(todo, breaks)]
+    breaks = np.flatnonzero((np.diff(index) != 1) | (np.diff(index // shard_size) != 0)) + 1
+    return [(int(run[0]), int(run[-1]) + 1) for run in np.split(index, breaks)]
 
 
-def run_encode(config: EncodeConfig, progress: float | None = None) -> dict[str, Any]:
+@dataclass
+class _Work:
+    """What this run still has to do, from the commit markers of earlier runs."""
+
+    remaining: list[tuple[int, int]]  # [start, stop) ranges to decode, within shard bounds
+    committed: dict[str, Ranges]  # per model: images already committed
+    images_committed: Ranges
+    skipped: int  # images complete before this run
+
+    @classmethod
+    def of(cls, ledger: Ledger, models: list[ModelId], n_images: int, shard_size: int) -> "_Work":
+        done = {str(m): ledger.done(m, n_images) for m in models}
+        images = ledger.done(None, n_images)
+        complete = np.logical_and.reduce([images, *done.values()])
+        return cls(_ranges(~complete, shard_size), {m: Ranges.from_mask(d) for m, d in done.items()},
+                   Ranges.from_mask(images), int(complete.sum()))
+
+
+# -- planning ---------------------------------------------------------------------------------------
+def _connect(config: EncodeConfig) -> None:
+    if not ray.is_initialized():
+        ray.init(address=config.ray_address, ignore_reinit_error=True, log_to_driver=False)
+
+
+def cluster_shape(config: EncodeConfig) -> ClusterShape:
+    """The described cluster (``--cluster``), or the connected one with what its autoscaler may add."""
+    if config.cluster:
+        return ClusterShape.parse(config.cluster)
+    _connect(config)
+    return ClusterShape.from_ray()
+
+
+def _plan(config: EncodeConfig, ned, models: list[ModelId], cluster: ClusterShape) -> Plan:
+    sizes, shared = weights_bytes(ned, models, config.vit_weights)
+    return make_plan(config, models, cluster, sizes, shared)
+
+
+def plan_encode(config: EncodeConfig) -> dict[str, Any]:
+    """What ``run_encode`` would do, without doing it (``--dry-run``): the plan, the images and what
+    an existing output already holds. Reads listings only; writes nothing."""
+    ned = config.open_ned()
+    models = select(list(ned.catalogue), config.models)
+    config.selection()
+    with _storage("read images at", config.images):
+        source = open_source(config.images, config.storage_options)
+    fs, root = filesystem(config.output, config.storage_options)
+    ledger = Ledger.read(fs, root) if fs.exists(root) else Ledger()
+    work = _Work.of(ledger, models, len(source), config.shard_size)
+    plan = _plan(config, ned, models, cluster_shape(config))
+    todo = sum(b - a for a, b in work.remaining)
+    return {"plan": plan, "n_images": len(source), "to_encode": todo, "already_committed": work.skipped,
+            "shards": -(-len(source) // config.shard_size), "models": [str(m) for m in models]}
+
+
+def wait_for_gpus(plan: Plan, config: EncodeConfig, stream: TextIO = sys.stderr, poll: float = 1.0) -> bool:
+    """Ask the autoscaler for the plan's first GPU actors and wait until a GPU joins the cluster.
+
+    Prints a progress line every 10 s. Returns False after ``config.gpu_wait`` seconds without one.
+    """
+    needed = max(1, sum(p.min_actors for p in plan.pools)) if plan.pools else 1
+    share = plan.pools[0].gpus_per_actor if plan.pools else 1.0
+    bundles = [{"GPU": min(1.0, share * needed)}]
+    try:
+        from ray.autoscaler.sdk import request_resources
+
+        request_resources(bundles=bundles)  # a no-op without an autoscaler
+    except Exception as exc:  # noqa: BLE001 - asking is best effort; waiting decides
+        log.info("could not ask the autoscaler for GPUs: %s", exc)
+    started = time.monotonic()
+    last = started
+    while time.monotonic() - started < config.gpu_wait:
+        if ray.cluster_resources().get("GPU", 0) > 0:
+            return True
+        if time.monotonic() - last >= 10:
+            last = time.monotonic()
+            print(f"waiting for GPUs: none in the cluster after {last - started:.0f}s "
+                  f"(of --gpu-wait {config.gpu_wait:g}s); {plan.cluster.describe()}", file=stream, flush=True)
+        time.sleep(poll)
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def _release_request() -> None:
+    try:
+        from ray.autoscaler.sdk import request_resources
+
+        request_resources(bundles=[])
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def check_paths_on_nodes(config: EncodeConfig, source: ImageSource, fs, root: str) -> None:
+    """On a multi-node cluster, every node must see the local paths the job uses (``--ned-dir``,
+    ``--images``, ``--output``): a node that cannot fails the job here, in one line, instead of in
+    thousands of per-image errors or in parts scattered over nodes' disks."""
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    local = {flag: uri for flag, uri in (("--ned-dir", config.ned_dir), ("--images", config.images),
+                                         ("--output", config.output)) if "://" not in uri or uri.startswith("file://")}
+    if len(nodes) < 2 or not local:
+        return
+    probes: dict[str, list[str]] = {}
+    token = uuid.uuid4().hex
+    probe_file = None
+    if "--output" in local and is_local(fs):
+        probe_file = posixpath.join(root, f".ned-ray-probe-{token}")
+        write_bytes(fs, probe_file, token.encode())
+        probes["--output"] = [probe_file]
+    if "--images" in local:
+        probes["--images"] = [filesystem(config.images)[1]] + [u for u in source.uris[:1] + source.uris[-1:]]
+    if "--ned-dir" in local:
+        probes["--ned-dir"] = [posixpath.join(filesystem(config.ned_dir)[1], "encoding_models")]
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    try:
+        checks = [_missing_paths.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(
+            n["NodeID"], soft=False)).remote(probes) for n in nodes]
+        results = ray.get(checks, timeout=120)
+    finally:
+        if probe_file:
+            fs.rm(probe_file)
+    for node, missing in zip(nodes, results):
+        if missing:
+            flag, path = missing[0]
+            raise StorageError(f"{flag} '{local[flag]}' is a local path that node {node['NodeManagerAddress']} cannot "
+                               f"see ({path} is missing there); on a multi-node cluster use a path on a shared "
+                               "filesystem mounted on every node, or a URL (s3://, gs://)")
+
+
+@ray.remote
+def _missing_paths(probes: dict[str, list[str]]) -> list[tuple[str, str]]:
+    """(flag, path) of the probes this node cannot see."""
+    hidden = os.environ.get(FAULT_ENV, "")
+    hide = hidden.split(":", 1)[1] if hidden.startswith("hide-path:") else None
+    return [(flag, path) for flag, paths in probes.items() for path in paths
+            if not os.path.exists(path) or (hide is not None and path.startswith(hide))]
+
+
+# -- the job ------------------------------------------------------------------------------------------
+def run_encode(config: EncodeConfig, progress: float | None = None, stream: TextIO = sys.stderr) -> dict[str, Any]:
     """Run (or resume) an encode job; returns the manifest plus run statistics.
 
-    ``progress``: print images done, images/s and ETA to stderr every ``progress`` seconds.
+    ``progress``: print images done, images/s and ETA to ``stream`` every ``progress`` seconds.
     """
     started = time.perf_counter()
     opts = config.storage_options
@@ -227,106 +389,121 @@ def run_encode(config: EncodeConfig, progress: float | None = None) -> dict[str,
         _check_output(config, fs, root)
         fs.makedirs(root, exist_ok=True)
 
-    done = np.zeros(len(source), dtype=bool)
-    for commit in read_commits(fs, root):
-        done[np.asarray(commit["image_index"], np.int64)] = True
-    plan = _Plan(models, plan_groups(models, config.fmri_models_per_actor), len(source),
-                 _remaining(done, config.shard_size), selections)
+    n_images = len(source)
+    ledger = Ledger.read(fs, root)
+    work = _Work.of(ledger, models, n_images, config.shard_size)
     job = {"ned_ray_version": __version__, "identity": config.identity(), "options": config.to_json(),
-           "models": [str(m) for m in models], "n_images": len(source)}
+           "models": [str(m) for m in models], "n_images": n_images}
     if not fs.exists(posixpath.join(root, JOB_FILE)):
         with _storage("write the output to", config.output):  # also proves the output is writable
             write_bytes(fs, posixpath.join(root, JOB_FILE), json.dumps(job, indent=2).encode())
-    fs.rm(posixpath.join(root, MANIFEST)) if fs.exists(posixpath.join(root, MANIFEST)) and plan.remaining else None
+    manifest_path = posixpath.join(root, MANIFEST)
+    if work.remaining and fs.exists(manifest_path):
+        fs.rm(manifest_path)
 
-    encoded = sum(stop - start for start, stop in plan.remaining)
-    hashed: dict[str, dict[str, Any]] = {}
-    for mid in models:  # hashes every model file once: fails early if one is missing, refuses changed weights
-        files = model_files(ned, mid, config, hashed)
+    files_seen: dict[str, dict[str, Any]] = {}
+    for mid in models:  # identifies every model file once (no download): refuses changed weights early
+        files = model_files(ned, mid, config, files_seen)
         recorded = recorded_files(fs, root, mid)
-        if recorded is not None and [f["sha256"] for f in recorded] != [f["sha256"] for f in files]:
-            changed = next(f["file"] for f, g in zip(files, recorded + [{}] * len(files)) if f["sha256"] != g.get("sha256"))
+        if recorded is not None and [_identity(f) for f in recorded] != [_identity(f) for f in files]:
+            changed = next(f["file"] for f, g in zip(files, recorded + [{}] * len(files)) if _identity(f) != _identity(g))
             raise OutputExistsError(f"output '{config.output}' was made with other weights for {mid} ({changed} changed); "
                                     "use another --output, or --overwrite to replace it")
         if recorded is None:
-            write_model_metadata(fs, root, mid, metadata[mid], config, files, _resolved(plan.selections[str(mid)]),
+            write_model_metadata(fs, root, mid, metadata[mid], config, files, _resolved(selections[str(mid)]),
                                  ned.entry(mid).format)
     del metadata  # NED's metadata (ROI mask volumes) is not needed while the pipeline runs
-    if plan.remaining:
+
+    plan = None
+    encoded = sum(stop - start for start, stop in work.remaining)
+    if work.remaining:
+        plan = _plan(config, ned, models, cluster_shape(config))
         try:
+            plan = _await_devices(plan, config, ned, models, stream)
+            with _storage("check paths on the cluster's nodes for", config.output):
+                check_paths_on_nodes(config, source, fs, root)
             if progress:
-                with ProgressReporter(fs, root, encoded, progress):
-                    _run_pipeline(config, source, plan)
+                with ProgressReporter(fs, root, encoded, progress, stream=stream):
+                    _run_pipeline(config, source, plan, work, selections, n_images)
             else:
-                _run_pipeline(config, source, plan)
+                _run_pipeline(config, source, plan, work, selections, n_images)
         except Exception as exc:
             ours = _job_error(exc)
             if ours is None:
                 raise
             raise ours from None
-    manifest_path = posixpath.join(root, MANIFEST)
-    if not plan.remaining and fs.exists(manifest_path):  # already complete: a rerun writes nothing
+        finally:
+            if plan.wait_for_gpus:
+                _release_request()
+    if not work.remaining and fs.exists(manifest_path):  # already complete: a rerun writes nothing
         manifest = json.loads(fs.cat_file(manifest_path))
     else:
-        manifest = finalize(config.output, opts, models, config.formats, len(source), job)
+        ledger = Ledger.read(fs, root)
+        _warn_fallbacks(ledger, stream)
+        manifest = finalize(fs, root, config.output, models, config.formats, n_images,
+                            {**job, "plan": plan.to_json() if plan else None}, ledger)
     elapsed = time.perf_counter() - started
-    return {**manifest, "run": {"encoded_images": encoded, "skipped_images": int(done.sum()), "seconds": elapsed,
+    return {**manifest, "run": {"encoded_images": encoded, "skipped_images": work.skipped, "seconds": elapsed,
                                 "images_per_second": encoded / elapsed if elapsed > 0 else 0.0,
-                                "model_groups": [[str(m) for m in g] for g in plan.groups]}}
+                                "model_groups": [p.models for p in plan.pools] if plan else [],
+                                "plan": plan.describe() if plan else "nothing to do"}}
 
 
-def cpu_threads(config: EncodeConfig, n_groups: int) -> int:
-    """Torch threads for each CPU actor: the option, or the smallest node's CPUs shared by the groups."""
-    if config.cpu_threads > 0:
-        return config.cpu_threads
-    cpus = [n["Resources"].get("CPU", 1) for n in ray.nodes() if n.get("Alive")] or [os.cpu_count() or 1]
-    return max(1, int(min(cpus)) // max(1, n_groups))
+def _identity(record: dict[str, Any]) -> tuple:
+    return tuple(sorted((k, v) for k, v in record.items() if k != "file"))
 
 
-DECODE_CPUS = 1.0  # Ray CPUs of one decode task
-WRITE_CPUS = 0.5  # Ray CPUs of one write task
+def _await_devices(plan: Plan, config: EncodeConfig, ned, models: list[ModelId], stream: TextIO) -> Plan:
+    """Wait for GPUs when the plan needs some the cluster does not have yet."""
+    if not plan.wait_for_gpus:
+        return plan
+    if wait_for_gpus(plan, config, stream):
+        return plan  # planned for what the cluster can launch: the first GPU is enough to start
+    message = (f"no GPU joined the Ray cluster within --gpu-wait {config.gpu_wait:g}s; "
+               f"{plan.cluster.describe()}")
+    if config.device == "cuda":
+        raise DeviceError(f"--device cuda: {message}; start GPU workers (check `ray status` and the autoscaler), "
+                          "raise --gpu-wait, or use --device auto/cpu")
+    print(f"warning: {message}; --device auto continues on CPU", file=stream, flush=True)
+    return _plan(replace(config, device="cpu"), ned, models, cluster_shape(config))
 
 
-def actor_cpus(cluster_cpus: float, n_actors: int, use_gpu: bool) -> float:
-    """Ray CPUs reserved by each model actor, so that the actors never hold the CPUs that the decode
-    and write tasks feeding them need (actors waiting for blocks that no task can be scheduled to make
-    would hang the job). The reservation is logical: an actor's torch threads are ``cpu_threads``."""
-    wanted = 1.0 if use_gpu else 0.5
-    free = cluster_cpus - DECODE_CPUS - WRITE_CPUS
-    if free <= 0:
-        raise ValueError(f"the Ray cluster has {cluster_cpus:g} CPUs; the encode job needs at least "
-                         f"{DECODE_CPUS + WRITE_CPUS + 0.5:g} (decode, write and model actors)")
-    return round(min(wanted, free / max(1, n_actors)), 4)
+def _warn_fallbacks(ledger: Ledger, stream: TextIO) -> None:
+    """Once per job: pools planned on GPUs whose actors computed on CPU (recorded in the manifest)."""
+    from .commit import device_summary
+
+    fell = [g for g in device_summary(ledger) if g["planned"] == "cuda" and "cpu" in g["ran_on"]]
+    if fell:
+        nodes = sorted({n for g in fell for n in g["nodes"]})
+        print(f"warning: {sum(g['ran_on']['cpu'] for g in fell)} image(s) of {len(fell)} model group(s) planned on GPUs "
+              f"were computed on CPU: torch saw no CUDA device on node(s) {', '.join(nodes)} (see 'devices' in "
+              "_manifest.json)", file=stream, flush=True)
 
 
-def _run_pipeline(config: EncodeConfig, source, plan: _Plan) -> None:
-    if not ray.is_initialized():
-        ray.init(address=config.ray_address, ignore_reinit_error=True, log_to_driver=False)
-    gpus = ray.cluster_resources().get("GPU", 0)
-    if config.device == "cuda" and gpus == 0:
-        raise ValueError("--device cuda was requested but the Ray cluster has no GPUs; use --device auto or cpu")
-    use_gpu = gpus > 0 and config.device != "cpu"
-    threads = cpu_threads(config, len(plan.groups))
-    per_actor_cpus = actor_cpus(ray.cluster_resources().get("CPU", 0), len(plan.groups) * config.actors_per_group,
-                                use_gpu)
-    kinds = tuple(sorted({k for g in plan.groups for k in (["fwrf"] if any(m.modality == "fmri" for m in g) else [])
-                          + (["vit"] if any(m.modality == "eeg" for m in g) else [])}))
-
-    items = source.shard_items(plan.remaining)
+def _run_pipeline(config: EncodeConfig, source: ImageSource, plan: Plan, work: _Work,
+                  selections: dict[str, dict[str, list[int]]], n_images: int) -> None:
+    """Execute the plan as one Ray Data graph."""
+    _connect(config)
+    kinds = tuple(k for k in ("fwrf", "vit") if any(k in p.inputs for p in plan.pools))
+    items = source.shard_items(work.remaining)
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(DecodeShard(source.description(), kinds, config.non_square, config.max_pixels),
-                        batch_size=1, num_cpus=DECODE_CPUS)
-    for group in plan.groups:
+                        batch_size=1, num_cpus=plan.decode_cpus, concurrency=plan.decode_concurrency)
+    runtime = {"runtime_env": {"env_vars": {FAULT_ENV: os.environ[FAULT_ENV]}}} if os.environ.get(FAULT_ENV) else {}
+    for pool in plan.pools:
         ds = ds.map_batches(
             GroupEncoder,
-            fn_constructor_args=(config, [str(m) for m in group], "cuda" if use_gpu else "cpu", threads,
-                                 {str(m): plan.selections[str(m)] for m in group}),
-            batch_size=None,
-            compute=ray.data.ActorPoolStrategy(size=config.actors_per_group),
-            num_gpus=config.gpus_per_actor if use_gpu else None,
-            num_cpus=per_actor_cpus,
-            **({"runtime_env": {"env_vars": {FAULT_ENV: os.environ[FAULT_ENV]}}} if os.environ.get(FAULT_ENV) else {}),
+            fn_constructor_args=(config, pool, {m: selections[m] for m in pool.models},
+                                 {m: work.committed[m] for m in pool.models}, n_images),
+            batch_size=pool.batch_rows,
+            compute=ray.data.ActorPoolStrategy(
+                min_size=pool.min_actors, max_size=pool.max_actors,
+                max_tasks_in_flight_per_actor=pool.max_tasks_in_flight,
+                max_concurrent_calls_per_actor=pool.concurrent_calls,
+                enable_true_multi_threading=pool.concurrent_calls > 1),
+            num_gpus=pool.gpus_per_actor or None,
+            num_cpus=pool.cpus_per_actor,
+            **runtime,
         )
-    ds = ds.drop_columns(list(kinds))
-    ds.write_datasink(ResponseSink(config.output, config.storage_options, plan.models, config.formats,
-                                   config.shard_size, plan.n_images), ray_remote_args={"num_cpus": WRITE_CPUS})
+    ds.write_datasink(ImagesSink(config.output, config.storage_options, config.shard_size, n_images,
+                                 work.images_committed), ray_remote_args={"num_cpus": plan.write_cpus})

@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Callable, TextIO
 
-from .sink import COMMITS
+from .commit import COMMITS, IMAGES_WRITER
 
 __all__ = ["ProgressReporter", "format_progress"]
 
@@ -32,7 +32,7 @@ class ProgressReporter:
 
     def __init__(self, fs, root: str, total: int, interval: float = 5.0, stream: TextIO = sys.stderr,
                  clock: Callable[[], float] = time.perf_counter) -> None:
-        self.fs, self.folder, self.total = fs, posixpath.join(root, COMMITS), total
+        self.fs, self.folder, self.total = fs, posixpath.join(root, COMMITS, IMAGES_WRITER), total
         self.interval, self.stream, self.clock = interval, stream, clock
         self._seen: dict[str, int] = {}
         self._stop = threading.Event()

@@ -20,9 +20,9 @@ from ..nedfmt import MissingFileError, NedDir
 from ..preprocess import check_images, fwrf_input, vit_input
 from ..safeload import UnsafePickleError
 from .fwrf import FwrfModel, load_fwrf
-from .vit_eeg import EegModel, load_eeg
+from .vit_eeg import N_COMPONENTS, EegModel, find_vit_weights, load_eeg, vit_filesystem
 
-__all__ = ["ModelGroup", "ModelLoadError", "resolve_device", "INPUTS", "PRECISIONS", "free_memory"]
+__all__ = ["ModelGroup", "ModelLoadError", "resolve_device", "INPUTS", "PRECISIONS", "free_memory", "weights_bytes"]
 
 # Preprocessing each input kind needs, from uint8 (N,3,H,W) square images to uint8 tensors.
 INPUTS: dict[str, Callable[[np.ndarray | torch.Tensor], torch.Tensor]] = {"fwrf": fwrf_input, "vit": vit_input}
@@ -73,20 +73,54 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return device
 
 
+FEATURES = 460_800  # ViT-B/32 block features per image (EEG)
+
+
+def weights_bytes(ned: NedDir, model_ids: Sequence[ModelId], vit_weights: str | None = None) -> tuple[dict[ModelId, int], int]:
+    """Memory the models' weights take once loaded, estimated from file sizes (nothing is read).
+
+    Returns (per model, shared by all EEG subjects). fMRI: its checkpoints. EEG: its regressions
+    (NED) or its per-subject file twice (BERG: stored in float32, held in float64). Shared: the ViT
+    file, plus NED's scaler and 250 principal components in float64.
+    """
+    sizes: dict[ModelId, int] = {}
+    for mid in model_ids:
+        entry = ned.entry(mid)
+        if mid.modality == "fmri":
+            sizes[mid] = sum(ned.size(w) for w in entry.weights)
+        elif entry.format == "ned":
+            sizes[mid] = ned.size(entry.weights[2])
+        else:
+            sizes[mid] = 2 * ned.size(entry.weights[0])
+    eeg = [m for m in model_ids if m.modality == "eeg"]
+    shared = 0
+    if eeg:
+        fs, path = vit_filesystem(find_vit_weights(vit_weights, ned), ned)
+        shared = int(fs.size(path))
+        if any(ned.entry(m).format == "ned" for m in eeg):  # at most 250 components and the scaler, in float64
+            files = ned.size(ned.EEG_SCALER) + ned.size(ned.EEG_PCA)
+            shared += min(files, 8 * FEATURES * (N_COMPONENTS + 2))
+    return sizes, shared
+
+
 class ModelGroup:
     """Models loaded once onto one device; ``encode`` maps uint8 images to float32 responses per model."""
 
     def __init__(self, ned: NedDir | str, model_ids: Sequence[ModelId | str], device: str | torch.device = "auto",
-                 vit_weights: str | None = None, precision: str = "fp32", batch_size: int = 0) -> None:
+                 vit_weights: str | None = None, precision: str = "fp32", batch_size: int = 0,
+                 memory_share: float = 1.0) -> None:
         """Load ``model_ids`` from ``ned`` onto ``device``.
 
         ``precision``: fp32 (NED's numbers), tf32 (TF32 matmuls/convolutions on CUDA; fp32 on CPU) or
         bf16 (autocast). ``batch_size``: images per forward pass for every model; 0 chooses one per
-        model from the device's free memory (:meth:`batch_size_for`).
+        model from the memory this group may use (:meth:`batch_size_for`). ``memory_share``: the
+        fraction of a GPU's memory this group may use when it shares the GPU (its Ray GPU share).
         """
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
-        self.precision = precision
+        if not 0 < memory_share <= 1:
+            raise ValueError(f"memory_share must be in (0, 1], got {memory_share}")
+        self.precision, self.memory_share = precision, float(memory_share)
         self.ned = ned if isinstance(ned, NedDir) else NedDir(ned)
         ids = sorted({ModelId.parse(m) if isinstance(m, str) else m for m in model_ids})
         if not ids:
@@ -135,9 +169,18 @@ class ModelGroup:
             per_image = max(self._probe_bytes(model, kind) for model in models)
         else:
             per_image = max(model.bytes_per_image() for model in models)
-        fits = int(MEMORY_FRACTION * free_memory(self.device) // max(1, per_image))
+        fits = int(MEMORY_FRACTION * self.available_memory() // max(1, per_image))
         size = max(1, min(MAX_BATCH[self.device.type], fits))
         return size - size % 8 if size > 8 else size
+
+    def available_memory(self) -> int:
+        """Bytes this group may still use: on a GPU, its share of the device minus what it holds
+        (never more than what is free); on the CPU, the host's available memory."""
+        if self.device.type != "cuda":
+            return free_memory(self.device)
+        total = torch.cuda.get_device_properties(self.device).total_memory
+        own = torch.cuda.memory_reserved(self.device)
+        return max(0, min(free_memory(self.device), int(self.memory_share * total) - own))
 
     def _probe_bytes(self, model: torch.nn.Module, kind: str) -> int:
         side = 227 if kind == "fwrf" else 224

@@ -27,6 +27,7 @@ from ..ids import ModelId
 from ..nedfmt import VIT_IN_NED_DIR, MissingFileError, NedDir
 from ..preprocess import vit_normalise
 from ..safeload import load_torch_checkpoint
+from ..storage import cached_copy, is_local
 
 __all__ = ["VIT_FILENAME", "find_vit_weights", "load_vit", "vit_features", "EegModel", "load_eeg", "N_COMPONENTS"]
 
@@ -78,7 +79,11 @@ def load_vit(location: str, ned: NedDir | None = None) -> VisionTransformer:
     that ``make-demo-models`` writes (same structure, fewer layers and channels).
     """
     fs, path = vit_filesystem(location, ned)
-    with fs.open(path, "rb") as fh:
+    if ned is not None and ned.cache_dir and not is_local(fs):  # once per node, like NED's own files
+        reader = open(cached_copy(fs, path, ned.cache_dir), "rb")
+    else:
+        reader = fs.open(path, "rb")
+    with reader as fh:
         state = load_torch_checkpoint(fh, source=location)
     if not isinstance(state, dict) or "conv_proj.weight" not in state:
         raise ValueError(f"{location}: not a torchvision ViT state dict (no 'conv_proj.weight')")

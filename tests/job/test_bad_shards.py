@@ -127,9 +127,9 @@ def test_a_failed_first_attempt_does_not_own_the_output(ray_cluster, demo_dir, t
     out = tmp_path / "out"
     common = ["encode", "--ned-dir", str(demo_dir), "--images", str(images), "--output", str(out)]
     # fails before encoding anything: no GPU in this cluster
-    assert cli_main([*common, "--models", FMRI, "--device", "cuda", "--min-ncsnr", "0.1"]) == 2
-    assert "no GPUs" in capsys.readouterr().err
-    assert (out / "_job.json").exists() and not list(out.glob("_commits/*.json"))
+    assert cli_main([*common, "--models", FMRI, "--device", "cuda", "--gpu-wait", "1", "--min-ncsnr", "0.1"]) == 2
+    assert "no GPU joined the Ray cluster" in capsys.readouterr().err
+    assert (out / "_job.json").exists() and not list(out.glob("_commits/*/*.json"))
     # the corrected command, with other models and options, takes the output over
     assert cli_main([*common, "--models", EEG, "--device", "cpu", "--shard-size", "2", "--cpu-threads", "1"]) == 0
     manifest = _check_complete(out, {f"{i}.png": "ok" for i in range(3)}, [EEG])
@@ -139,10 +139,3 @@ def test_a_failed_first_attempt_does_not_own_the_output(ray_cluster, demo_dir, t
     assert cli_main([*common, "--models", FMRI, "--device", "cpu"]) == 2
     assert "other options" in capsys.readouterr().err
 
-
-def test_actor_cpus_leave_room_for_tasks():
-    from ned_ray.job.pipeline import actor_cpus
-
-    with pytest.raises(ValueError, match="has 1 CPUs; the encode job needs at least 2"):
-        actor_cpus(1, 1, use_gpu=False)
-    assert actor_cpus(2, 4, use_gpu=False) == 0.125 and actor_cpus(16, 2, use_gpu=True) == 1.0

@@ -139,7 +139,7 @@ def test_killed_driver_then_rerun_resumes_without_loss_or_duplicates(ray_cluster
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.time() + 240
-        while len(list((out / "_commits").glob("*.json"))) < 3 and time.time() < deadline and driver.poll() is None:
+        while len(list((out / "_commits" / "images").glob("*.json"))) < 3 and time.time() < deadline and driver.poll() is None:
             time.sleep(0.1)
         assert driver.poll() is None, "the job finished before it could be killed; use more images"
         os.killpg(driver.pid, signal.SIGKILL)
@@ -148,14 +148,15 @@ def test_killed_driver_then_rerun_resumes_without_loss_or_duplicates(ray_cluster
             os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
     time.sleep(3)  # let Ray reap the dead driver's tasks (they may still commit a chunk)
-    committed = {json.loads(p.read_text())["name"] for p in (out / "_commits").glob("*.json")}
+    committed = {json.loads(p.read_text())["piece"] for p in (out / "_commits" / "images").glob("*.json")}
     assert 3 <= len(committed) < 20 and not (out / "_manifest.json").exists()
     with pytest.raises(FileNotFoundError, match="no _manifest.json"):
         open_output(str(out))  # a half-written output never looks complete
 
     summary = run_encode(EncodeConfig(str(demo_dir), str(tmp_path / "images"), FMRI, str(out), device="cpu",
                                       shard_size=16, cpu_threads=1))
-    done_before = sum(len(json.loads((out / "_commits" / f"{name}.json").read_text())["image_index"]) for name in committed)
+    done_before = sum(len(json.loads((out / "_commits" / "images" / f"{name}.json").read_text())["image_index"])
+                      for name in committed)
     assert summary["run"]["skipped_images"] == done_before
     assert summary["run"]["encoded_images"] == 320 - done_before  # committed shards were not recomputed
     index, values = open_output(str(out)).responses(FMRI)
