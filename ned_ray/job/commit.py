@@ -228,7 +228,8 @@ def device_summary(ledger: Ledger) -> list[dict[str, Any]]:
         for marker in found:
             ran[marker["device"]] = ran.get(marker["device"], 0) + len(marker["image_index"])
             nodes.add(marker.get("node", ""))
-        groups.append({"writer": key, "models": found[0]["models"], "planned": found[0].get("planned", ""),
+        groups.append({"pool": found[0].get("pool", ""), "writer": key, "models": found[0]["models"],
+                       "planned": found[0].get("planned", ""),
                        "ran_on": ran, "nodes": sorted(n for n in nodes if n)})
     return groups
 

@@ -86,12 +86,13 @@ class EncodeConfig:
         return Selection(parse_channels(self.channels), parse_times(self.times),
                          None if self.min_ncsnr is None else float(self.min_ncsnr))
 
-    def open_ned(self):
-        """The NED directory, with this job's storage options and model cache."""
+    def open_ned(self, cache: bool = True):
+        """The NED directory, with this job's storage options and (for actors) the per-node model cache;
+        the driver reads listings and metadata directly (``cache=False``) and never fills the cache."""
         from ..nedfmt import NedDir
         from ..storage import options_for
 
-        return NedDir(self.ned_dir, options_for(self.ned_dir, self.storage_options), self.model_cache)
+        return NedDir(self.ned_dir, options_for(self.ned_dir, self.storage_options), self.model_cache if cache else None)
 
     def identity(self) -> dict[str, Any]:
         """What defines the output's content: a rerun must match it to resume."""

@@ -114,7 +114,7 @@ class GroupEncoder:
         self.selections = {m: _resolved(selections.get(str(m), {})) for m in self.group.model_ids}
         shapes = {m: self.selections[m].shape(self.group.output_shape(m)) for m in self.group.model_ids}
         self.writer = PartWriter(config.output, config.storage_options, shapes, config.formats, config.shard_size,
-                                 n_images, committed, planned=pool.device)
+                                 n_images, committed, planned=pool.device, pool=pool.name)
         self.drop = list(pool.drop)
         self.compute_lock = threading.Lock()  # one block computes at a time; another may be writing
 
@@ -263,15 +263,15 @@ def cluster_shape(config: EncodeConfig) -> ClusterShape:
     return ClusterShape.from_ray()
 
 
-def _plan(config: EncodeConfig, ned, models: list[ModelId], cluster: ClusterShape) -> Plan:
+def _plan(config: EncodeConfig, ned, models: list[ModelId], cluster: ClusterShape, n_shards: int) -> Plan:
     sizes, shared = weights_bytes(ned, models, config.vit_weights)
-    return make_plan(config, models, cluster, sizes, shared)
+    return make_plan(config, models, cluster, sizes, shared, n_shards)
 
 
 def plan_encode(config: EncodeConfig) -> dict[str, Any]:
     """What ``run_encode`` would do, without doing it (``--dry-run``): the plan, the images and what
     an existing output already holds. Reads listings only; writes nothing."""
-    ned = config.open_ned()
+    ned = config.open_ned(cache=False)
     models = select(list(ned.catalogue), config.models)
     config.selection()
     with _storage("read images at", config.images):
@@ -279,7 +279,7 @@ def plan_encode(config: EncodeConfig) -> dict[str, Any]:
     fs, root = filesystem(config.output, config.storage_options)
     ledger = Ledger.read(fs, root) if fs.exists(root) else Ledger()
     work = _Work.of(ledger, models, len(source), config.shard_size)
-    plan = _plan(config, ned, models, cluster_shape(config))
+    plan = _plan(config, ned, models, cluster_shape(config), len(work.remaining))
     todo = sum(b - a for a, b in work.remaining)
     return {"plan": plan, "n_images": len(source), "to_encode": todo, "already_committed": work.skipped,
             "shards": -(-len(source) // config.shard_size), "models": [str(m) for m in models]}
@@ -375,7 +375,7 @@ def run_encode(config: EncodeConfig, progress: float | None = None, stream: Text
     """
     started = time.perf_counter()
     opts = config.storage_options
-    ned = config.open_ned()
+    ned = config.open_ned(cache=False)  # listings and metadata only: model files are read by the actors
     models = select(list(ned.catalogue), config.models)
     selection = config.selection()  # a selection that keeps nothing fails here, before anything is written
     metadata = {m: ned.metadata(m) for m in models}
@@ -417,9 +417,9 @@ def run_encode(config: EncodeConfig, progress: float | None = None, stream: Text
     plan = None
     encoded = sum(stop - start for start, stop in work.remaining)
     if work.remaining:
-        plan = _plan(config, ned, models, cluster_shape(config))
+        plan = _plan(config, ned, models, cluster_shape(config), len(work.remaining))
         try:
-            plan = _await_devices(plan, config, ned, models, stream)
+            plan = _await_devices(plan, config, ned, models, len(work.remaining), stream)
             with _storage("check paths on the cluster's nodes for", config.output):
                 check_paths_on_nodes(config, source, fs, root)
             if progress:
@@ -453,7 +453,8 @@ def _identity(record: dict[str, Any]) -> tuple:
     return tuple(sorted((k, v) for k, v in record.items() if k != "file"))
 
 
-def _await_devices(plan: Plan, config: EncodeConfig, ned, models: list[ModelId], stream: TextIO) -> Plan:
+def _await_devices(plan: Plan, config: EncodeConfig, ned, models: list[ModelId], n_shards: int,
+                   stream: TextIO) -> Plan:
     """Wait for GPUs when the plan needs some the cluster does not have yet."""
     if not plan.wait_for_gpus:
         return plan
@@ -465,7 +466,7 @@ def _await_devices(plan: Plan, config: EncodeConfig, ned, models: list[ModelId],
         raise DeviceError(f"--device cuda: {message}; start GPU workers (check `ray status` and the autoscaler), "
                           "raise --gpu-wait, or use --device auto/cpu")
     print(f"warning: {message}; --device auto continues on CPU", file=stream, flush=True)
-    return _plan(replace(config, device="cpu"), ned, models, cluster_shape(config))
+    return _plan(replace(config, device="cpu"), ned, models, cluster_shape(config), n_shards)
 
 
 def _warn_fallbacks(ledger: Ledger, stream: TextIO) -> None:
@@ -475,8 +476,8 @@ def _warn_fallbacks(ledger: Ledger, stream: TextIO) -> None:
     fell = [g for g in device_summary(ledger) if g["planned"] == "cuda" and "cpu" in g["ran_on"]]
     if fell:
         nodes = sorted({n for g in fell for n in g["nodes"]})
-        print(f"warning: {sum(g['ran_on']['cpu'] for g in fell)} image(s) of {len(fell)} model group(s) planned on GPUs "
-              f"were computed on CPU: torch saw no CUDA device on node(s) {', '.join(nodes)} (see 'devices' in "
+        print(f"warning: model group(s) {', '.join(g['pool'] or g['writer'] for g in fell)} were planned on GPUs but "
+              f"computed on CPU: torch saw no CUDA device on node(s) {', '.join(nodes)} (see 'devices' in "
               "_manifest.json)", file=stream, flush=True)
 
 
@@ -488,7 +489,8 @@ def _run_pipeline(config: EncodeConfig, source: ImageSource, plan: Plan, work: _
     items = source.shard_items(work.remaining)
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(DecodeShard(source.description(), kinds, config.non_square, config.max_pixels),
-                        batch_size=1, num_cpus=plan.decode_cpus, concurrency=plan.decode_concurrency)
+                        batch_size=1, num_cpus=plan.decode_cpus,
+                        compute=ray.data.TaskPoolStrategy(size=plan.decode_concurrency))
     runtime = {"runtime_env": {"env_vars": {FAULT_ENV: os.environ[FAULT_ENV]}}} if os.environ.get(FAULT_ENV) else {}
     for pool in plan.pools:
         ds = ds.map_batches(
@@ -497,7 +499,7 @@ def _run_pipeline(config: EncodeConfig, source: ImageSource, plan: Plan, work: _
                                  {m: work.committed[m] for m in pool.models}, n_images),
             batch_size=pool.batch_rows,
             compute=ray.data.ActorPoolStrategy(
-                min_size=pool.min_actors, max_size=pool.max_actors,
+                min_size=pool.min_actors, max_size=pool.max_actors, initial_size=pool.initial_actors,
                 max_tasks_in_flight_per_actor=pool.max_tasks_in_flight,
                 max_concurrent_calls_per_actor=pool.concurrent_calls,
                 enable_true_multi_threading=pool.concurrent_calls > 1),

@@ -20,6 +20,8 @@ The pipeline executes a plan as is; ``ned-ray encode --dry-run`` prints it (``--
   feeders need. GPU actors reserve at most 1 CPU and half of the CPUs that come with their GPU
   share; CPU actors reserve what the decode and write tasks leave (a logical reservation: their
   torch threads are ``--cpu-threads`` or the smallest node's CPUs shared by the groups).
+* **Start.** A pool starts as many actors as the work has shards (up to its maximum), so a big job
+  asks for all its GPUs at once (an autoscaler launches them together) and a small one does not.
 * **Batches.** Ray Data hands each actor ``shard_size`` rows per call (the model's own sub-batches
   are chosen inside, from memory); GPU actors take two calls at once, so one block is computed
   while the previous one is written, and keep two in flight.
@@ -43,7 +45,7 @@ WRITE_CPUS = 0.25  # Ray CPUs of one image-sink task (responses are written by t
 WEIGHTS_SHARE = 0.5  # of an actor's device memory share, for its models' weights (the rest: activations)
 CPU_ACTOR_CPUS = 0.5  # the most a CPU actor reserves (logical; its torch threads are set separately)
 GPU_ACTOR_CPUS = 1.0  # the most a GPU actor reserves (data movement, writing its parts)
-IN_FLIGHT = 2  # blocks queued per actor: one computing, one arriving
+IN_FLIGHT = 2  # blocks per concurrent call sent to an actor: one computing (or writing), one arriving
 
 
 class PlanError(ValueError):
@@ -61,6 +63,7 @@ class PoolPlan:
     device: str  # cuda | cpu
     min_actors: int
     max_actors: int
+    initial_actors: int  # started at once: as many as the work has shards for (up to max_actors)
     gpus_per_actor: float
     cpus_per_actor: float
     cpu_threads: int  # torch threads of a CPU actor (or of a GPU actor that falls back to CPU)
@@ -73,7 +76,8 @@ class PoolPlan:
 
     @property
     def actors(self) -> str:
-        return f"{self.min_actors}" if self.min_actors == self.max_actors else f"{self.min_actors}-{self.max_actors}"
+        span = f"{self.min_actors}" if self.min_actors == self.max_actors else f"{self.min_actors}-{self.max_actors}"
+        return span if self.initial_actors == self.min_actors else f"{span} (start {self.initial_actors})"
 
 
 @dataclass
@@ -202,11 +206,13 @@ def _allocate(slots: int, costs: Sequence[float]) -> list[int]:
 
 
 def make_plan(config: EncodeConfig, models: Sequence[ModelId], cluster: ClusterShape,
-              weights_bytes: Mapping[ModelId, int] | None = None, shared_bytes: int = 0) -> Plan:
+              weights_bytes: Mapping[ModelId, int] | None = None, shared_bytes: int = 0,
+              n_shards: int | None = None) -> Plan:
     """The plan for ``models`` on ``cluster`` under ``config`` (pure: no Ray, no files).
 
     ``weights_bytes``: each model's own weight files; ``shared_bytes``: what all EEG subjects share
-    (ViT, scaler, PCA). They keep every group within its actors' memory budget.
+    (ViT, scaler, PCA). They keep every group within its actors' memory budget. ``n_shards``: shards
+    to encode; pools start as many actors as there are shards (up to their maximum).
     """
     if not models:
         raise PlanError("no models to run")
@@ -240,12 +246,15 @@ def make_plan(config: EncodeConfig, models: Sequence[ModelId], cluster: ClusterS
     else:
         fmri_groups = [fmri] if fmri else []
 
+    fixed = config.actors_per_group if config.actors_per_group > 0 else 0
+
     def share_for(n_groups: int) -> float:
         if device != "cuda":
             return 1.0
         if config.gpus_per_actor > 0:
             return float(config.gpus_per_actor)
-        return 1.0 if gpus >= n_groups else 1.0 / math.ceil(n_groups / gpus)
+        needed = n_groups * (fixed or 1)  # actors that must run at once
+        return 1.0 if gpus >= needed else 1.0 / math.ceil(needed / gpus)
 
     n_groups = len(fmri_groups) + (1 if eeg else 0)
     share = share_for(n_groups)
@@ -275,12 +284,13 @@ def make_plan(config: EncodeConfig, models: Sequence[ModelId], cluster: ClusterS
 
     # -- actors: every group at least one, the other GPU slots by compute --------------------------------
     costs = [group_cost(g) for g in groups]
-    fixed = config.actors_per_group if config.actors_per_group > 0 else 0
     if device == "cuda":
         slots = int(math.floor(gpus / share + 1e-9))
-        if slots < len(groups) and not fixed:
-            raise PlanError(f"{len(groups)} model groups need {len(groups) * share:g} GPUs at {share:g} GPU per actor, "
-                            f"and the cluster has at most {gpus:g}; use a smaller --gpus-per-actor")
+        needed = len(groups) * (fixed or 1)
+        if slots < needed:
+            raise PlanError(f"{needed} actors ({len(groups)} model groups x {fixed or 1}) need {needed * share:g} GPUs at "
+                            f"{share:g} GPU per actor, and the cluster has at most {gpus:g}; use a smaller "
+                            "--gpus-per-actor or fewer --actors-per-group")
         counts = [fixed] * len(groups) if fixed else _allocate(slots, costs)
     else:
         counts = [fixed or max(1, cluster.nodes_max)] * len(groups)
@@ -299,6 +309,8 @@ def make_plan(config: EncodeConfig, models: Sequence[ModelId], cluster: ClusterS
                         f"{DECODE_CPUS + WRITE_CPUS:g} (its decode and write tasks) plus its model actors")
     actor_cpus = round(min(actor_cpus, free / sum(counts)), 4)
     decode_concurrency = max(1, int((cluster.cpus_max - actor_cpus * sum(counts) - WRITE_CPUS) // DECODE_CPUS))
+    if n_shards is not None:  # one decode task per shard
+        decode_concurrency = max(1, min(decode_concurrency, n_shards))
 
     pools = []
     for index, (group, count, cost) in enumerate(zip(groups, counts, costs)):
@@ -308,8 +320,9 @@ def make_plan(config: EncodeConfig, models: Sequence[ModelId], cluster: ClusterS
             name="eeg" if group is eeg else (f"fmri-{index + 1}" if numbered else "fmri"),
             models=[str(m) for m in group], inputs=_inputs(group), drop=[k for k in _inputs(group) if k not in later],
             device=device, min_actors=fixed or 1, max_actors=count,
+            initial_actors=fixed or max(1, min(count, n_shards if n_shards is not None else count)),
             gpus_per_actor=share if device == "cuda" else 0.0, cpus_per_actor=actor_cpus, cpu_threads=threads,
-            batch_rows=config.shard_size, max_tasks_in_flight=IN_FLIGHT,
+            batch_rows=config.shard_size, max_tasks_in_flight=IN_FLIGHT * (2 if device == "cuda" else 1),
             concurrent_calls=2 if device == "cuda" else 1, memory_share=share if device == "cuda" else 1.0,
             weights_bytes=weight(group), cost=round(cost, 3)))
     if device == "cuda" and share < 1:

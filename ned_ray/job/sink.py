@@ -57,8 +57,8 @@ class PartWriter:
 
     def __init__(self, output: str, storage_options: dict, shapes: Mapping[ModelId, tuple[int, ...]],
                  formats: Sequence[str], shard_size: int, n_images: int, committed: Mapping[str, Ranges],
-                 planned: str) -> None:
-        self.output, self.storage_options, self.shapes = output, storage_options, dict(shapes)
+                 planned: str, pool: str = "") -> None:
+        self.output, self.storage_options, self.shapes, self.pool = output, storage_options, dict(shapes), pool
         models = list(self.shapes)
         self.formats, self.shard_size, self.n_images, self.planned = tuple(formats), shard_size, n_images, planned
         by_ranges: dict[Ranges, list[ModelId]] = {}
@@ -109,7 +109,7 @@ class PartWriter:
                         write_bytes(fs, posixpath.join(folder, f"{name}.npy"), _npy_bytes(values))
                         write_bytes(fs, posixpath.join(folder, f"{name}.image_index.npy"), _npy_bytes(index[good]))
                 record = {"models": [str(m) for m in models], "image_index": index[prows].tolist(), "rows": len(good),
-                          "device": device, "planned": self.planned, "node": node}
+                          "device": device, "planned": self.planned, "pool": self.pool, "node": node}
                 if checked in prows:
                     record["precision_check"] = {str(m): [*checks[m], 1] for m in models if m in checks}
                 write_marker(fs, root, writer_key(models), name, record)

@@ -108,3 +108,38 @@ def torch_threads(n: int):
         yield
     finally:
         torch.set_num_threads(old)
+
+
+@contextlib.contextmanager
+def own_ray(**init_args):
+    """A Ray cluster of its own for some tests (logical GPUs, several nodes); the session's local
+    2-CPU cluster is restored afterwards if it was running."""
+    import ray
+
+    was_running = ray.is_initialized()
+    ray.shutdown()
+    ray.init(**init_args)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+        if was_running:
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+
+
+@contextlib.contextmanager
+def autoscaler_node_types(*groups: tuple[str, dict, int]):
+    """Publish autoscaler node types in the GCS, as KubeRay and Ray's autoscaler v2 do:
+    (name, resources, max_count) each. Withdrawn afterwards."""
+    import ray
+    from ray.core.generated import autoscaler_pb2
+
+    config = autoscaler_pb2.ClusterConfig(node_group_configs=[
+        autoscaler_pb2.NodeGroupConfig(name=name, resources=resources, min_count=0, max_count=max_count)
+        for name, resources, max_count in groups])
+    client = ray._private.worker.global_worker.gcs_client
+    client.report_cluster_config(config.SerializeToString())
+    try:
+        yield
+    finally:
+        client.report_cluster_config(autoscaler_pb2.ClusterConfig().SerializeToString())
