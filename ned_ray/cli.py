@@ -22,9 +22,8 @@ import numpy as np
 import pyarrow.compute as pc
 
 from .ids import UnknownModelError
-from .models.group import ModelLoadError
+from .models.group import DeviceError, ModelLoadError
 from .job.config import add_encode_arguments
-from .job.pipeline import DeviceError
 from .nedfmt import MissingFileError, NedDir
 from .safeload import UnsafePickleError
 

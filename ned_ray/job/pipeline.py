@@ -30,7 +30,7 @@ import torch
 
 from .. import __version__
 from ..ids import ModelId, UnknownModelError, select
-from ..models.group import ModelGroup, ModelLoadError, weights_bytes
+from ..models.group import DeviceError, ModelGroup, ModelLoadError, weights_bytes
 from ..nedfmt import MissingFileError
 from ..safeload import UnsafePickleError
 from ..selection import Resolved
@@ -61,10 +61,6 @@ class MissingBucketError(ValueError):
 
 class StorageError(OSError):
     """An input, model or output location cannot be reached, read or written."""
-
-
-class DeviceError(RuntimeError):
-    """The GPUs the job was asked to use are not there (or not usable where Ray put an actor)."""
 
 
 FAULT_ENV = "NED_RAY_FAULT_INJECTION"  # testing hooks: "actor-exit-once:<marker file>", "hide-path:<prefix>"
@@ -321,14 +317,21 @@ def _release_request() -> None:
         pass
 
 
-def check_paths_on_nodes(config: EncodeConfig, source: ImageSource, fs, root: str) -> None:
+def check_paths_on_nodes(config: EncodeConfig, source: ImageSource, fs, root: str, plan: Plan | None = None,
+                         stream: TextIO = sys.stderr) -> None:
     """On a multi-node cluster, every node must see the local paths the job uses (``--ned-dir``,
     ``--images``, ``--output``): a node that cannot fails the job here, in one line, instead of in
     thousands of per-image errors or in parts scattered over nodes' disks."""
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     local = {flag: uri for flag, uri in (("--ned-dir", config.ned_dir), ("--images", config.images),
                                          ("--output", config.output)) if "://" not in uri or uri.startswith("file://")}
-    if len(nodes) < 2 or not local:
+    if not local:
+        return
+    if len(nodes) < 2:
+        if plan is not None and plan.cluster.nodes_max > 1:
+            print(f"warning: {', '.join(f'{k} {v}' for k, v in local.items())}: local path(s) on a cluster that can grow "
+                  f"to {plan.cluster.nodes_max} nodes; nodes that join must see them (a shared filesystem), or use "
+                  "URLs (s3://, gs://)", file=stream, flush=True)
         return
     probes: dict[str, list[str]] = {}
     token = uuid.uuid4().hex
@@ -338,7 +341,8 @@ def check_paths_on_nodes(config: EncodeConfig, source: ImageSource, fs, root: st
         write_bytes(fs, probe_file, token.encode())
         probes["--output"] = [probe_file]
     if "--images" in local:
-        probes["--images"] = [filesystem(config.images)[1]] + [u for u in source.uris[:1] + source.uris[-1:]]
+        probes["--images"] = [filesystem(config.images)[1]] + [u for u in source.uris[:1] + source.uris[-1:]
+                                                                if "://" not in u]
     if "--ned-dir" in local:
         probes["--ned-dir"] = [posixpath.join(filesystem(config.ned_dir)[1], "encoding_models")]
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -421,7 +425,7 @@ def run_encode(config: EncodeConfig, progress: float | None = None, stream: Text
         try:
             plan = _await_devices(plan, config, ned, models, len(work.remaining), stream)
             with _storage("check paths on the cluster's nodes for", config.output):
-                check_paths_on_nodes(config, source, fs, root)
+                check_paths_on_nodes(config, source, fs, root, plan, stream)
             if progress:
                 with ProgressReporter(fs, root, encoded, progress, stream=stream):
                     _run_pipeline(config, source, plan, work, selections, n_images)

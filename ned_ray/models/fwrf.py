@@ -118,8 +118,8 @@ class FwrfHead(nn.Module):
         out = []
         for start in range(0, self.n_voxels, chunk):
             sl = slice(start, start + chunk)
-            # (B, 768, v); in float32 even under bf16 autocast: the readout sums 768 terms per voxel
-            pooled = torch.cat([f @ g[sl].T for f, g in zip(feats, fields)], dim=1).float()
+            # (B, 768, v), float32 (FwrfModel runs the head outside autocast): the readout sums 768 terms
+            pooled = torch.cat([f @ g[sl].T for f, g in zip(feats, fields)], dim=1)
             weighted = phi(pooled, out=pooled).mul_(self.w[sl].T)  # in place, no copies
             out.append(weighted.sum(dim=1) + self.b[sl])
         return torch.cat(out, dim=1)
@@ -144,7 +144,12 @@ class FwrfModel(nn.Module):
     @torch.inference_mode()
     def forward(self, u8: torch.Tensor) -> torch.Tensor:
         x = fwrf_normalise(u8)
-        return torch.cat([head(enc(x)) for enc, head in zip(self.encoders, self.heads)], dim=1)
+        out = []
+        for enc, head in zip(self.encoders, self.heads):
+            maps = enc(x)  # under bf16 autocast, the backbone runs in bf16
+            with torch.autocast(x.device.type, enabled=False):  # the pooling and readout: always float32
+                out.append(head(tuple(m.float() for m in maps)))
+        return torch.cat(out, dim=1)
 
 
 def _load_part(ned: NedDir, relative: str, subject: int) -> tuple[FwrfEncoder, FwrfHead]:

@@ -22,7 +22,7 @@ from ..safeload import UnsafePickleError
 from .fwrf import FwrfModel, load_fwrf
 from .vit_eeg import N_COMPONENTS, EegModel, find_vit_weights, load_eeg, vit_filesystem
 
-__all__ = ["ModelGroup", "ModelLoadError", "resolve_device", "INPUTS", "PRECISIONS", "free_memory", "weights_bytes"]
+__all__ = ["ModelGroup", "ModelLoadError", "DeviceError", "resolve_device", "INPUTS", "PRECISIONS", "free_memory", "weights_bytes"]
 
 # Preprocessing each input kind needs, from uint8 (N,3,H,W) square images to uint8 tensors.
 INPUTS: dict[str, Callable[[np.ndarray | torch.Tensor], torch.Tensor]] = {"fwrf": fwrf_input, "vit": vit_input}
@@ -49,6 +49,10 @@ def free_memory(device: torch.device) -> int:
 
 class ModelLoadError(RuntimeError):
     """A model's files exist but cannot be loaded (corrupt, unsafe, or not NED's architecture)."""
+
+
+class DeviceError(RuntimeError):
+    """The GPUs a job was asked to use are not there (or not usable where Ray put an actor)."""
 
 
 @contextmanager
@@ -108,13 +112,16 @@ class ModelGroup:
 
     def __init__(self, ned: NedDir | str, model_ids: Sequence[ModelId | str], device: str | torch.device = "auto",
                  vit_weights: str | None = None, precision: str = "fp32", batch_size: int = 0,
-                 memory_share: float = 1.0) -> None:
+                 memory_share: float = 1.0, projection: str = "auto") -> None:
         """Load ``model_ids`` from ``ned`` onto ``device``.
 
         ``precision``: fp32 (NED's numbers), tf32 (TF32 matmuls/convolutions on CUDA; fp32 on CPU) or
         bf16 (autocast). ``batch_size``: images per forward pass for every model; 0 chooses one per
         model from the memory this group may use (:meth:`batch_size_for`). ``memory_share``: the
         fraction of a GPU's memory this group may use when it shares the GPU (its Ray GPU share).
+        ``projection``: EEG scaler + PCA in ``float64`` (as NED) or folded into one ``float32`` product;
+        ``auto``: float64 on CPU, float32 on CUDA (GPUs' float64 rate is a small fraction of their
+        float32 rate; parity stays within 1e-4 x std, measured on NED's fixtures: tests/models).
         """
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
@@ -128,6 +135,7 @@ class ModelGroup:
         for mid in ids:
             self.ned.entry(mid)  # unknown ids fail here, listing the valid ones
         self.device = resolve_device(device)
+        self.projection = projection if projection != "auto" else ("float32" if self.device.type == "cuda" else "float64")
         self.model_ids: list[ModelId] = ids
         self.fmri: dict[ModelId, FwrfModel] = {}
         for m in ids:
@@ -138,7 +146,7 @@ class ModelGroup:
         self.eeg: EegModel | None = None
         if eeg_ids:
             with _naming(eeg_ids[0] if len(eeg_ids) == 1 else "eeg/things_eeg_2/vit_b_32/sub-*", self.ned):
-                self.eeg = load_eeg(self.ned, [m.subject for m in eeg_ids], self.device, vit_weights)
+                self.eeg = load_eeg(self.ned, [m.subject for m in eeg_ids], self.device, vit_weights, self.projection)
         self._eeg_ids = {m.subject: m for m in eeg_ids}
         self.batch_sizes: dict[str, int] = {kind: batch_size or self.batch_size_for(kind) for kind in self.inputs}
 

@@ -117,20 +117,43 @@ def vit_features(vit: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
 
 # -- the heads --------------------------------------------------------------------------------
 class _Projection(nn.Module):
-    """One scaler and one or more stacked PCAs: features (B,F) -> codes (B,K) in float64."""
+    """One scaler and one or more stacked PCAs: features (B,F) -> codes (B,K).
 
-    def __init__(self, mean: Any, scale: Any, components: Sequence[Any], pca_means: Sequence[Any]) -> None:
+    ``float64`` (default; NED runs them in numpy float64): scale, then project. ``float32``: the
+    scaler folded into the components, one float32 matrix product,
+    code = features @ (components / scale).T - ((mean / scale) @ components.T + pca_offset),
+    with the fold computed in float64 (half the memory, and a GPU's float32 rate instead of float64).
+    """
+
+    def __init__(self, mean: Any, scale: Any, components: Sequence[Any], pca_means: Sequence[Any],
+                 dtype: torch.dtype = torch.float64) -> None:
         super().__init__()
         comps = [torch.as_tensor(c[:N_COMPONENTS], dtype=torch.float64) for c in components]
         stacked = torch.cat(comps)
         offsets = torch.cat([torch.as_tensor(m, dtype=torch.float64) @ c.T for m, c in zip(pca_means, comps)])
-        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float64))
-        self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float64))
-        self.register_buffer("components", stacked)
-        self.register_buffer("offset", offsets)
+        mean = torch.as_tensor(mean, dtype=torch.float64)
+        scale = torch.as_tensor(scale, dtype=torch.float64)
         self.sizes = [c.shape[0] for c in comps]
+        self.dtype = dtype
+        if dtype == torch.float64:
+            self.register_buffer("mean", mean)
+            self.register_buffer("scale", scale)
+            self.register_buffer("components", stacked)
+            self.register_buffer("offset", offsets)
+        else:
+            folded = stacked / scale  # (K, F), in float64 before the cast
+            self.register_buffer("components", folded.to(dtype).T.contiguous())  # (F, K)
+            self.register_buffer("offset", ((mean / scale) @ stacked.T + offsets).to(dtype))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if self.dtype != torch.float64:  # one product, in full float32 even under autocast or TF32
+            tf32 = torch.backends.cuda.matmul.allow_tf32
+            torch.backends.cuda.matmul.allow_tf32 = False
+            try:
+                with torch.autocast(features.device.type, enabled=False):
+                    return (features.to(self.dtype) @ self.components - self.offset).to(torch.float32)
+            finally:
+                torch.backends.cuda.matmul.allow_tf32 = tf32
         z = (features.to(torch.float64) - self.mean) / self.scale
         # NED casts the PCA code to float32 before the regressions.
         return (z @ self.components.T - self.offset).to(torch.float32)
@@ -202,9 +225,18 @@ def _repetitions(params: Any, where: str) -> list[Any]:
     return [params[k] for k in keys]
 
 
+PROJECTIONS = {"float64": torch.float64, "float32": torch.float32}
+
+
 def load_eeg(ned: NedDir, subjects: Sequence[int], device: str | torch.device = "cpu",
-             vit_weights: str | None = None) -> EegModel:
-    """Load the EEG models of ``subjects`` into one :class:`EegModel` (backbone loaded once)."""
+             vit_weights: str | None = None, projection: str = "float64") -> EegModel:
+    """Load the EEG models of ``subjects`` into one :class:`EegModel` (backbone loaded once).
+
+    ``projection``: the scaler + PCA in ``float64`` (as NED) or folded into one ``float32`` product.
+    """
+    if projection not in PROJECTIONS:
+        raise ValueError(f"projection must be one of {', '.join(PROJECTIONS)}, got '{projection}'")
+    dtype = PROJECTIONS[projection]
     subjects = tuple(sorted(set(int(s) for s in subjects)))
     if not subjects:
         raise ValueError("load_eeg needs at least one subject")
@@ -232,7 +264,7 @@ def load_eeg(ned: NedDir, subjects: Sequence[int], device: str | torch.device = 
             pcas = _repetitions(pcas, where) if "rep-1" in pcas else [pcas] * len(reps)
             scaler = weights["scaler_param"]
             projections.append(_Projection(scaler["mean_"], scaler["scale_"], [p["components_"] for p in pcas],
-                                           [p["mean_"] for p in pcas]))
+                                           [p["mean_"] for p in pcas], dtype))
             sizes = projections[-1].sizes
             for r, rep in enumerate(reps):
                 start = sum(sizes[:r]) if len(pcas) > 1 else 0
@@ -248,7 +280,7 @@ def load_eeg(ned: NedDir, subjects: Sequence[int], device: str | torch.device = 
                                  f"{len(ch_names)} channels x {len(times)} times")
     if shared:
         scaler, pca = ned.load_npy(ned.EEG_SCALER), ned.load_npy(ned.EEG_PCA)
-        projections.append(_Projection(scaler["mean_"], scaler["scale_"], [pca["components_"]], [pca["mean_"]]))
+        projections.append(_Projection(scaler["mean_"], scaler["scale_"], [pca["components_"]], [pca["mean_"]], dtype))
         k = projections[-1].sizes[0]
         targets = [subjects.index(s) * n_reps + r for s, *_ in shared for r in range(n_reps)]
         readouts.append(_Readout(len(projections) - 1, slice(0, k),

@@ -66,3 +66,15 @@ def test_checkpoint_that_does_not_fit_names_the_file(tmp_path, demo_dir):
     (copy / rel).write_bytes(buffer.getvalue())
     with pytest.raises(ValueError, match="weights_sub-01_roi-V1.pt: weights do not fit NED's fwrf architecture"):
         fwrf.load_fwrf(ned, ModelId.parse("fmri/nsd/fwrf/sub-01/V1"))
+
+
+def test_under_bf16_only_the_backbone_is_bf16(v1, fixture_images):
+    """--precision bf16: the backbone in bf16, the pooling fields and readout in float32."""
+    u8 = fwrf_input(fixture_images["images_227"][:2])
+    with torch.inference_mode():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            maps = v1.encoders[0](fwrf_normalise(u8))
+            ours = v1(u8)
+        reference = v1.heads[0](tuple(m.float() for m in maps))  # the same bf16 maps, head outside autocast
+    assert all(m.dtype == torch.bfloat16 for m in maps) and ours.dtype == torch.float32
+    torch.testing.assert_close(ours, reference, rtol=0, atol=0)

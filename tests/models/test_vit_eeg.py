@@ -106,3 +106,22 @@ def test_a_file_that_is_no_vit_is_rejected(tmp_path):
     torch.save({"weight": torch.zeros(3)}, path)
     with pytest.raises(ValueError, match="not_vit.pth: not a torchvision ViT state dict"):
         vit_eeg.load_vit(str(path))
+
+
+def test_folded_float32_projection_keeps_neds_numbers(ned_dir, fixtures, fixture_images, vit_cache):
+    """The scaler folded into the PCA, one float32 product (what runs on GPUs): within NED's tolerance."""
+
+    from ..conftest import PARITY
+
+    group = ModelGroup(ned_dir, ["eeg/things_eeg_2/vit_b_32/sub-01", "eeg/things_eeg_2/vit_b_32/sub-02"], "cpu",
+                       projection="float32")
+    assert group.projection == "float32" and group.eeg.projections[0].components.dtype == torch.float32
+    assert ModelGroup(ned_dir, ["eeg/things_eeg_2/vit_b_32/sub-01"], "cpu").projection == "float64"  # auto on CPU
+    for images in ("images", "images_227", "images_small"):
+        out = group.encode(fixture_images[images])
+        for subject in (1, 2):
+            expected = np.load(fixtures / "expected" / f"eeg_sub-0{subject}__{images}.npy")
+            mid = group.model_ids[subject - 1]
+            figure = float(np.abs(out[mid] - expected).max() / expected.std())
+            PARITY[f"eeg_sub-0{subject} x {images} (float32 projection)"] = figure
+            assert figure <= 1e-4, (subject, images, figure)
