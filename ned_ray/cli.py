@@ -97,7 +97,8 @@ def output_summary(out) -> dict:
                        "selection": meta.get("selection", {}).get("asked")})
     return {"output": out.uri, "complete": out.manifest["complete"], "images": out.manifest["images"],
             "errors": errors, "models": models, "options": job["options"], "ned_ray_version": job["ned_ray_version"],
-            "precision": out.manifest.get("precision", {"mode": job["options"].get("precision", "fp32")})}
+            "precision": out.manifest.get("precision", {"mode": job["options"].get("precision", "fp32")}),
+            "devices": out.manifest.get("devices", [])}
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -119,6 +120,10 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     options = info["options"]
     print("options: " + ", ".join(f"{k}={options[k]}" for k in ("ned_dir", "images", "models", "device", "precision",
                                                                    "channels", "times", "min_ncsnr") if k in options))
+    for group in info["devices"]:
+        ran = ", ".join(f"{n} images on {d}" for d, n in group["ran_on"].items())
+        print(f"pool {group['pool'] or group['writer']} ({len(group['models'])} models): planned on {group['planned']}, "
+              f"{ran}" + (f" (nodes {', '.join(group['nodes'])})" if group["nodes"] else ""))
     precision = info["precision"]
     if precision.get("models"):
         worst = max(precision["models"].items(), key=lambda kv: kv[1]["max_deviation_over_std"] or 0)

@@ -86,9 +86,12 @@ def test_inspect_text_and_json(demo_output, capsys):
     assert info["errors"][0]["image_id"] == "zz_corrupt.jpg" and info["errors"][0]["error"].startswith("corrupt or truncated image")
     assert {m["id"]: m["rows"] for m in info["models"]}["fmri/nsd/fwrf/sub-01/V1"] == 14
     assert info["options"]["formats"] == ["parquet", "npy"] and info["precision"] == {"mode": "fp32"}
+    assert [(d["pool"], d["planned"], d["ran_on"]) for d in info["devices"]] == [("eeg", "cpu", {"cpu": 15}),
+                                                                                ("fmri", "cpu", {"cpu": 15})]
     assert main(["inspect", str(demo_output)]) == 0
     text = capsys.readouterr().out
     assert "15 images (14 ok, 1 errors), 9 models" in text and "error: zz_corrupt.jpg: " in text
+    assert "pool eeg (3 models): planned on cpu, 15 images on cpu" in text
     assert "eeg/things_eeg_2/vit_b_32/sub-03  14    4x63x140" in text
 
 

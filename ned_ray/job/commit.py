@@ -231,7 +231,7 @@ def device_summary(ledger: Ledger) -> list[dict[str, Any]]:
         groups.append({"pool": found[0].get("pool", ""), "writer": key, "models": found[0]["models"],
                        "planned": found[0].get("planned", ""),
                        "ran_on": ran, "nodes": sorted(n for n in nodes if n)})
-    return groups
+    return sorted(groups, key=lambda g: (g["pool"], g["writer"]))
 
 
 def finalize(fs, root: str, output: str, models: Sequence[ModelId], formats: Sequence[str], n_images: int,

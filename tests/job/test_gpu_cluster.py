@@ -72,7 +72,7 @@ def test_logical_gpus_auto_requests_gpus_falls_back_to_cpu_and_equals_cpu(cpu_re
     assert plan["device"] == "cuda" and all(p["gpus_per_actor"] > 0 for p in plan["pools"])
     assert actors and all(a.required_resources.get("GPU", 0) > 0 for a in actors)  # Ray granted GPUs
     assert [(d["pool"], d["planned"], d["ran_on"]) for d in summary["devices"]] == [
-        ("fmri", "cuda", {"cpu": N_IMAGES}), ("eeg", "cuda", {"cpu": N_IMAGES})]
+        ("eeg", "cuda", {"cpu": N_IMAGES}), ("fmri", "cuda", {"cpu": N_IMAGES})]
     warnings = [line for line in stream.getvalue().splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "planned on GPUs but computed on CPU" in warnings[0]  # once per job
     _assert_same(open_output(str(tmp_path / "out")), cpu_reference, cpu_reference.models)
