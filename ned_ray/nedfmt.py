@@ -7,7 +7,6 @@ through :mod:`ned_ray.safeload`.
 
 from __future__ import annotations
 
-import hashlib
 import posixpath
 import re
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from typing import Any
 import fsspec
 
 from . import safeload
-from .storage import cached_copy, file_identity, is_local
+from .storage import cached_copy, file_identity, is_local, local_file_record, sha256_file
 from .ids import MODELS, ROIS, SPLIT_ROIS, SUBJECTS, TRAIN_DATASETS, ModelId, UnknownModelError
 
 __all__ = ["NedDir", "ModelEntry", "MissingFileError", "FMRI_ROOT", "EEG_ROOT", "VIT_IN_NED_DIR"]
@@ -35,6 +34,10 @@ _BERG_EEG_WEIGHTS = re.compile(r"^weights_subject-(\d{2})\.npy$")
 
 class MissingFileError(FileNotFoundError):
     """A file NED's layout requires is not in the directory."""
+
+
+class ModelFileError(ValueError):
+    """A model file is there but is not what NED's layout says it is (one line naming the file)."""
 
 
 def _published(mid: ModelId) -> bool:
@@ -167,13 +170,13 @@ class NedDir:
     def size(self, relative: str) -> int:
         return int(self.info(relative).get("size") or 0)
 
-    def file_record(self, relative: str) -> dict:
-        """Provenance of a file without downloading it: sha256 of local files; the store's identity
-        (size + ETag/generation/mtime) of remote ones, which the actors' caches are keyed by too."""
-        record = {"file": self.uri(relative)}
+    def file_record(self, relative: str, known: list[dict] | None = None) -> dict:
+        """Provenance of a file without downloading it: sha256 of local files (hashed once per file
+        version, see :func:`~ned_ray.storage.local_file_record`); the store's identity (size +
+        ETag/generation/mtime) of remote ones, which the actors' caches are keyed by too."""
         if self.is_local:
-            return {**record, "sha256": self.sha256(relative), "bytes": self.size(relative)}
-        return {**record, **file_identity(self.info(relative))}
+            return local_file_record(self.require(relative), known)
+        return {"file": self.uri(relative), **file_identity(self.info(relative))}
 
     def load_npy(self, relative: str) -> Any:
         """A NED ``.npy`` dict, through the restricted unpickler."""
@@ -186,11 +189,7 @@ class NedDir:
             return safeload.load_torch_checkpoint(fh, source=self.uri(relative))
 
     def sha256(self, relative: str) -> str:
-        digest = hashlib.sha256()
-        with self.open(relative) as fh:
-            for block in iter(lambda: fh.read(1 << 22), b""):
-                digest.update(block)
-        return digest.hexdigest()
+        return sha256_file(self.fs, self.require(relative))
 
     def _listdir(self, relative: str) -> list[str]:
         path = self.path(relative)
@@ -254,5 +253,39 @@ class NedDir:
         raise UnknownModelError(f"model '{mid}' is not a NED model. Valid model ids in '{self.url}':\n  {listing}")
 
     def metadata(self, model_id: ModelId | str) -> dict:
-        """NED's metadata dict of a model (ned-spec §1)."""
-        return self.load_npy(self.entry(model_id).metadata)
+        """NED's metadata dict of a model (ned-spec §1), checked for the fields ned-ray uses."""
+        mid = ModelId.parse(model_id) if isinstance(model_id, str) else model_id
+        relative = self.entry(mid).metadata
+        try:
+            meta = self.load_npy(relative)
+        except ValueError as exc:
+            raise ModelFileError(str(exc).splitlines()[0]) from None
+        problem = _metadata_problem(mid, meta)
+        if problem:
+            raise ModelFileError(f"{self.uri(relative)}: not NED metadata for {mid}: {problem}")
+        return meta
+
+
+def _metadata_problem(mid: ModelId, meta: Any) -> str:
+    """What is wrong with a metadata object, or ''."""
+    import numpy as np
+
+    if not isinstance(meta, dict):
+        shape = getattr(meta, "shape", None)
+        return f"expected a dict, got {type(meta).__name__}" + (f" of shape {shape}" if shape is not None else "")
+    section = meta.get(mid.modality)
+    if not isinstance(section, dict):
+        return f"no '{mid.modality}' dict"
+    if mid.modality == "fmri":
+        ncsnr = section.get("ncsnr")
+        if ncsnr is None or np.ndim(ncsnr) != 1 or len(ncsnr) == 0:
+            return "'fmri/ncsnr' must be a non-empty 1-D array (one value per voxel)"
+    else:
+        for key in ("ch_names", "times"):
+            if key not in section or len(section[key]) == 0:
+                return f"'eeg/{key}' is missing or empty"
+    accuracy = meta.get("encoding_models", {}).get("encoding_accuracy") if isinstance(meta.get("encoding_models"), dict) \
+        else None
+    if not isinstance(accuracy, dict):
+        return "no 'encoding_models/encoding_accuracy' dict"
+    return ""

@@ -8,7 +8,8 @@ from typing import Any
 
 import fsspec
 
-__all__ = ["filesystem", "options_for", "is_local", "bucket_of", "file_identity", "cached_copy"]
+__all__ = ["filesystem", "options_for", "is_local", "bucket_of", "file_identity", "cached_copy", "sha256_file",
+           "local_file_record", "HASH_CACHE_ENV"]
 
 
 def options_for(uri: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
@@ -90,3 +91,61 @@ def cached_copy(fs: fsspec.AbstractFileSystem, path: str, cache_dir: str) -> str
             log.write(f"{time.time():.3f}\t{os.getpid()}\t{os.path.getsize(final)}\t"
                       f"{time.perf_counter() - started:.3f}\t{uri}\n")
     return final
+
+
+HASH_CACHE_ENV = "NED_RAY_CACHE"  # folder of ned-ray's per-user caches (default ~/.cache/ned-ray)
+
+
+def sha256_file(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """sha256 of a file's content, read in 4 MiB blocks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with fs.open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _hash_cache_file() -> str:
+    import os
+
+    folder = os.environ.get(HASH_CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "ned-ray")
+    return os.path.join(folder, "sha256.json")
+
+
+def local_file_record(path: str, known: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Provenance of a local file: sha256, size and mtime. The hash is computed once per file version:
+    reused from ``known`` records (an output's provenance) or ned-ray's per-user cache
+    (``$NED_RAY_CACHE/sha256.json``) when the size and mtime are unchanged."""
+    import os
+    import uuid
+
+    st = os.stat(path)
+    size, mtime = int(st.st_size), str(st.st_mtime_ns)
+    for record in known or []:
+        if record.get("file") == path and record.get("bytes") == size and record.get("mtime") == mtime \
+                and record.get("sha256"):
+            return dict(record)
+    cache_file = _hash_cache_file()
+    try:
+        with open(cache_file) as fh:
+            cache = json.load(fh)
+    except (OSError, ValueError):
+        cache = {}
+    key = os.path.realpath(path)
+    entry = cache.get(key, {})
+    if entry.get("bytes") == size and entry.get("mtime") == mtime and entry.get("sha256"):
+        digest = entry["sha256"]
+    else:
+        digest = sha256_file(fsspec.filesystem("file"), path)
+        cache[key] = {"bytes": size, "mtime": mtime, "sha256": digest}
+        try:  # best effort, atomic: a concurrent writer's entries may be lost, never corrupted
+            os.makedirs(os.path.dirname(cache_file), exist_ok=True)
+            tmp = f"{cache_file}.{uuid.uuid4().hex}"
+            with open(tmp, "w") as fh:
+                json.dump(cache, fh)
+            os.replace(tmp, cache_file)
+        except OSError:
+            pass
+    return {"file": path, "sha256": digest, "bytes": size, "mtime": mtime}

@@ -10,12 +10,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# ned-ray's per-user caches (model file hashes) go to a folder of this test session, not ~/.cache
+os.environ.setdefault("NED_RAY_CACHE", tempfile.mkdtemp(prefix="ned-ray-test-cache-"))
 FIXTURES = Path(os.environ.get("NED_FIXTURES", REPO.parent / "shared" / "ned-fixtures"))
 FIXTURE_IMAGES = ("images", "images_227", "images_small")
 FIXTURE_MODELS = {  # expected/<tag>__<images>.npy  ->  NED get_encoding_model arguments

@@ -35,7 +35,7 @@ def test_demo_command_runs_the_job_on_every_demo_model(tmp_path):
     from ned_ray.output import open_output
 
     output = open_output(str(tmp_path / "out"))
-    assert len(output.models) == 9 and output.manifest["images"] == {"total": 14, "ok": 14, "error": 0, "file": "images.parquet"}
+    assert len(output.models) == 9 and output.manifest["images"] == {"total": 14, "ok": 14, "error": 0, "skipped": 0, "file": "images.parquet"}
     assert output.responses("fmri/nsd/fwrf/sub-01/V1")[1].shape == (14, 48)
     assert len(list((tmp_path / "out" / "fmri/nsd/fwrf/sub-01/V1").glob("part-*.npy"))) == 2  # responses + index
     assert "images/s" in result.stdout

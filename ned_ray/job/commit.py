@@ -19,6 +19,15 @@ Invariants
    model; only then is ``_manifest.json`` written, last. Markers hold all the piece's rows (bad
    images too); response parts hold the ``ok`` ones.
 4. Files that no marker references are leftovers of unfinished writes: ``finalize`` deletes them.
+5. A marker lists its files with their sizes and its rows; a marker whose files are missing, of
+   another size, or hold another number of rows is damaged: a run drops it (and re-encodes those
+   rows) before it starts, and ``finalize`` refuses to declare an output with one complete.
+6. One job writes an output at a time: it holds ``_lease.json`` (created exclusively, renewed while
+   it runs); every write, clean-up and ``--overwrite`` happens under the lease (:class:`Lease`).
+7. The images an output holds are its recorded listing, ``_listing.parquet`` (image_index order;
+   fingerprint in ``_job.json``); markers carry the image ids they hold. A rerun whose input lost or
+   changed images is refused; images added to the input are appended (new indexes, old ones kept).
+8. Listings that decide completeness bypass fsspec's caches (object stores cache them).
 """
 
 from __future__ import annotations
@@ -122,6 +131,19 @@ class Ranges:
         return [[a, b] for a, b in zip(self.starts, self.stops)]
 
 
+def fresh_ls(fs, path: str, detail: bool = True):
+    """List a folder from the store itself, not from fsspec's listing cache (invariant 8)."""
+    if hasattr(fs, "invalidate_cache"):
+        fs.invalidate_cache(path)
+    return fs.ls(path, detail=detail)
+
+
+def fresh_exists(fs, path: str) -> bool:
+    if hasattr(fs, "invalidate_cache"):
+        fs.invalidate_cache(path)
+    return fs.exists(path)
+
+
 @dataclass
 class Ledger:
     """Every commit marker of an output, by writer."""
@@ -132,15 +154,13 @@ class Ledger:
     def read(cls, fs, root: str) -> "Ledger":
         """All markers (from every run). Refuses the marker layout of older ned-ray versions."""
         folder = posixpath.join(root, COMMITS)
-        if hasattr(fs, "invalidate_cache"):
-            fs.invalidate_cache(folder)  # object stores cache listings
-        if not fs.isdir(folder):
+        if not fresh_exists(fs, folder):
             return cls()
-        entries = fs.ls(folder, detail=True)
+        entries = fresh_ls(fs, folder)
         if any(e["type"] != "directory" and posixpath.basename(e["name"]).startswith("part-") for e in entries):
             raise ValueError(f"'{posixpath.dirname(folder)}' was written by an older ned-ray (commit markers in "
                              f"{COMMITS}/ directly); rerun with --overwrite to rewrite it")
-        paths = [p for e in entries if e["type"] == "directory" for p in fs.ls(e["name"], detail=False)
+        paths = [p for e in entries if e["type"] == "directory" for p in fresh_ls(fs, e["name"], detail=False)
                  if p.endswith(".json") and not posixpath.basename(p).startswith(".")]
         markers: dict[str, list[dict[str, Any]]] = {}
         for path, data in (fs.cat(paths).items() if paths else ()):
@@ -177,8 +197,67 @@ class Ledger:
     def images_committed(self) -> int:
         return sum(len(m["image_index"]) for m in self.images())
 
+    def entries(self) -> list[tuple[str, dict[str, Any]]]:
+        return [(key, m) for key, found in self.markers.items() for m in found]
 
-def _check_complete(ledger: Ledger, output: str, models: Sequence[ModelId], n_images: int) -> None:
+    def damaged(self, fs, root: str) -> list[tuple[str, dict[str, Any], str]]:
+        """(writer key, marker, why) of every marker whose files are missing, of another size, or hold
+        another number of rows than it recorded (invariant 5)."""
+        listed: dict[str, dict[str, int]] = {}
+        for folder in sorted({posixpath.dirname(rel) for _, m in self.entries() for rel in m.get("files", {})}):
+            path = posixpath.join(root, folder)
+            entries = fresh_ls(fs, path) if fresh_exists(fs, path) else []
+            listed[folder] = {posixpath.basename(e["name"]): int(e.get("size") or 0) for e in entries}
+        found, to_count = [], []
+        for key, marker in self.entries():
+            for rel, size in marker.get("files", {}).items():
+                actual = listed.get(posixpath.dirname(rel), {}).get(posixpath.basename(rel))
+                if actual is None:
+                    found.append((key, marker, f"{rel} is missing"))
+                    break
+                if actual != size:
+                    found.append((key, marker, f"{rel} has {actual} bytes, its commit recorded {size}"))
+                    break
+            else:
+                to_count += [(key, marker, rel) for rel in marker.get("files", {})]
+        bad = {id(m) for _, m, _ in found}
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(16) as pool:  # row counts from Parquet footers and .npy headers
+            counts = list(pool.map(lambda item: _rows_in(fs, posixpath.join(root, item[2])), to_count))
+        for (key, marker, rel), rows in zip(to_count, counts):
+            expected = len(marker["image_index"]) if key == IMAGES_WRITER else marker["rows"]
+            if rows != expected and id(marker) not in bad:
+                found.append((key, marker, f"{rel} holds {rows} rows, its commit recorded {expected}"))
+                bad.add(id(marker))
+        return found
+
+    def drop(self, fs, root: str, damaged: list[tuple[str, dict[str, Any], str]]) -> "Ledger":
+        """Uncommit damaged markers (marker first, then their files): their rows are encoded again."""
+        for key, marker, _ in damaged:
+            path = posixpath.join(root, COMMITS, key, f"{marker['piece']}.json")
+            if fs.exists(path):
+                fs.rm(path)
+            for rel in marker.get("files", {}):
+                if fs.exists(posixpath.join(root, rel)):
+                    fs.rm(posixpath.join(root, rel))
+        gone = {id(m) for _, m, _ in damaged}
+        return Ledger({key: [m for m in found if id(m) not in gone] for key, found in self.markers.items()})
+
+
+def _rows_in(fs, path: str) -> int:
+    """Rows of a part file, read from its footer (Parquet) or header (.npy) only."""
+    with fs.open(path, "rb") as fh:
+        if path.endswith(".npy"):
+            from ..safeload import read_npy_header
+
+            shape, _, _ = read_npy_header(fh, path)
+            return int(shape[0]) if shape else 0
+        return pq.ParquetFile(fh).metadata.num_rows
+
+
+def _check_complete(ledger: Ledger, output: str, models: Sequence[ModelId], n_images: int, fs=None,
+                    root: str = "") -> None:
     for label, markers in [("images", ledger.images())] + [(str(m), ledger.model_markers(m)) for m in models]:
         seen = ledger.coverage(markers, n_images)
         if (seen != 1).any():
@@ -186,6 +265,10 @@ def _check_complete(ledger: Ledger, output: str, models: Sequence[ModelId], n_im
             raise RuntimeError(f"output {output} is inconsistent for {label}: {len(missing)} images missing, "
                                f"{len(doubled)} written twice (first: {missing[:5].tolist() or doubled[:5].tolist()}); "
                                "rerun the same command to finish it")
+    damaged = ledger.damaged(fs, root) if fs is not None else []
+    if damaged:
+        raise RuntimeError(f"output {output} has {len(damaged)} damaged commit(s) ({damaged[0][2]}); rerun the same "
+                           "command to encode them again")
 
 
 def _remove_orphans(fs, root: str, models: Sequence[ModelId], ledger: Ledger) -> None:
@@ -194,9 +277,9 @@ def _remove_orphans(fs, root: str, models: Sequence[ModelId], ledger: Ledger) ->
     for mid in models:
         folders[posixpath.join(root, str(mid))] = {m["piece"] for m in ledger.model_markers(mid)}
     for folder, committed in folders.items():
-        if not fs.isdir(folder):
+        if not fresh_exists(fs, folder):
             continue
-        for path in fs.ls(folder, detail=False):
+        for path in fresh_ls(fs, folder, detail=False):
             name = posixpath.basename(path.rstrip("/"))
             if name.startswith(".tmp-") or (name.startswith("part-") and name.split(".", 1)[0] not in committed):
                 fs.rm(path)
@@ -238,7 +321,7 @@ def finalize(fs, root: str, output: str, models: Sequence[ModelId], formats: Seq
              job: dict[str, Any], ledger: Ledger | None = None) -> dict[str, Any]:
     """Check the commits cover every image exactly once, write images.parquet, then the manifest."""
     ledger = ledger or Ledger.read(fs, root)
-    _check_complete(ledger, output, models, n_images)
+    _check_complete(ledger, output, models, n_images, fs, root)
     _remove_orphans(fs, root, models, ledger)
     pieces = [m["piece"] for m in ledger.images()]
     paths = [posixpath.join(root, IMAGE_PARTS, f"{p}.parquet") for p in pieces]
@@ -247,10 +330,12 @@ def finalize(fs, root: str, output: str, models: Sequence[ModelId], formats: Seq
     if images is not None:
         write_bytes(fs, posixpath.join(root, IMAGES), parquet_bytes(images))
     n_ok = sum(m["ok"] for m in ledger.images())
+    n_skipped = sum(m.get("skipped", 0) for m in ledger.images())
     manifest = {
         "format_version": FORMAT_VERSION,
         "complete": True,
-        "images": {"total": n_images, "ok": n_ok, "error": n_images - n_ok, "file": IMAGES},
+        "images": {"total": n_images, "ok": n_ok, "error": n_images - n_ok - n_skipped, "skipped": n_skipped,
+                   "file": IMAGES},
         "models": {
             str(mid): {
                 "rows": sum(m["rows"] for m in ledger.model_markers(mid)),
@@ -266,3 +351,224 @@ def finalize(fs, root: str, output: str, models: Sequence[ModelId], formats: Seq
         manifest["precision"] = _precision_summary(precision, ledger, models)
     write_bytes(fs, posixpath.join(root, MANIFEST), json.dumps(manifest, indent=2).encode())
     return manifest
+
+
+# -- the lease: one job writes an output at a time (invariant 6) -------------------------------------
+LEASE = "_lease.json"
+LEASE_TTL = 120.0  # seconds after its last renewal a lease is stale
+
+
+class LeaseHeldError(ValueError):
+    """Another job holds the output's lease."""
+
+
+class LeaseLostError(RuntimeError):
+    """This job's lease was taken over while it ran (another job writes the output now)."""
+
+
+def _create_exclusive(fs, path: str, data: bytes) -> None:
+    """Create ``path`` only if it does not exist (FileExistsError otherwise): exclusive create on local
+    disks, ``If-None-Match: *`` on S3, ``ifGenerationMatch=0`` on GCS (stores that ignore the
+    precondition are caught by reading the lease back, see :class:`Lease`)."""
+    if is_local(fs):
+        fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        with open(path, "xb") as fh:
+            fh.write(data)
+        return
+    fs.pipe_file(path, data, mode="create")
+
+
+class Lease:
+    """The output's lease, ``OUT/_lease.json``: who writes it, renewed every ttl/4 seconds.
+
+    Acquire: create it exclusively. If it exists, it is taken over only when stale (not renewed for
+    ``ttl`` seconds, by the reader's clock), when the Ray job that holds it is provably gone (same
+    Ray cluster session, job dead, none of its actors alive), or with ``force``; the lease is then
+    replaced (on S3 conditionally on the stale lease's ETag). Every acquisition and renewal reads the
+    lease back: a job that does not find its own token there has lost it and stops (this is the
+    documented check on stores that ignore write preconditions, such as some GCS emulators).
+    """
+
+    def __init__(self, fs, root: str, ttl: float = LEASE_TTL, describe: dict[str, Any] | None = None) -> None:
+        import os
+        import socket
+        import threading
+
+        self.fs, self.path, self.ttl = fs, posixpath.join(root, LEASE), float(ttl)
+        self.token = uuid.uuid4().hex
+        self.record = {"token": self.token, "host": socket.gethostname(), "pid": os.getpid(), "ttl": self.ttl,
+                       "started": time.time(), **(describe or {})}
+        self.lost: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _data(self) -> bytes:
+        return json.dumps({**self.record, "renewed": time.time()}).encode()
+
+    def read(self) -> dict[str, Any] | None:
+        try:
+            if hasattr(self.fs, "invalidate_cache"):
+                self.fs.invalidate_cache(self.path)
+            return json.loads(self.fs.cat_file(self.path))
+        except FileNotFoundError:
+            return None
+        except (ValueError, OSError):
+            return {}  # unreadable: treated as stale
+
+    def acquire(self, force: bool = False) -> "Lease":
+        try:
+            _create_exclusive(self.fs, self.path, self._data())
+        except FileExistsError:
+            current = self.read() or {}
+            stale, why = _stale(current, self.ttl)
+            if not (stale or force):
+                raise LeaseHeldError(describe_holder(current, self.path) + "; wait for that job, or if it is dead "
+                                     f"and its tasks stopped, take over with --force") from None
+            self._replace(current)
+        if (self.read() or {}).get("token") != self.token:
+            holder = self.read() or {}
+            raise LeaseHeldError(describe_holder(holder, self.path) + " (it took the lease at the same time)")
+        self._thread = __import__("threading").Thread(target=self._renew_loop, name="ned-ray-lease", daemon=True)
+        self._thread.start()
+        return self
+
+    def _replace(self, current: dict[str, Any]) -> None:
+        data = self._data()
+        if is_local(self.fs):
+            tmp = f"{self.path}.{self.token}"
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+            __import__("os").replace(tmp, self.path)
+        elif "s3" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)):
+            etag = self.fs.info(self.path).get("ETag")  # only if nobody replaced it since we read it
+            try:
+                self.fs.pipe_file(self.path, data, IfMatch=etag)
+            except OSError:
+                raise LeaseHeldError(describe_holder(self.read() or {}, self.path) + " (taken over just now)") from None
+        else:
+            self.fs.pipe_file(self.path, data)
+
+    def renew(self) -> None:
+        current = self.read() or {}
+        if current.get("token") != self.token:
+            self.lost = describe_holder(current, self.path) if current else f"{self.path} was deleted"
+            return
+        self._replace(current)
+
+    def _renew_loop(self) -> None:
+        import _thread
+
+        while not self._stop.wait(self.ttl / 4):
+            try:
+                self.renew()
+            except Exception as exc:  # noqa: BLE001 - a failed renewal is retried; the lease goes stale otherwise
+                log_warning(f"could not renew the lease {self.path}: {exc}")
+            if self.lost:
+                _thread.interrupt_main()  # stop the job: another one writes this output now
+                return
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if not self.lost and (self.read() or {}).get("token") == self.token:
+            self.fs.rm(self.path)
+
+
+def _stale(lease: dict[str, Any], ttl: float) -> tuple[bool, str]:
+    if not lease:
+        return True, "unreadable"
+    if time.time() - float(lease.get("renewed", 0)) > float(lease.get("ttl", ttl)):
+        return True, "not renewed"
+    return _ray_job_gone(lease), "its Ray job is gone"
+
+
+def _ray_job_gone(lease: dict[str, Any]) -> bool:
+    """The lease's Ray job is dead and none of its actors is alive, on the cluster this process joined."""
+    try:
+        import ray
+
+        if not ray.is_initialized() or lease.get("ray_session") != ray.get_runtime_context().get_session_name():
+            return False
+        from ray._private import state
+
+        jobs = {j["JobID"]: j for j in state.jobs()}
+        job = jobs.get(lease.get("ray_job_id"))
+        if job is None or not job.get("IsDead"):
+            return False
+        actors = state.actors().values()
+        return not any(a.get("JobID") == lease["ray_job_id"] and a.get("State") != "DEAD" for a in actors)
+    except Exception:  # noqa: BLE001 - unknown means not provably gone
+        return False
+
+
+def describe_holder(lease: dict[str, Any], path: str) -> str:
+    age = time.time() - float(lease.get("renewed", 0)) if lease.get("renewed") else float("nan")
+    return (f"output '{posixpath.dirname(path)}' is being written by another job (host {lease.get('host', '?')}, "
+            f"pid {lease.get('pid', '?')}, Ray job {lease.get('ray_job_id', '?')}), lease renewed {age:.0f}s ago "
+            f"(stale after {float(lease.get('ttl', LEASE_TTL)):.0f}s)")
+
+
+def log_warning(message: str) -> None:
+    import logging
+
+    logging.getLogger("ned_ray").warning(message)
+
+
+# -- the listing an output holds (invariant 7) --------------------------------------------------------
+LISTING = "_listing.parquet"
+
+
+def listing_fingerprint(listing: pa.Table) -> str:
+    """sha256 of the listing's rows (id, size, version), in order: equal listings, equal fingerprints."""
+    import pyarrow.compute as pc
+
+    rows = pc.binary_join_element_wise(listing.column("image_id"), pc.cast(listing.column("bytes"), pa.string()),
+                                       listing.column("version"), "\t")
+    rows = rows.combine_chunks() if isinstance(rows, pa.ChunkedArray) else rows
+    offsets = np.frombuffer(rows.buffers()[1], dtype=np.int32)[rows.offset:rows.offset + len(rows) + 1]
+    data = rows.buffers()[2].to_pybytes()[offsets[0]:offsets[-1]] if len(rows) else b""
+    digest = hashlib.sha256((offsets - offsets[0]).astype("<i4").tobytes())
+    digest.update(data)
+    return digest.hexdigest()
+
+
+def read_listing(fs, root: str) -> pa.Table | None:
+    path = posixpath.join(root, LISTING)
+    if not fresh_exists(fs, path):
+        return None
+    return pq.read_table(io.BytesIO(fs.cat_file(path)))
+
+
+def write_listing(fs, root: str, listing: pa.Table) -> None:
+    write_bytes(fs, posixpath.join(root, LISTING), parquet_bytes(listing))
+
+
+class ListingChangedError(ValueError):
+    """The input lost or changed images that the output already holds."""
+
+
+def reconcile(previous: pa.Table, current: pa.Table, output: str) -> tuple[pa.Table, int]:
+    """The listing a rerun works on: the output's recorded listing (its image_index order kept), plus
+    images added to the input since, appended in sorted order. Returns (listing, number added).
+    Refuses, in one line, inputs that lost images or changed ones (other size or version)."""
+    old_ids = previous.column("image_id").to_pylist()
+    new = {i: (b, v) for i, b, v in zip(current.column("image_id").to_pylist(), current.column("bytes").to_pylist(),
+                                        current.column("version").to_pylist())}
+    removed = [i for i in old_ids if i not in new]
+    old = dict(zip(old_ids, zip(previous.column("bytes").to_pylist(), previous.column("version").to_pylist())))
+    modified = [i for i in old_ids if i in new and new[i] != old[i]]
+    if removed or modified:
+        parts = [f"{len(removed)} removed" + (f" (e.g. {removed[0]})" if removed else ""),
+                 f"{len(modified)} modified" + (f" (e.g. {modified[0]}: size/version {old[modified[0]]} -> "
+                                                f"{new[modified[0]]})" if modified else "")]
+        added = sum(1 for i in new if i not in old)
+        raise ListingChangedError(f"the input changed since output '{output}' was started: {', '.join(parts)}, "
+                                  f"{added} added; use --overwrite to start over, or another --output")
+    added_ids = [i for i in current.column("image_id").to_pylist() if i not in old]
+    if not added_ids:
+        return previous, 0
+    import pyarrow.compute as pc
+
+    added = current.filter(pc.is_in(current.column("image_id"), pa.array(added_ids, pa.string())))
+    return pa.concat_tables([previous, added.sort_by("image_id").cast(previous.schema)]), len(added_ids)

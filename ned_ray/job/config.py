@@ -41,6 +41,8 @@ class EncodeConfig:
     min_ncsnr: float | None = None  # fMRI: keep voxels whose ncsnr > this (default: all voxels)
     model_cache: str | None = None  # local folder on each node for remote NED files (read once per node)
     overwrite: bool = False
+    force: bool = False  # take over the output's lease from a job that looks alive (when it is not)
+    lease_ttl: float = 120.0  # seconds without renewal after which an output's lease is stale
     create_output_bucket: bool = False  # create a missing s3:// / gs:// output bucket (default: an error)
     ray_address: str | None = None  # None: $RAY_ADDRESS, else a new local cluster
     cluster: str | None = None  # plan for this described cluster instead of asking Ray (see job/cluster.py)
@@ -48,6 +50,11 @@ class EncodeConfig:
     storage_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.storage_options, dict):
+            raise ValueError("--storage-options must be a JSON object, e.g. '{\"s3\": {\"anon\": true}}' or "
+                             f"'{{\"key\": \"...\"}}', got {type(self.storage_options).__name__}")
+        if float(self.lease_ttl) <= 0:
+            raise ValueError(f"--lease-ttl must be positive, got {self.lease_ttl}")
         if isinstance(self.formats, str):
             self.formats = tuple(f.strip() for f in self.formats.split(",") if f.strip())
         self.formats = tuple(self.formats)
@@ -132,7 +139,12 @@ def add_encode_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vit-weights", default=None, help="path or URL of torchvision's vit_b_32-d86f8d99.pth")
     parser.add_argument("--model-cache", default=None,
                         help="local folder where each node keeps remote NED model files after the first read")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output made with other options")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing output made with other options or from another input")
+    parser.add_argument("--force", action="store_true",
+                        help="take over the output's lease from another job that looks alive (only if it is dead)")
+    parser.add_argument("--lease-ttl", type=float, default=120.0,
+                        help="seconds without renewal after which an output's lease is stale (default 120)")
     parser.add_argument("--create-output-bucket", action="store_true",
                         help="create the output's bucket if it does not exist (default: a missing bucket is an error)")
     parser.add_argument("--ray-address", default=None, help="Ray cluster to join (default: $RAY_ADDRESS or a new local one)")
@@ -148,5 +160,10 @@ def config_from_args(args: argparse.Namespace) -> EncodeConfig:
     """Build the config from parsed ``add_encode_arguments`` flags."""
     names = {f.name for f in fields(EncodeConfig)}
     values = {k: v for k, v in vars(args).items() if k in names}
-    values["storage_options"] = json.loads(args.storage_options) if isinstance(args.storage_options, str) else args.storage_options
+    if isinstance(args.storage_options, str):
+        try:
+            values["storage_options"] = json.loads(args.storage_options)
+        except ValueError as exc:
+            raise ValueError(f"--storage-options is not valid JSON ({exc}): give a JSON object, e.g. "
+                             "'{\"s3\": {\"anon\": true}}'") from None
     return EncodeConfig(**values)

@@ -20,7 +20,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..models.group import INPUTS
-from .sources import ImageSource
+from .sources import ImageSource, Skipped
 
 __all__ = ["decode_image", "DecodeShard", "INPUT_SHAPES"]
 
@@ -40,9 +40,11 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
-def decode_image(item: bytes | np.ndarray | Exception, non_square: str = "center-crop",
+def decode_image(item: bytes | np.ndarray | Skipped | Exception, non_square: str = "center-crop",
                  max_pixels: int = 100_000_000) -> tuple[np.ndarray | None, str, int, int]:
     """(square uint8 (S,S,3) or None, error message, width, height) for one raw image."""
+    if isinstance(item, Skipped):
+        return None, item.reason, 0, 0
     if isinstance(item, Exception):
         return None, f"cannot read: {type(item).__name__}: {item}", 0, 0
     if isinstance(item, np.ndarray):  # (3, H, W) uint8 from a .npy input
@@ -53,13 +55,15 @@ def decode_image(item: bytes | np.ndarray | Exception, non_square: str = "center
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
-                old_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, max_pixels
+                old_limit = Image.MAX_IMAGE_PIXELS
                 try:
+                    Image.MAX_IMAGE_PIXELS = None  # the size is checked here, from the header, before decoding
                     image = Image.open(io.BytesIO(item))
                     width, height = image.size
                     if width * height > max_pixels:
                         return None, (f"image too large: {width}x{height} = {width * height} pixels exceeds --max-pixels "
-                                      f"{max_pixels} (decompression-bomb guard)"), width, height
+                                      f"{max_pixels} (checked from the header, not decoded)"), width, height
+                    Image.MAX_IMAGE_PIXELS = max_pixels  # Pillow's own guard stays on while decoding (frames, tiles)
                     image = ImageOps.exif_transpose(image)
                     image.load()
                 finally:
@@ -67,7 +71,7 @@ def decode_image(item: bytes | np.ndarray | Exception, non_square: str = "center
         except UnidentifiedImageError:
             return None, "not an image: Pillow cannot identify the file format", 0, 0
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            return None, f"image too large (decompression-bomb guard): {exc}", 0, 0
+            return None, f"image too large (Pillow's decompression-bomb guard while decoding): {exc}", 0, 0
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
             return None, f"corrupt or truncated image: {exc}", 0, 0
         try:
@@ -93,13 +97,17 @@ class DecodeShard:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         columns: dict[str, list] = {k: [] for k in ("image_index", "image_id", "status", "error", "width", "height")}
         tensors: dict[str, list[np.ndarray]] = {k: [] for k in self.kinds}
-        for start, stop, ids, uris in zip(batch["start"].tolist(), batch["stop"].tolist(), batch["ids"], batch["uris"]):
-            items = self.source.read(start, stop, [str(u) for u in uris] if self.source.kind == "files" else None)
+        for start, stop, ids, uris, skip in zip(batch["start"].tolist(), batch["stop"].tolist(), batch["ids"],
+                                                batch["uris"], batch["skip"]):
+            files = self.source.kind == "files"
+            items = self.source.read(start, stop, [str(u) for u in uris] if files else None,
+                                     [str(s) for s in skip] if files else None)
             for offset, item in enumerate(items):
                 square, error, width, height = decode_image(item, self.non_square, self.max_pixels)
                 columns["image_index"].append(start + offset)
                 columns["image_id"].append(str(ids[offset]))
-                columns["status"].append("error" if square is None else "ok")
+                columns["status"].append("ok" if square is not None else
+                                         "skipped" if isinstance(item, Skipped) else "error")
                 columns["error"].append(error)
                 columns["width"].append(width)
                 columns["height"].append(height)

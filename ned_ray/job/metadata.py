@@ -7,7 +7,6 @@ e.g. ``fmri/ncsnr``) and everything else in ``metadata.json``, where each array 
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import posixpath
@@ -21,7 +20,7 @@ from ..models.vit_eeg import vit_filesystem
 from ..models.vit_eeg import find_vit_weights
 from ..nedfmt import NedDir
 from ..selection import Resolved
-from ..storage import file_identity, is_local
+from ..storage import file_identity, is_local, local_file_record
 from .config import EncodeConfig
 from .commit import write_bytes
 
@@ -59,21 +58,19 @@ def split_arrays(tree: Any, prefix: str = "") -> tuple[Any, dict[str, np.ndarray
     return tree, arrays
 
 
-def _vit_record(location: str, ned: NedDir) -> dict[str, Any]:
+def _vit_record(location: str, ned: NedDir, known: list[dict[str, Any]] | None) -> dict[str, Any]:
     fs, path = vit_filesystem(location, ned)
     if is_local(fs):
-        digest = hashlib.sha256()
-        with fs.open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 22), b""):
-                digest.update(block)
-        return {"file": location, "sha256": digest.hexdigest(), "bytes": fs.size(path)}
+        return {**local_file_record(path, [{**k, "file": path} for k in known or [] if k.get("file") == location]),
+                "file": location}
     return {"file": location, **file_identity(fs.info(path))}
 
 
-def model_files(ned: NedDir, mid: ModelId, config: EncodeConfig,
-                cache: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+def model_files(ned: NedDir, mid: ModelId, config: EncodeConfig, cache: dict[str, dict[str, Any]] | None = None,
+                known: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Every file a model is computed from (the ViT backbone too, for EEG), identified without
-    downloading anything: sha256 of local files, the store's size + ETag/generation of remote ones.
+    downloading anything: sha256 of local files (hashed once per file version: ``known`` records of
+    an output, or the per-user hash cache), the store's size + ETag/generation of remote ones.
 
     ``cache`` (file -> record) lets models that share files (EEG's scaler, PCA, ViT) record them once.
     """
@@ -81,12 +78,12 @@ def model_files(ned: NedDir, mid: ModelId, config: EncodeConfig,
     entry = ned.entry(mid)
     for rel in (*entry.weights, entry.metadata):
         if ned.uri(rel) not in cache:
-            cache[ned.uri(rel)] = ned.file_record(rel)
+            cache[ned.uri(rel)] = ned.file_record(rel, known)
     files = [cache[ned.uri(rel)] for rel in (*entry.weights, entry.metadata)]
     if mid.modality == "eeg":
         vit = find_vit_weights(config.vit_weights, ned)
         if vit not in cache:
-            cache[vit] = _vit_record(vit, ned)
+            cache[vit] = _vit_record(vit, ned, known)
         files.append(cache[vit])
     return files
 

@@ -31,12 +31,14 @@ import torch
 from .. import __version__
 from ..ids import ModelId, UnknownModelError, select
 from ..models.group import DeviceError, ModelGroup, ModelLoadError, weights_bytes
-from ..nedfmt import MissingFileError
+from ..nedfmt import MissingFileError, ModelFileError
 from ..safeload import UnsafePickleError
 from ..selection import Resolved
 from ..storage import bucket_of, filesystem, is_local
 from .cluster import ClusterShape, ClusterSpecError
-from .commit import COMMITS, IMAGE_PARTS, JOB_FILE, MANIFEST, Ledger, Ranges, finalize, write_bytes
+from .commit import (COMMITS, IMAGE_PARTS, JOB_FILE, LEASE, LISTING, MANIFEST, Lease, LeaseHeldError, LeaseLostError,
+                     Ledger, ListingChangedError, Ranges, finalize, fresh_exists, fresh_ls, listing_fingerprint,
+                     read_listing, reconcile, write_bytes, write_listing)
 from .config import EncodeConfig
 from .decode import DecodeShard
 from .metadata import model_files, recorded_files, write_model_metadata
@@ -46,7 +48,7 @@ from .sink import ImagesSink, PartWriter
 from .sources import ImageSource, NoImagesError, open_source
 
 __all__ = ["run_encode", "plan_encode", "GroupEncoder", "OutputExistsError", "MissingBucketError", "StorageError",
-           "DeviceError", "FAULT_ENV"]
+           "DeviceError", "LeaseHeldError", "LeaseLostError", "ListingChangedError"]
 
 log = logging.getLogger("ned_ray")
 
@@ -63,9 +65,8 @@ class StorageError(OSError):
     """An input, model or output location cannot be reached, read or written."""
 
 
-FAULT_ENV = "NED_RAY_FAULT_INJECTION"  # testing hooks: "actor-exit-once:<marker file>", "hide-path:<prefix>"
 EXPECTED = (NoImagesError, MissingFileError, OutputExistsError, UnknownModelError, PlanError, ClusterSpecError,
-            DeviceError, ValueError)
+            DeviceError, LeaseHeldError, ListingChangedError, ValueError)
 
 
 @contextmanager
@@ -83,7 +84,7 @@ def _storage(what: str, uri: str):
 def _job_error(exc: BaseException) -> Exception | None:
     """Our own error inside a Ray failure (an actor that could not load its models), as one line."""
     text = str(exc)
-    for cls in (DeviceError, ModelLoadError, UnsafePickleError, MissingFileError):
+    for cls in (DeviceError, ModelLoadError, UnsafePickleError, MissingFileError, ModelFileError):
         found = re.search(rf"{cls.__name__}: (.+)", text)
         if found:
             return cls(found.group(1).strip())
@@ -115,7 +116,6 @@ class GroupEncoder:
         self.compute_lock = threading.Lock()  # one block computes at a time; another may be writing
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        _maybe_fail()
         index = np.asarray(batch["image_index"], np.int64)
         needed = self.writer.needed(index)
         if needed:
@@ -155,20 +155,6 @@ def _actor_device(pool: PoolPlan, policy: str, node: str) -> str:
     return "cpu"
 
 
-def _maybe_fail() -> None:
-    """Testing hook: with NED_RAY_FAULT_INJECTION=actor-exit-once:MARKER the first batch kills its actor."""
-    spec = os.environ.get(FAULT_ENV, "")
-    if spec.startswith("actor-exit-once:"):
-        marker = spec.split(":", 1)[1]
-        try:
-            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            return
-        os.write(fd, str(os.getpid()).encode())
-        os.close(fd)
-        os._exit(1)  # the process dies mid-batch, as on a lost node or an OOM kill
-
-
 def _resolved(indexes: dict[str, list[int]]) -> Resolved:
     return Resolved(**{k: np.asarray(v, dtype=np.int64) for k, v in indexes.items()})
 
@@ -189,31 +175,42 @@ def _check_bucket(config: EncodeConfig, fs, root: str) -> None:
 
 
 def _check_output(config: EncodeConfig, fs, root: str) -> None:
+    """An existing output: replaced (``overwrite``); refused when made with other options; cleared
+    when it committed nothing (an attempt that failed early belongs to nobody). Runs under the lease."""
+    if config.overwrite:
+        if fresh_exists(fs, root):
+            log.warning("overwriting %s", config.output)
+            _wipe(fs, root)
+        return
     job_path = posixpath.join(root, JOB_FILE)
-    if not fs.exists(job_path):
+    if not fresh_exists(fs, job_path):
         return
     previous = json.loads(fs.cat_file(job_path))
     if previous.get("identity") == config.identity():
         return
-    if not config.overwrite and not Ledger.read(fs, root):  # an earlier attempt committed nothing: nobody's yet
+    if not Ledger.read(fs, root):
         log.warning("output %s: replacing an earlier attempt that committed nothing", config.output)
         _clear_attempt(fs, root, previous)
         return
-    if not config.overwrite:
-        changed = sorted(k for k in set(previous.get("identity", {})) | set(config.identity())
-                         if previous.get("identity", {}).get(k) != config.identity().get(k))
-        raise OutputExistsError(f"output '{config.output}' holds a job with other options (differs in: {', '.join(changed)}); "
-                                "use another --output, or --overwrite to replace it")
-    log.warning("overwriting %s", config.output)
-    fs.rm(root, recursive=True)
+    changed = sorted(k for k in set(previous.get("identity", {})) | set(config.identity())
+                     if previous.get("identity", {}).get(k) != config.identity().get(k))
+    raise OutputExistsError(f"output '{config.output}' holds a job with other options (differs in: {', '.join(changed)}); "
+                            "use another --output, or --overwrite to replace it")
+
+
+def _wipe(fs, root: str) -> None:
+    """--overwrite: everything in the output but the lease this job holds."""
+    for entry in fresh_ls(fs, root, detail=False):
+        if posixpath.basename(entry.rstrip("/")) != LEASE:
+            fs.rm(entry, recursive=True)
 
 
 def _clear_attempt(fs, root: str, previous: dict[str, Any]) -> None:
     """Remove what a job that committed nothing wrote: its options, its models' metadata and any
     uncommitted parts (only ned-ray's own files; model ids are re-validated, never used as raw paths)."""
     folders = [posixpath.join(root, str(ModelId.parse(m))) for m in previous.get("models", [])]
-    for path in [posixpath.join(root, name) for name in (COMMITS, IMAGE_PARTS)] + folders:
-        if fs.exists(path):
+    for path in [posixpath.join(root, name) for name in (COMMITS, IMAGE_PARTS, LISTING)] + folders:
+        if fresh_exists(fs, path):
             fs.rm(path, recursive=True)
     fs.rm(posixpath.join(root, JOB_FILE))
 
@@ -362,13 +359,14 @@ def check_paths_on_nodes(config: EncodeConfig, source: ImageSource, fs, root: st
                                "filesystem mounted on every node, or a URL (s3://, gs://)")
 
 
+def _visible(path: str) -> bool:
+    return os.path.exists(path)
+
+
 @ray.remote
 def _missing_paths(probes: dict[str, list[str]]) -> list[tuple[str, str]]:
     """(flag, path) of the probes this node cannot see."""
-    hidden = os.environ.get(FAULT_ENV, "")
-    hide = hidden.split(":", 1)[1] if hidden.startswith("hide-path:") else None
-    return [(flag, path) for flag, paths in probes.items() for path in paths
-            if not os.path.exists(path) or (hide is not None and path.startswith(hide))]
+    return [(flag, path) for flag, paths in probes.items() for path in paths if not _visible(path)]
 
 
 # -- the job ------------------------------------------------------------------------------------------
@@ -378,7 +376,6 @@ def run_encode(config: EncodeConfig, progress: float | None = None, stream: Text
     ``progress``: print images done, images/s and ETA to ``stream`` every ``progress`` seconds.
     """
     started = time.perf_counter()
-    opts = config.storage_options
     ned = config.open_ned(cache=False)  # listings and metadata only: model files are read by the actors
     models = select(list(ned.catalogue), config.models)
     selection = config.selection()  # a selection that keeps nothing fails here, before anything is written
@@ -386,37 +383,113 @@ def run_encode(config: EncodeConfig, progress: float | None = None, stream: Text
     selections = {str(m): {k: v.tolist() for k, v in selection.resolve(m, metadata[m]).to_arrays().items()}
                   for m in models}
     with _storage("read images at", config.images):
-        source = open_source(config.images, opts)
+        source = open_source(config.images, config.storage_options)
+    if source.duplicates:
+        first = source.duplicates[0]
+        print(f"warning: {config.images} lists {len(source.duplicates)} URI(s) more than once (e.g. {first['uri']} on "
+              f"lines {first['lines']}); each is encoded once, and the manifest lists them", file=stream, flush=True)
     with _storage("write the output to", config.output):
-        fs, root = filesystem(config.output, opts)
+        fs, root = filesystem(config.output, config.storage_options)
         _check_bucket(config, fs, root)
-        _check_output(config, fs, root)
+        complete = _complete_manifest(config, fs, root, source)
+    if complete is not None:
+        _check_weights(config, ned, models, fs, root)  # nothing to do: a rerun of a complete job writes nothing, takes no lease
+        return {**complete, "run": {"encoded_images": 0, "skipped_images": complete["images"]["total"],
+                                    "seconds": time.perf_counter() - started, "images_per_second": 0.0,
+                                    "model_groups": [], "plan": "nothing to do"}}
+    with _storage("write the output to", config.output):
         fs.makedirs(root, exist_ok=True)
+    _connect(config)
+    lease = Lease(fs, root, config.lease_ttl, _lease_record(config))
+    with _storage("take the lease of", config.output):
+        lease.acquire(config.force)
+    try:
+        return _run_owned(config, ned, models, metadata, selections, source, fs, root, progress, stream, started)
+    except KeyboardInterrupt:
+        if lease.lost:
+            raise LeaseLostError(f"this job lost the output's lease: {lease.lost}; what it committed is kept") from None
+        raise
+    finally:
+        lease.release()
 
-    n_images = len(source)
+
+def _lease_record(config: EncodeConfig) -> dict[str, Any]:
+    context = ray.get_runtime_context()
+    return {"ray_job_id": context.get_job_id(), "ray_session": context.get_session_name(),
+            "output": config.output, "images": config.images, "models": config.models}
+
+
+def _complete_manifest(config: EncodeConfig, fs, root: str, source: ImageSource) -> dict[str, Any] | None:
+    """The manifest of an output this exact job already completed, undamaged; else None."""
+    if config.overwrite or not fresh_exists(fs, posixpath.join(root, MANIFEST)):
+        return None
+    job = json.loads(fs.cat_file(posixpath.join(root, JOB_FILE))) if fresh_exists(fs, posixpath.join(root, JOB_FILE)) else {}
+    if job.get("identity") != config.identity():
+        return None
+    if job.get("listing", {}).get("fingerprint") != listing_fingerprint(source.listing):
+        return None
+    if Ledger.read(fs, root).damaged(fs, root):
+        return None
+    return json.loads(fs.cat_file(posixpath.join(root, MANIFEST)))
+
+
+def _reconcile_listing(config: EncodeConfig, fs, root: str, source: ImageSource, ledger: Ledger,
+                       stream: TextIO) -> ImageSource:
+    """The listing this run works on: the output's recorded one plus appended images (invariant 7)."""
+    previous = read_listing(fs, root)
+    if previous is None:
+        if ledger:
+            raise ListingChangedError(f"output '{config.output}' has commits but no recorded listing (written by an "
+                                      "older ned-ray); use --overwrite to start over, or another --output")
+        return source
+    if not ledger:  # nothing committed: the old listing binds nothing
+        return source
+    listing, added = reconcile(previous, source.listing, config.output)
+    if added:
+        print(f"{config.output}: {added} image(s) added to the input since the output was started: encoding them "
+              f"(indexes {previous.num_rows} to {listing.num_rows - 1}); the {previous.num_rows} before are kept",
+              file=stream, flush=True)
+    return source.with_listing(listing)
+
+
+def _check_marker_ids(ledger: Ledger, source: ImageSource, output: str) -> None:
+    """Markers hold the ids of their rows: they must be the listing's ids at those indexes."""
+    ids = np.asarray(source.listing.column("image_id").to_pylist(), dtype=object)
+    for key, marker in ledger.entries():
+        index = np.asarray(marker["image_index"], np.int64)
+        held = marker.get("image_id")
+        if held is None or (len(index) and (index.max() >= len(ids) or list(ids[index]) != list(held))):
+            raise ListingChangedError(f"output '{output}': commit {key}/{marker['piece']} holds other images than its "
+                                      "recorded listing; the output is inconsistent: use --overwrite to start over")
+
+
+def _run_owned(config: EncodeConfig, ned, models: list[ModelId], metadata: dict, selections: dict,
+               source: ImageSource, fs, root: str, progress: float | None, stream: TextIO,
+               started: float) -> dict[str, Any]:
+    """Everything that writes the output: runs under its lease."""
+    _check_output(config, fs, root)
     ledger = Ledger.read(fs, root)
+    source = _reconcile_listing(config, fs, root, source, ledger, stream)
+    n_images = len(source)
+    _check_marker_ids(ledger, source, config.output)
+    damaged = ledger.damaged(fs, root)
+    if damaged:
+        print(f"warning: {len(damaged)} committed piece(s) of {config.output} are damaged (e.g. {damaged[0][2]}); "
+              "encoding them again", file=stream, flush=True)
+        ledger = ledger.drop(fs, root, damaged)
     work = _Work.of(ledger, models, n_images, config.shard_size)
     job = {"ned_ray_version": __version__, "identity": config.identity(), "options": config.to_json(),
-           "models": [str(m) for m in models], "n_images": n_images}
-    if not fs.exists(posixpath.join(root, JOB_FILE)):
-        with _storage("write the output to", config.output):  # also proves the output is writable
-            write_bytes(fs, posixpath.join(root, JOB_FILE), json.dumps(job, indent=2).encode())
+           "models": [str(m) for m in models], "n_images": n_images,
+           "listing": {"file": LISTING, "images": n_images, "fingerprint": listing_fingerprint(source.listing)},
+           "duplicates": source.duplicates[:1000]}
+    with _storage("write the output to", config.output):  # also proves the output is writable
+        write_listing(fs, root, source.listing)
+        write_bytes(fs, posixpath.join(root, JOB_FILE), json.dumps(job, indent=2).encode())
     manifest_path = posixpath.join(root, MANIFEST)
-    if work.remaining and fs.exists(manifest_path):
+    if fresh_exists(fs, manifest_path):
         fs.rm(manifest_path)
 
-    files_seen: dict[str, dict[str, Any]] = {}
-    for mid in models:  # identifies every model file once (no download): refuses changed weights early
-        files = model_files(ned, mid, config, files_seen)
-        recorded = recorded_files(fs, root, mid)
-        if recorded is not None and [_identity(f) for f in recorded] != [_identity(f) for f in files]:
-            changed = next(f["file"] for f, g in zip(files, recorded + [{}] * len(files)) if _identity(f) != _identity(g))
-            raise OutputExistsError(f"output '{config.output}' was made with other weights for {mid} ({changed} changed); "
-                                    "use another --output, or --overwrite to replace it")
-        if recorded is None:
-            write_model_metadata(fs, root, mid, metadata[mid], config, files, _resolved(selections[str(mid)]),
-                                 ned.entry(mid).format)
-    del metadata  # NED's metadata (ROI mask volumes) is not needed while the pipeline runs
+    _check_weights(config, ned, models, fs, root, metadata, selections)
 
     plan = None
     encoded = sum(stop - start for start, stop in work.remaining)
@@ -439,13 +512,10 @@ def run_encode(config: EncodeConfig, progress: float | None = None, stream: Text
         finally:
             if plan.wait_for_gpus:
                 _release_request()
-    if not work.remaining and fs.exists(manifest_path):  # already complete: a rerun writes nothing
-        manifest = json.loads(fs.cat_file(manifest_path))
-    else:
-        ledger = Ledger.read(fs, root)
-        _warn_fallbacks(ledger, stream)
-        manifest = finalize(fs, root, config.output, models, config.formats, n_images,
-                            {**job, "plan": plan.to_json() if plan else None}, ledger)
+    ledger = Ledger.read(fs, root)
+    _warn_fallbacks(ledger, stream)
+    manifest = finalize(fs, root, config.output, models, config.formats, n_images,
+                        {**job, "plan": plan.to_json() if plan else None}, ledger)
     elapsed = time.perf_counter() - started
     return {**manifest, "run": {"encoded_images": encoded, "skipped_images": work.skipped, "seconds": elapsed,
                                 "images_per_second": encoded / elapsed if elapsed > 0 else 0.0,
@@ -453,8 +523,29 @@ def run_encode(config: EncodeConfig, progress: float | None = None, stream: Text
                                 "plan": plan.describe() if plan else "nothing to do"}}
 
 
-def _identity(record: dict[str, Any]) -> tuple:
-    return tuple(sorted((k, v) for k, v in record.items() if k != "file"))
+def _check_weights(config: EncodeConfig, ned, models: list[ModelId], fs, root: str, metadata: dict | None = None,
+                   selections: dict | None = None) -> None:
+    """Identify every model file once (no download; local files hashed once per version) and refuse
+    weights other than those the output was made with; with ``metadata``, write what is missing."""
+    files_seen: dict[str, dict[str, Any]] = {}
+    for mid in models:
+        recorded = recorded_files(fs, root, mid)
+        files = model_files(ned, mid, config, files_seen, recorded)
+        if recorded is not None and not all(_same_file(f, g) for f, g in zip(files, recorded + [{}] * len(files))):
+            changed = next(f["file"] for f, g in zip(files, recorded + [{}] * len(files)) if not _same_file(f, g))
+            raise OutputExistsError(f"output '{config.output}' was made with other weights for {mid} ({changed} changed); "
+                                    "use another --output, or --overwrite to replace it")
+        if recorded is None and metadata is not None:
+            write_model_metadata(fs, root, mid, metadata[mid], config, files, _resolved(selections[str(mid)]),
+                                 ned.entry(mid).format)
+
+
+def _same_file(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """The same content: equal sha256 where both have one, else equal size and store version."""
+    if "sha256" in a and "sha256" in b:
+        return a["sha256"] == b["sha256"]
+    keys = (set(a) & set(b)) - {"file", "mtime"}
+    return bool(keys) and all(a[k] == b[k] for k in keys)
 
 
 def _await_devices(plan: Plan, config: EncodeConfig, ned, models: list[ModelId], n_shards: int,
@@ -495,7 +586,6 @@ def _run_pipeline(config: EncodeConfig, source: ImageSource, plan: Plan, work: _
     ds = ds.map_batches(DecodeShard(source.description(), kinds, config.non_square, config.max_pixels),
                         batch_size=1, num_cpus=plan.decode_cpus,
                         compute=ray.data.TaskPoolStrategy(size=plan.decode_concurrency))
-    runtime = {"runtime_env": {"env_vars": {FAULT_ENV: os.environ[FAULT_ENV]}}} if os.environ.get(FAULT_ENV) else {}
     for pool in plan.pools:
         ds = ds.map_batches(
             GroupEncoder,
@@ -509,7 +599,6 @@ def _run_pipeline(config: EncodeConfig, source: ImageSource, plan: Plan, work: _
                 enable_true_multi_threading=pool.concurrent_calls > 1),
             num_gpus=pool.gpus_per_actor or None,
             num_cpus=pool.cpus_per_actor,
-            **runtime,
         )
     ds.write_datasink(ImagesSink(config.output, config.storage_options, config.shard_size, n_images,
                                  work.images_committed), ray_remote_args={"num_cpus": plan.write_cpus})

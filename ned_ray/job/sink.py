@@ -99,16 +99,20 @@ class PartWriter:
                 name = piece_name(int(index[prows[0]]), len(prows), self.shard_size, self.n_images)
                 good = prows[ok[prows]]
                 ids = pa.array([str(x) for x in batch["image_id"][good]], pa.string())
+                files: dict[str, int] = {}  # relative path -> bytes: finalize checks them before declaring complete
                 for mid in models:
                     values = results[mid][position[good]] if len(good) else np.zeros((0, *self.shapes[mid]), np.float32)
-                    folder = posixpath.join(root, str(mid))
+                    parts = {}
                     if "parquet" in self.formats:
-                        write_bytes(fs, posixpath.join(folder, f"{name}.parquet"),
-                                    parquet_bytes(response_table(index[good], ids, values)))
+                        parts[f"{mid}/{name}.parquet"] = parquet_bytes(response_table(index[good], ids, values))
                     if "npy" in self.formats:
-                        write_bytes(fs, posixpath.join(folder, f"{name}.npy"), _npy_bytes(values))
-                        write_bytes(fs, posixpath.join(folder, f"{name}.image_index.npy"), _npy_bytes(index[good]))
-                record = {"models": [str(m) for m in models], "image_index": index[prows].tolist(), "rows": len(good),
+                        parts[f"{mid}/{name}.npy"] = _npy_bytes(values)
+                        parts[f"{mid}/{name}.image_index.npy"] = _npy_bytes(index[good])
+                    for rel, data in parts.items():
+                        write_bytes(fs, posixpath.join(root, rel), data)
+                        files[rel] = len(data)
+                record = {"models": [str(m) for m in models], "image_index": index[prows].tolist(),
+                          "image_id": [str(x) for x in batch["image_id"][prows]], "rows": len(good), "files": files,
                           "device": device, "planned": self.planned, "pool": self.pool, "node": node}
                 if checked in prows:
                     record["precision_check"] = {str(m): [*checks[m], 1] for m in models if m in checks}
@@ -146,9 +150,12 @@ class ImagesSink(Datasink[list]):
                     "width": pa.array(batch["width"][prows], pa.int32()),
                     "height": pa.array(batch["height"][prows], pa.int32()),
                 })
-                write_bytes(fs, posixpath.join(root, IMAGE_PARTS, f"{name}.parquet"), parquet_bytes(table))
-                n_ok = status.count("ok")
-                write_marker(fs, root, IMAGES_WRITER, name, {"image_index": index[prows].tolist(), "ok": n_ok,
-                                                              "error": len(status) - n_ok})
+                data = parquet_bytes(table)
+                rel = f"{IMAGE_PARTS}/{name}.parquet"
+                write_bytes(fs, posixpath.join(root, rel), data)
+                write_marker(fs, root, IMAGES_WRITER, name, {
+                    "image_index": index[prows].tolist(), "image_id": table.column("image_id").to_pylist(),
+                    "ok": status.count("ok"), "error": status.count("error"), "skipped": status.count("skipped"),
+                    "rows": len(status), "files": {rel: len(data)}})
                 pieces.append(name)
         return pieces

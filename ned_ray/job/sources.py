@@ -1,15 +1,25 @@
-"""Inputs: what the images are, their stable ``image_index``/``image_id``, and reading them by shard.
+"""Inputs: every file the user pointed at, its stable ``image_index``/``image_id`` and identity, and
+reading images by shard.
 
-* a folder (searched recursively), a glob, or a ``.txt`` file listing one URI per line: image files
-  (JPEG, PNG, WebP, BMP, TIFF) on any fsspec filesystem. ``image_index`` is the position in the
-  sorted list, ``image_id`` the URI relative to the input root.
+* a folder (searched recursively, symlinked folders followed once each), a glob, or a ``.txt`` file
+  listing one URI per line (local paths, relative to the list, or any fsspec URL). Folder and glob
+  names are taken literally (``stimuli [v2]/a [1].png`` is a name, not a pattern). Files whose
+  extension ned-ray does not read are listed too, with ``skip`` saying why (they become rows of
+  ``images.parquet`` with status ``skipped``); a list's entries are all read (they were asked for).
 * a ``.npy`` array (N, 3, H, W) uint8: read by byte ranges, one request per shard.
 * a Parquet file with an image-bytes column (``image``, ``bytes``, ``image_bytes``, ``content``, or a
-  Hugging Face-style struct with ``bytes``) and an optional ``image_id``/``id``/``path`` column.
+  Hugging Face-style struct with ``bytes``) and an optional ``image_id``/``id``/``path`` column; a
+  shard reads only the row groups that hold its rows.
+
+The listing is an Arrow table (compact at millions of entries): ``image_id`` (the URI relative to the
+input root, the id column, or the row number), ``uri``, ``bytes`` and ``version`` (the store's
+size and ETag/generation/mtime, where listing gives them: folders and globs; local list entries;
+the whole file for .npy and Parquet), ``skip`` (why a file is not read, or empty).
 """
 
 from __future__ import annotations
 
+import os
 import posixpath
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -17,58 +27,109 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from PIL import features
 
 from ..safeload import read_npy_header
-from ..storage import filesystem
+from ..storage import file_identity, filesystem, is_local
 
-__all__ = ["ImageSource", "open_source", "NoImagesError", "IMAGE_EXTENSIONS"]
+__all__ = ["ImageSource", "open_source", "NoImagesError", "READABLE", "Skipped", "LISTING_SCHEMA"]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+# Raster formats Pillow decodes by itself (animated GIF/APNG/WebP: the first frame), read from folders
+# and globs; JPEG 2000 and AVIF where this Pillow build has their codecs.
+READABLE = tuple([".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".webp", ".gif", ".bmp", ".dib", ".tif", ".tiff",
+                  ".tga", ".ppm", ".pgm", ".pbm", ".pnm", ".qoi", ".ico", ".pcx", ".sgi", ".psd"]
+                 + ([".jp2", ".j2k", ".jpx", ".jpf", ".j2c"] if features.check("jpg_2000") else [])
+                 + ([".avif"] if features.check("avif") else []))
 BYTES_COLUMNS = ("image", "bytes", "image_bytes", "content", "img")
 ID_COLUMNS = ("image_id", "id", "path", "filename", "file_name")
+LISTING_SCHEMA = pa.schema([("image_id", pa.string()), ("uri", pa.string()), ("bytes", pa.int64()),
+                            ("version", pa.string()), ("skip", pa.string())])
 
 
 class NoImagesError(ValueError):
     """The input names no images."""
 
 
+@dataclass(frozen=True)
+class Skipped:
+    """A listed file that is not read: why."""
+
+    reason: str
+
+
+def _table(ids: list[str], uris: list[str], sizes: list[int], versions: list[str], skips: list[str]) -> pa.Table:
+    return pa.table([pa.array(ids, pa.string()), pa.array(uris, pa.string()), pa.array(sizes, pa.int64()),
+                     pa.array(versions, pa.string()), pa.array(skips, pa.string())], schema=LISTING_SCHEMA)
+
+
 @dataclass
 class ImageSource:
-    """A listed input. ``read(start, stop)`` returns raw items for images [start, stop): bytes or uint8 arrays."""
+    """A listed input. ``read(start, stop)`` returns raw items for images [start, stop): bytes,
+    uint8 arrays, :class:`Skipped`, or the exception that reading raised."""
 
     uri: str
     kind: str  # files | npy | parquet
-    ids: list[str]
-    uris: list[str] = field(default_factory=list)  # files: one per image
+    listing: pa.Table
     storage_options: dict[str, Any] = field(default_factory=dict)
     npy_offset: int = 0
     npy_shape: tuple[int, ...] = ()
     parquet_column: str = ""
+    duplicates: list[dict[str, Any]] = field(default_factory=list)  # .txt lines naming a URI listed before
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return self.listing.num_rows
+
+    @property
+    def ids(self) -> list[str]:
+        return self.listing.column("image_id").to_pylist()
+
+    @property
+    def uris(self) -> list[str]:
+        return self.listing.column("uri").to_pylist()
+
+    def with_listing(self, listing: pa.Table) -> "ImageSource":
+        """The same input with another listing (an output's recorded order plus appended images)."""
+        return replace(self, listing=listing)
 
     def description(self) -> "ImageSource":
         """A copy without the per-image listing: what a decode task needs besides its shard item."""
-        return replace(self, ids=[], uris=[])
+        return replace(self, listing=self.listing.slice(0, 0), duplicates=[])
 
     def shard_items(self, ranges: list[tuple[int, int]]) -> list[dict[str, Any]]:
-        """One item per [start, stop) range, carrying its own image ids (and URIs for files)."""
-        return [{"start": start, "stop": stop, "ids": self.ids[start:stop],
-                 "uris": self.uris[start:stop] if self.kind == "files" else []} for start, stop in ranges]
+        """One item per [start, stop) range, carrying its own ids, URIs and skip reasons."""
+        items = []
+        for start, stop in ranges:
+            rows = self.listing.slice(start, stop - start)
+            items.append({"start": start, "stop": stop, "ids": rows.column("image_id").to_pylist(),
+                          "uris": rows.column("uri").to_pylist() if self.kind == "files" else [],
+                          "skip": rows.column("skip").to_pylist()})
+        return items
 
-    def read(self, start: int, stop: int, uris: list[str] | None = None) -> list[bytes | np.ndarray | Exception]:
-        """Raw items of images [start, stop); ``uris`` are theirs when the listing is not held."""
+    def read(self, start: int, stop: int, uris: list[str] | None = None,
+             skip: list[str] | None = None) -> list[bytes | np.ndarray | Skipped | Exception]:
+        """Raw items of images [start, stop); ``uris``/``skip`` are theirs when the listing is not held."""
         if self.kind == "files":
-            return _read_files(list(uris) if uris is not None else self.uris[start:stop], self.storage_options)
+            uris = list(uris) if uris is not None else self.uris[start:stop]
+            skip = list(skip) if skip is not None else self.listing.column("skip").to_pylist()[start:stop]
+            wanted = [u for u, s in zip(uris, skip) if not s]
+            found = dict(zip(wanted, _read_files(wanted, self.storage_options)))
+            return [Skipped(s) if s else found[u] for u, s in zip(uris, skip)]
         fs, path = filesystem(self.uri, self.storage_options)
         if self.kind == "npy":
             row = int(np.prod(self.npy_shape[1:]))
             data = fs.cat_file(path, start=self.npy_offset + start * row, end=self.npy_offset + stop * row)
             return list(np.frombuffer(data, np.uint8).reshape(stop - start, *self.npy_shape[1:]))
         with fs.open(path, "rb") as fh:
-            table = pq.ParquetFile(fh).read(columns=[self.parquet_column]).slice(start, stop - start)
-        column = table.column(0).combine_chunks()
+            pfile = pq.ParquetFile(fh)
+            first, groups = 0, []
+            for g in range(pfile.num_row_groups):  # only the row groups that hold [start, stop)
+                n = pfile.metadata.row_group(g).num_rows
+                if first < stop and first + n > start:
+                    groups.append((g, first))
+                first += n
+            table = pfile.read_row_groups([g for g, _ in groups], columns=[self.parquet_column])
+        offset = start - (groups[0][1] if groups else 0)
+        column = table.column(0).slice(offset, stop - start).combine_chunks()
         if pa.types.is_struct(column.type):
             column = column.field("bytes")
         return [b if b is not None else ValueError("null image bytes") for b in column.to_pylist()]
@@ -100,6 +161,68 @@ def _relative(uri: str, root: str) -> str:
     return uri[len(root):] if uri.startswith(root) else uri
 
 
+def _skip_reason(path: str) -> str:
+    name = posixpath.basename(path)
+    if name.startswith("."):
+        return "hidden file"
+    ext = posixpath.splitext(name)[1].lower()
+    if ext not in READABLE:
+        return (f"not a format ned-ray reads ({ext or 'no extension'}); it reads "
+                f"{', '.join(READABLE)}; list the file in a .txt input to try it anyway")
+    return ""
+
+
+def _walk_local(root: str) -> list[tuple[str, int, str]]:
+    """Every file under ``root`` (path, size, mtime), following symlinked folders once each (loops cut)."""
+    found = []
+    seen: set[tuple[int, int]] = set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        stat = os.stat(folder)
+        if (stat.st_dev, stat.st_ino) in seen:  # a symlink back up the tree, or a folder linked twice
+            dirs[:] = []
+            continue
+        seen.add((stat.st_dev, stat.st_ino))
+        dirs.sort()
+        for name in files:
+            path = os.path.join(folder, name)
+            try:
+                st = os.stat(path)
+            except OSError:  # a dangling symlink: listed, and its read fails with the reason
+                found.append((path, -1, ""))
+                continue
+            found.append((path, int(st.st_size), str(st.st_mtime_ns)))
+    return found
+
+
+def _list_folder(fs, path: str) -> list[tuple[str, int, str]]:
+    if is_local(fs):
+        return _walk_local(path)
+    return [(name, int(info.get("size") or 0), _version(info))
+            for name, info in sorted(fs.find(path, detail=True).items()) if info.get("type") != "directory"]
+
+
+def _version(info: dict[str, Any]) -> str:
+    identity = file_identity(info)
+    return next((str(v) for k, v in identity.items() if k != "bytes"), "")
+
+
+def _files_source(uri: str, entries: list[tuple[str, int, str]], root: str, protocol: str,
+                  storage_options: dict[str, Any]) -> ImageSource:
+    entries = sorted(entries)
+    uris = [protocol + p if protocol else p for p, _, _ in entries]
+    ids = [_relative(p, root) for p, _, _ in entries]
+    listing = _table(ids, uris, [s for _, s, _ in entries], [v for _, _, v in entries],
+                     [_skip_reason(p) for p, _, _ in entries])
+    return ImageSource(uri, "files", listing, storage_options)
+
+
+def _no_readable(uri: str, listing: pa.Table) -> None:
+    if listing.num_rows and all(listing.column("skip").to_pylist()):
+        names = listing.column("image_id").to_pylist()
+        raise NoImagesError(f"no images found in '{uri}': {len(names)} file(s), none in a format ned-ray reads "
+                            f"(e.g. {names[0]}); it reads {', '.join(READABLE)}")
+
+
 def open_source(uri: str, storage_options: dict[str, Any] | None = None) -> ImageSource:
     """List an input (on the driver: cheap, no image is read)."""
     storage_options = storage_options or {}
@@ -109,49 +232,92 @@ def open_source(uri: str, storage_options: dict[str, Any] | None = None) -> Imag
         raise NoImagesError(f"cannot open images at '{uri}': {exc}") from None
     lower = path.lower()
     protocol = uri.split("://", 1)[0] + "://" if "://" in uri else ""
+    literal_dir = fs.isdir(path)
 
-    if lower.endswith(".npy"):
+    if lower.endswith(".npy") and not literal_dir:
         with fs.open(path, "rb") as fh:
             shape, fortran, dtype = read_npy_header(fh, uri)
             offset = fh.tell()
         if dtype != np.uint8 or len(shape) != 4 or shape[1] != 3 or fortran:
             raise NoImagesError(f"'{uri}': a .npy input must be a C-ordered uint8 array (N, 3, H, W); got {dtype} {shape}")
-        return ImageSource(uri, "npy", [str(i) for i in range(shape[0])], storage_options=storage_options,
-                           npy_offset=offset, npy_shape=tuple(shape))
+        if shape[0] == 0:
+            raise NoImagesError(f"no images found: '{uri}' holds 0 images (shape {tuple(shape)})")
+        version = _version(fs.info(path))
+        n = shape[0]
+        listing = _table([str(i) for i in range(n)], [""] * n, [int(np.prod(shape[1:]))] * n, [version] * n, [""] * n)
+        return ImageSource(uri, "npy", listing, storage_options, npy_offset=offset, npy_shape=tuple(shape))
 
-    if lower.endswith(".parquet"):
+    if lower.endswith(".parquet") and not literal_dir:
         with fs.open(path, "rb") as fh:
             pfile = pq.ParquetFile(fh)
             names = pfile.schema_arrow.names
             column = next((c for c in BYTES_COLUMNS if c in names), None)
             if column is None:
                 raise NoImagesError(f"'{uri}': no image-bytes column (looked for {', '.join(BYTES_COLUMNS)}; found {', '.join(names)})")
+            n = pfile.metadata.num_rows
+            if n == 0:
+                raise NoImagesError(f"no images found: '{uri}' has 0 rows")
             id_column = next((c for c in ID_COLUMNS if c in names), None)
-            ids = ([str(x) for x in pfile.read(columns=[id_column]).column(0).to_pylist()] if id_column
-                   else [str(i) for i in range(pfile.metadata.num_rows)])
-        return ImageSource(uri, "parquet", ids, storage_options=storage_options, parquet_column=column)
+            ids = [str(x) for x in pfile.read(columns=[id_column]).column(0).to_pylist()] if id_column else \
+                [str(i) for i in range(n)]
+        seen: dict[str, int] = {}
+        for row, image_id in enumerate(ids):
+            if image_id in seen:
+                raise NoImagesError(f"'{uri}': column '{id_column}' has duplicate ids ('{image_id}' at rows {seen[image_id]} "
+                                    f"and {row}); image ids must be unique (drop the column to use row numbers)")
+            seen[image_id] = row
+        version = _version(fs.info(path))
+        listing = _table(ids, [""] * n, [-1] * n, [version] * n, [""] * n)
+        return ImageSource(uri, "parquet", listing, storage_options, parquet_column=column)
 
-    if lower.endswith((".txt", ".lst")):
+    if lower.endswith((".txt", ".lst")) and not literal_dir:
         root = posixpath.dirname(uri if protocol else path)  # local: absolute, so workers anywhere read it
         with fs.open(path, "rt") as fh:
-            listed = [line.strip() for line in fh if line.strip() and not line.lstrip().startswith("#")]
-        uris = sorted({u if "://" in u or u.startswith("/") else posixpath.join(root, u) for u in listed})
-        if not uris:
+            lines = [(i + 1, line.strip()) for i, line in enumerate(fh)]
+        listed = [(n, u if "://" in u or u.startswith("/") else posixpath.join(root, u))
+                  for n, u in lines if u and not u.startswith("#")]
+        if not listed:
             raise NoImagesError(f"no images found: '{uri}' lists no image URIs")
-        return ImageSource(uri, "files", [_relative(u, root) for u in uris], uris, storage_options)
+        first_line: dict[str, int] = {}
+        duplicates: dict[str, list[int]] = {}
+        for n, u in listed:
+            if u in first_line:
+                duplicates.setdefault(u, [first_line[u]]).append(n)
+            else:
+                first_line[u] = n
+        uris = sorted(first_line)
+        sizes, versions = [], []
+        for u in uris:  # local entries: size and mtime (cheap); remote ones: none without a request per file
+            if "://" in u:
+                sizes.append(-1)
+                versions.append("")
+                continue
+            try:
+                st = os.stat(u)
+                sizes.append(int(st.st_size))
+                versions.append(str(st.st_mtime_ns))
+            except OSError:
+                sizes.append(-1)
+                versions.append("")
+        listing = _table([_relative(u, root) for u in uris], uris, sizes, versions, [""] * len(uris))
+        return ImageSource(uri, "files", listing, storage_options,
+                           duplicates=[{"uri": u, "lines": ns} for u, ns in sorted(duplicates.items())])
 
+    if literal_dir:
+        entries = _list_folder(fs, path)
+        if not entries:
+            raise NoImagesError(f"no images found in '{uri}': the folder is empty")
+        source = _files_source(uri, entries, path, protocol, storage_options)
+        _no_readable(uri, source.listing)
+        return source
     if any(ch in path for ch in "*?["):
-        matches = [p for p in fs.glob(path) if p.lower().endswith(IMAGE_EXTENSIONS)]
+        matches = {name: info for name, info in fs.glob(path, detail=True).items() if info.get("type") != "directory"}
+        if not matches:
+            raise NoImagesError(f"no images found: the pattern '{uri}' matches no file")
         root_path = path.split("*")[0].split("?")[0].split("[")[0].rsplit("/", 1)[0]
-    elif fs.isdir(path):
-        matches = [p for p in fs.find(path) if p.lower().endswith(IMAGE_EXTENSIONS)]
-        root_path = path
-    else:
-        what = "does not exist" if not fs.exists(path) else "is not a folder, glob, .txt list, .npy or .parquet"
-        raise NoImagesError(f"no images found: '{uri}' {what}")
-    if not matches:
-        raise NoImagesError(f"no images found in '{uri}' (looked for {', '.join(IMAGE_EXTENSIONS)}, recursively)")
-    matches = sorted(matches)
-    uris = [protocol + p if protocol else p for p in matches]
-    ids = [_relative(p, root_path) for p in matches]
-    return ImageSource(uri, "files", ids, uris, storage_options)
+        entries = [(name, int(info.get("size") or 0), _version(info)) for name, info in matches.items()]
+        source = _files_source(uri, entries, root_path, protocol, storage_options)
+        _no_readable(uri, source.listing)
+        return source
+    what = "does not exist" if not fs.exists(path) else "is not a folder, glob, .txt list, .npy or .parquet"
+    raise NoImagesError(f"no images found: '{uri}' {what}")

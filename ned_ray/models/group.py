@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..ids import ModelId, UnknownModelError
-from ..nedfmt import MissingFileError, NedDir
+from ..nedfmt import MissingFileError, ModelFileError, NedDir
 from ..preprocess import check_images, fwrf_input, vit_input
 from ..safeload import UnsafePickleError
 from .fwrf import FwrfModel, load_fwrf
@@ -60,11 +60,22 @@ def _naming(model: ModelId | str, ned: NedDir):
     """Re-raise any loading failure as one ModelLoadError line naming the model (files are in the message)."""
     try:
         yield
-    except (MissingFileError, UnknownModelError, UnsafePickleError):
+    except (MissingFileError, UnknownModelError, UnsafePickleError, ModelFileError):
         raise
     except Exception as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ModelLoadError(f"model {model} failed to load from {ned.url}: {type(exc).__name__}: {reason}") from exc
+
+
+def _check_voxels(ned: NedDir, model: ModelId, n_voxels: int) -> None:
+    """The checkpoint's voxel count is its metadata's: a file of another ROI or subject under this
+    model's name is refused, naming both files."""
+    entry = ned.entry(model)
+    expected = len(ned.metadata(model)["fmri"]["ncsnr"])
+    if n_voxels != expected:
+        files = " + ".join(ned.uri(w) for w in entry.weights)
+        raise ValueError(f"{files} holds {n_voxels} voxels but its metadata {ned.uri(entry.metadata)} describes "
+                         f"{expected}: the weights are not {model}'s (another ROI or subject saved under its name?)")
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -142,6 +153,7 @@ class ModelGroup:
             if m.modality == "fmri":
                 with _naming(m, self.ned):
                     self.fmri[m] = load_fwrf(self.ned, m, self.device)
+                    _check_voxels(self.ned, m, self.fmri[m].n_voxels)
         eeg_ids = [m for m in ids if m.modality == "eeg"]
         self.eeg: EegModel | None = None
         if eeg_ids:

@@ -39,7 +39,7 @@ def _check_complete(out: Path, statuses: dict[str, str], models: list[str]) -> d
     assert [r["image_index"] for r in images] == list(range(len(statuses)))
     assert all(r["error"] for r in images if r["status"] == "error")
     ok = sum(s == "ok" for s in statuses.values())
-    assert manifest["images"] == {"total": len(statuses), "ok": ok, "error": len(statuses) - ok, "file": "images.parquet"}
+    assert manifest["images"] == {"total": len(statuses), "ok": ok, "error": len(statuses) - ok, "skipped": 0, "file": "images.parquet"}
     output = open_output(str(out))
     for mid in models:
         index, values = output.responses(mid)

@@ -73,7 +73,7 @@ def test_a_local_list_of_s3_uris_reads_them_with_the_job_options(ray_cluster, s3
     config = EncodeConfig(ned_dir=str(demo_dir), images=str(listing), models="fmri/nsd/fwrf/sub-01/V1",
                           output=str(tmp_path / "out"), device="cpu", storage_options=s3_server)
     summary = run_encode(config)
-    assert summary["images"] == {"total": 6, "ok": 5, "error": 1, "file": "images.parquet"}
+    assert summary["images"] == {"total": 6, "ok": 5, "error": 1, "skipped": 0, "file": "images.parquet"}
     rows = {r["image_id"]: r for r in open_output(config.output).images().to_pylist()}
     assert rows["s3://ned-ray-list/stimuli/gone.png"]["status"] == "error"
     assert "gone.png" in rows["s3://ned-ray-list/stimuli/gone.png"]["error"]

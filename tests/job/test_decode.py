@@ -56,10 +56,15 @@ def test_bad_images_become_errors(data, message):
     assert out is None and message in error
 
 
-def test_decompression_bomb_is_refused_before_decoding():
+def test_decompression_bomb_is_refused_before_decoding(monkeypatch):
     big = _encode(Image.new("L", (4000, 4000)))
+    decoded = []
+    monkeypatch.setattr(Image.Image, "load", lambda self: decoded.append(self) or None)
     out, error, width, height = decode_image(big, max_pixels=1_000_000)
-    assert out is None and "too large" in error and (width, height) in ((4000, 4000), (0, 0))
+    # our guard fired, from the header: exact size in the message, nothing decoded
+    assert out is None and (width, height) == (4000, 4000) and not decoded
+    assert error == ("image too large: 4000x4000 = 16000000 pixels exceeds --max-pixels 1000000 "
+                     "(checked from the header, not decoded)")
 
 
 def test_one_pixel_and_center_crop():

@@ -23,13 +23,14 @@ from ned_ray.cli import main as cli_main
 from ned_ray.ids import UnknownModelError
 from ned_ray.job.config import EncodeConfig
 from ned_ray.job.decode import decode_image
-from ned_ray.job.pipeline import FAULT_ENV, StorageError, run_encode
+from ned_ray.job.pipeline import StorageError, run_encode
 from ned_ray.models.group import ModelGroup, ModelLoadError
 from ned_ray.nedfmt import NedDir
 from ned_ray.output import open_output
 from ned_ray.safeload import UnsafePickleError
 
-from .conftest import torch_threads
+from .conftest import own_ray, torch_threads
+from .faults import kill_an_actor_once
 
 REPO = Path(__file__).resolve().parents[2]
 FMRI = "fmri/nsd/fwrf/sub-01/V1"
@@ -78,7 +79,7 @@ def _corpus(folder: Path) -> dict[str, str]:
         "truncated.png": (_png(rgb)[:-100], "corrupt or truncated"),
         "empty.jpg": (b"", "empty file"),
         "notes.png": (b"these are my notes, not a picture\n" * 10, "not an image"),
-        "bomb.png": (_bomb_png(), "too large"),
+        "bomb.png": (_bomb_png(), "60000x60000 = 3600000000 pixels exceeds --max-pixels 50000000 (checked from the header"),
         "wide.png": (_png(rng.integers(0, 256, (20, 50, 3), dtype=np.uint8)), "non-square image 50x20"),
     }
     folder.mkdir(parents=True, exist_ok=True)
@@ -169,15 +170,14 @@ def test_killed_driver_then_rerun_resumes_without_loss_or_duplicates(ray_cluster
     np.testing.assert_array_equal(values, open_output(str(tmp_path / "clean")).responses(FMRI)[1])
 
 
-def test_actor_killed_mid_batch_job_completes_exactly(ray_cluster, demo_dir, tmp_path, monkeypatch):
+def test_actor_killed_mid_batch_job_completes_exactly(ray_cluster, demo_dir, tmp_path):
     _many_images(tmp_path / "images", 48)
     marker = tmp_path / "actor-died"
-    monkeypatch.setenv(FAULT_ENV, f"actor-exit-once:{marker}")
-    summary = run_encode(EncodeConfig(str(demo_dir), str(tmp_path / "images"), FMRI, str(tmp_path / "out"),
-                                      device="cpu", shard_size=16, cpu_threads=1))
+    with own_ray(num_cpus=2, log_to_driver=False, runtime_env={"worker_process_setup_hook": kill_an_actor_once(str(marker))}):
+        summary = run_encode(EncodeConfig(str(demo_dir), str(tmp_path / "images"), FMRI, str(tmp_path / "out"),
+                                          device="cpu", shard_size=16, cpu_threads=1))
     assert marker.exists(), "the fault was not injected"
-    assert summary["images"] == {"total": 48, "ok": 48, "error": 0, "file": "images.parquet"}
-    monkeypatch.delenv(FAULT_ENV)
+    assert summary["images"] == {"total": 48, "ok": 48, "error": 0, "skipped": 0, "file": "images.parquet"}
     run_encode(EncodeConfig(str(demo_dir), str(tmp_path / "images"), FMRI, str(tmp_path / "clean"), device="cpu",
                             shard_size=16, cpu_threads=1))
     index, values = open_output(str(tmp_path / "out")).responses(FMRI)

@@ -18,11 +18,12 @@ import pytest
 from PIL import Image
 
 from ned_ray.job.config import EncodeConfig
-from ned_ray.job.pipeline import FAULT_ENV, DeviceError, StorageError, run_encode
+from ned_ray.job.pipeline import DeviceError, StorageError, run_encode
 from ned_ray.output import open_output
 from ned_ray.storage import filesystem
 
 from .conftest import own_ray
+from .faults import hide_paths_on_marked_nodes
 
 FMRI = ["fmri/nsd/fwrf/sub-01/V1", "fmri/nsd/fwrf/sub-01/lateral", "fmri/nsd/fwrf/sub-02/V1"]
 N_IMAGES, SHARD = 16, 2
@@ -104,11 +105,12 @@ def test_multi_node_pool_spans_workers_with_a_per_node_model_cache(cpu_reference
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 0})
     try:
         workers = [cluster.add_node(num_cpus=1, num_gpus=1) for _ in range(2)]
-        ray.init(address=cluster.address, log_to_driver=False)
+        ray.init(address=cluster.address, log_to_driver=False,
+                 runtime_env={"worker_process_setup_hook": hide_paths_on_marked_nodes()})
         summary = run_encode(config)
         actors = _encoder_actors()
         # a node that cannot see a local path: refused up front, in one line naming the node
-        blind = cluster.add_node(num_cpus=1, env_vars={FAULT_ENV: f"hide-path:{tmp_path}"})
+        blind = cluster.add_node(num_cpus=1, env_vars={"NED_RAY_TEST_HIDE": str(tmp_path)})
         cluster.wait_for_nodes()
         with pytest.raises(StorageError) as hidden:
             run_encode(EncodeConfig(str(demo_dir), str(images), FMRI[0], str(tmp_path / "blind"), device="cpu"))

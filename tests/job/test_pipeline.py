@@ -42,7 +42,7 @@ def fixture_job(ray_cluster, ned_dir, fixture_image_folder, tmp_path_factory, to
 
 def test_job_matches_ned_fixtures(fixture_job, fixtures):
     _, summary, output = fixture_job
-    assert summary["images"] == {"total": 20, "ok": 20, "error": 0, "file": "images.parquet"}
+    assert summary["images"] == {"total": 20, "ok": 20, "error": 0, "skipped": 0, "file": "images.parquet"}
     ids = output.images().column("image_id").to_pylist()
     for tag, mid in FIXTURE_IDS.items():
         index, values = output.responses(mid)

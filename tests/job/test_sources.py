@@ -1,6 +1,9 @@
-"""Input listings: stable image_index/image_id for folders, globs, lists, .npy and Parquet."""
+"""Input listings: every file accounted for, literal names, stable ids, identities, shard reads."""
 
 from __future__ import annotations
+
+import io
+import os
 
 import numpy as np
 import pyarrow as pa
@@ -8,40 +11,84 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from ned_ray.job.sources import NoImagesError, open_source
+from ned_ray.job.decode import decode_image
+from ned_ray.job.sources import READABLE, NoImagesError, Skipped, open_source
+
+FORMATS = {"jpg": "JPEG", "JPEG": "JPEG", "jfif": "JPEG", "png": "PNG", "webp": "WEBP", "bmp": "BMP", "tiff": "TIFF",
+           "gif": "GIF"}
+
+
+def _image(path, seed=0, fmt=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    array = np.random.default_rng(seed).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    Image.fromarray(array).save(path, format=fmt or FORMATS[path.name.rsplit(".", 1)[1]])
 
 
 @pytest.fixture
 def folder(tmp_path):
-    rng = np.random.default_rng(0)
-    for rel in ("b/2.png", "a/1.jpg", "a/0.webp", "c.bmp", "d.tiff", "notes.txt", "e.JPEG"):
-        path = tmp_path / "imgs" / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if rel.endswith(".txt"):
-            path.write_text("not an image")
-        else:
-            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(path, format={
-                "jpg": "JPEG", "JPEG": "JPEG", "png": "PNG", "webp": "WEBP", "bmp": "BMP", "tiff": "TIFF"}[rel.rsplit(".", 1)[1]])
+    for i, rel in enumerate(("b/2.png", "a/1.jpg", "a/0.webp", "c.bmp", "d.tiff", "e.JPEG")):
+        _image(tmp_path / "imgs" / rel, i)
+    (tmp_path / "imgs" / "notes.txt").write_text("not an image")
     return tmp_path / "imgs"
 
 
-def test_folder_is_listed_recursively_and_sorted(folder):
+def _rows(source):
+    return dict(zip(source.ids, source.listing.column("skip").to_pylist()))
+
+
+def test_folder_is_listed_recursively_sorted_and_every_file_accounted_for(folder):
     source = open_source(str(folder))
-    assert source.ids == ["a/0.webp", "a/1.jpg", "b/2.png", "c.bmp", "d.tiff", "e.JPEG"]
+    rows = _rows(source)
+    assert list(rows) == ["a/0.webp", "a/1.jpg", "b/2.png", "c.bmp", "d.tiff", "e.JPEG", "notes.txt"]
+    assert [k for k, v in rows.items() if v] == ["notes.txt"] and "not a format ned-ray reads (.txt)" in rows["notes.txt"]
     raw = source.read(1, 3)
     assert [bytes(r[:2]) for r in raw] == [b"\xff\xd8", b"\x89P"]  # JPEG and PNG signatures
+    assert source.read(6, 7) == [Skipped(rows["notes.txt"])]
+    sizes = source.listing.column("bytes").to_pylist()
+    assert sizes[1] == (folder / "a" / "1.jpg").stat().st_size and all(source.listing.column("version").to_pylist())
+
+
+def test_awkward_names_are_names_not_patterns(tmp_path):
+    root = tmp_path / "stimuli [v2]"
+    names = ["brackets [1].png", "space name.jpg", "ünï cödé.png", "hash#1.png", "pct%20.png", "star*.png", "q?.png"]
+    for i, name in enumerate(names):
+        _image(root / name, i)
+    source = open_source(str(root))
+    assert sorted(source.ids) == sorted(names) and not any(source.listing.column("skip").to_pylist())
+    for item in source.read(0, len(names)):
+        assert isinstance(item, bytes) and decode_image(item)[0] is not None
+
+
+def test_gif_jfif_first_frame_and_the_readable_list(tmp_path):
+    frames = [Image.new("RGB", (6, 6), (255, 0, 0)), Image.new("RGB", (6, 6), (0, 0, 255))]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=10)
+    _image(tmp_path / "photo.jfif", 3)
+    assert {".gif", ".jfif", ".jpg", ".png", ".webp", ".tiff", ".bmp"} <= set(READABLE)
+    source = open_source(str(tmp_path))
+    assert _rows(source) == {"anim.gif": "", "photo.jfif": ""}
+    first, _, w, h = decode_image(source.read(0, 1)[0])
+    assert (w, h) == (6, 6) and first[0, 0, 0] > 200 and first[0, 0, 2] < 50  # the first (red) frame
+
+
+def test_symlinked_folders_are_followed_once(tmp_path):
+    _image(tmp_path / "real" / "x.png")
+    _image(tmp_path / "root" / "y.png", 1)
+    os.symlink(tmp_path / "real", tmp_path / "root" / "linked")
+    os.symlink(tmp_path / "root", tmp_path / "root" / "loop")  # a loop back up: cut, not followed forever
+    assert open_source(str(tmp_path / "root")).ids == ["linked/x.png", "y.png"]
 
 
 def test_glob_and_list_file(folder, tmp_path):
     assert open_source(str(folder / "a" / "*")).ids == ["0.webp", "1.jpg"]
     listing = tmp_path / "list.txt"
-    listing.write_text(f"# stimuli\nimgs/b/2.png\n{folder / 'c.bmp'}\n\nimgs/a/1.jpg\n")
+    listing.write_text(f"# stimuli\nimgs/b/2.png\n{folder / 'c.bmp'}\n\nimgs/a/1.jpg\nimgs/b/2.png\n")
     source = open_source(str(listing))
     assert source.ids == ["imgs/a/1.jpg", "imgs/b/2.png", "imgs/c.bmp"]  # relative to the list's folder
     assert source.uris == [str(tmp_path / "imgs" / r) for r in ("a/1.jpg", "b/2.png", "c.bmp")]
+    assert source.duplicates == [{"uri": str(tmp_path / "imgs" / "b" / "2.png"), "lines": [2, 6]}]  # reported
     items = source.shard_items([(0, 2), (2, 3)])
     assert [len(i["ids"]) for i in items] == [2, 1] and items[1]["uris"] == source.uris[2:]
-    missing = source.description().read(0, 1, [str(tmp_path / "gone.png")])
+    missing = source.description().read(0, 1, [str(tmp_path / "gone.png")], [""])
     assert isinstance(missing[0], Exception)
 
 
@@ -59,13 +106,46 @@ def test_npy_and_parquet_sources(tmp_path):
     assert open_source(str(tmp_path / "hf.parquet")).read(0, 1) == [b"abc"]
 
 
+def test_a_shard_of_a_parquet_input_reads_only_its_row_groups(tmp_path, monkeypatch):
+    blobs = [np.random.default_rng(i).bytes(20_000) for i in range(80)]
+    path = tmp_path / "many.parquet"
+    pq.write_table(pa.table({"image": blobs}), path, row_group_size=4, compression="none")  # 20 row groups
+    source = open_source(str(path))
+    import fsspec.implementations.local as local
+
+    read = []
+    original = local.LocalFileOpener.read
+
+    def counting(self, *args, **kwargs):
+        data = original(self, *args, **kwargs)
+        read.append(len(data))
+        return data
+
+    monkeypatch.setattr(local.LocalFileOpener, "read", counting)
+    assert source.read(9, 13) == blobs[9:13]  # rows 9..12: row groups 2 and 3
+    assert sum(read) < 0.2 * path.stat().st_size, (sum(read), path.stat().st_size)  # 2 of 20 groups + footer
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda p: p / "missing", "does not exist"),
-    (lambda p: (p / "empty").mkdir() or p / "empty", "no images found in"),
+    (lambda p: (p / "empty").mkdir() or p / "empty", "the folder is empty"),
+    (lambda p: (p / "d").mkdir() or (p / "d" / "a.txt").write_text("x") and p / "d", "none in a format ned-ray reads"),
+    (lambda p: p / "*.png", "matches no file"),
     (lambda p: np.save(p / "f.npy", np.zeros((2, 3, 4, 4), np.float32)) or p / "f.npy", "must be a C-ordered uint8 array"),
+    (lambda p: np.save(p / "z.npy", np.zeros((0, 3, 4, 4), np.uint8)) or p / "z.npy", "holds 0 images"),
     (lambda p: pq.write_table(pa.table({"x": [1]}), p / "t.parquet") or p / "t.parquet", "no image-bytes column"),
+    (lambda p: pq.write_table(pa.table({"image": pa.array([], pa.binary())}), p / "e.parquet") or p / "e.parquet",
+     "has 0 rows"),
+    (lambda p: pq.write_table(pa.table({"id": ["a", "a"], "image": [b"1", b"2"]}), p / "d.parquet") or p / "d.parquet",
+     "duplicate ids"),
     (lambda p: (p / "l.txt").write_text("\n# only comments\n") and p / "l.txt", "lists no image URIs"),
+    (lambda p: (p / "e.txt").write_text("") or p / "e.txt", "lists no image URIs"),
 ])
-def test_bad_inputs_say_what_is_wrong(tmp_path, make, message):
+def test_bad_and_empty_inputs_say_what_is_wrong(tmp_path, make, message):
     with pytest.raises(NoImagesError, match=message):
         open_source(str(make(tmp_path)))
+
+
+def test_decode_reports_skipped_files_without_reading_them():
+    assert decode_image(Skipped("hidden file")) == (None, "hidden file", 0, 0)
+    assert decode_image(io.BytesIO(b"x").getvalue())[1].startswith("not an image")
