@@ -484,7 +484,12 @@ def _stale(lease: dict[str, Any], ttl: float) -> tuple[bool, str]:
 
 
 def _ray_job_gone(lease: dict[str, Any]) -> bool:
-    """The lease's Ray job is dead and none of its actors is alive, on the cluster this process joined."""
+    """The lease's Ray job is dead and none of its actors is alive, on the cluster this process joined.
+
+    Detached actors are left out: Ray Data creates its bookkeeping singletons (stats, autoscaling
+    coordinator, location tracker) detached under the first job that uses them, and they outlive it;
+    they never write an output's files. Our encoders and writers are never detached.
+    """
     try:
         import ray
 
@@ -497,7 +502,8 @@ def _ray_job_gone(lease: dict[str, Any]) -> bool:
         if job is None or not job.get("IsDead"):
             return False
         actors = state.actors().values()
-        return not any(a.get("JobID") == lease["ray_job_id"] and a.get("State") != "DEAD" for a in actors)
+        return not any(a.get("JobID") == lease["ray_job_id"] and a.get("State") != "DEAD" and not a.get("IsDetached")
+                       for a in actors)
     except Exception:  # noqa: BLE001 - unknown means not provably gone
         return False
 

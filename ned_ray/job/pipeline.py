@@ -278,11 +278,12 @@ def plan_encode(config: EncodeConfig) -> dict[str, Any]:
             "shards": -(-len(source) // config.shard_size), "models": [str(m) for m in models]}
 
 
-def wait_for_gpus(plan: Plan, config: EncodeConfig, stream: TextIO = sys.stderr, poll: float = 1.0) -> bool:
+def wait_for_gpus(plan: Plan, config: EncodeConfig, stream: TextIO | None = None, poll: float = 1.0) -> bool:
     """Ask the autoscaler for the plan's first GPU actors and wait until a GPU joins the cluster.
 
     Prints a progress line every 10 s. Returns False after ``config.gpu_wait`` seconds without one.
     """
+    stream = stream or sys.stderr
     needed = max(1, sum(p.min_actors for p in plan.pools)) if plan.pools else 1
     share = plan.pools[0].gpus_per_actor if plan.pools else 1.0
     bundles = [{"GPU": min(1.0, share * needed)}]
@@ -315,10 +316,11 @@ def _release_request() -> None:
 
 
 def check_paths_on_nodes(config: EncodeConfig, source: ImageSource, fs, root: str, plan: Plan | None = None,
-                         stream: TextIO = sys.stderr) -> None:
+                         stream: TextIO | None = None) -> None:
     """On a multi-node cluster, every node must see the local paths the job uses (``--ned-dir``,
     ``--images``, ``--output``): a node that cannot fails the job here, in one line, instead of in
     thousands of per-image errors or in parts scattered over nodes' disks."""
+    stream = stream or sys.stderr
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     local = {flag: uri for flag, uri in (("--ned-dir", config.ned_dir), ("--images", config.images),
                                          ("--output", config.output)) if "://" not in uri or uri.startswith("file://")}
@@ -370,12 +372,13 @@ def _missing_paths(probes: dict[str, list[str]]) -> list[tuple[str, str]]:
 
 
 # -- the job ------------------------------------------------------------------------------------------
-def run_encode(config: EncodeConfig, progress: float | None = None, stream: TextIO = sys.stderr) -> dict[str, Any]:
+def run_encode(config: EncodeConfig, progress: float | None = None, stream: TextIO | None = None) -> dict[str, Any]:
     """Run (or resume) an encode job; returns the manifest plus run statistics.
 
-    ``progress``: print images done, images/s and ETA to ``stream`` every ``progress`` seconds.
+    ``progress``: print images done, images/s and ETA to ``stream`` (default stderr) every ``progress`` seconds.
     """
     started = time.perf_counter()
+    stream = stream or sys.stderr
     ned = config.open_ned(cache=False)  # listings and metadata only: model files are read by the actors
     models = select(list(ned.catalogue), config.models)
     selection = config.selection()  # a selection that keeps nothing fails here, before anything is written

@@ -30,10 +30,10 @@ def format_progress(done: int, total: int, seconds: float) -> str:
 class ProgressReporter:
     """A background thread that prints progress every ``interval`` seconds while the job runs."""
 
-    def __init__(self, fs, root: str, total: int, interval: float = 5.0, stream: TextIO = sys.stderr,
+    def __init__(self, fs, root: str, total: int, interval: float = 5.0, stream: TextIO | None = None,
                  clock: Callable[[], float] = time.perf_counter) -> None:
         self.fs, self.folder, self.total = fs, posixpath.join(root, COMMITS, IMAGES_WRITER), total
-        self.interval, self.stream, self.clock = interval, stream, clock
+        self.interval, self.stream, self.clock = interval, stream or sys.stderr, clock
         self._seen: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="ned-ray-progress", daemon=True)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import fsspec
+import numpy as np
 import torch
 from torch import nn
 from torchvision.models.vision_transformer import VisionTransformer
@@ -218,10 +219,50 @@ class EegModel(nn.Module):
         return out.view(-1, len(lay.subjects), lay.repetitions, len(lay.ch_names), len(lay.times))
 
 
-def _repetitions(params: Any, where: str) -> list[Any]:
+def _arrays(params: Any, where: str, **ndims: int) -> list[np.ndarray]:
+    """params[key] for each key, as a numeric array with ndims[key] dimensions, or one ValueError
+    naming the file and what is wrong (NED's files are dicts of scikit-learn attributes)."""
+    if not hasattr(params, "keys"):
+        raise ValueError(f"{where}: expected a dict with {', '.join(ndims)}, got {type(params).__name__}"
+                         f"{' of shape ' + str(params.shape) if hasattr(params, 'shape') else ''}")
+    arrays = []
+    for key, ndim in ndims.items():
+        value = np.asarray(params[key]) if key in params else None
+        if value is None or value.ndim != ndim or value.dtype.kind not in "fiu":
+            got = "missing" if value is None else f"{value.dtype} of shape {value.shape}"
+            raise ValueError(f"{where}: '{key}' must be a {ndim}-d numeric array, got {got}")
+        arrays.append(value)
+    return arrays
+
+
+def _check_projection(scaler: Any, pcas: Sequence[Any], where: str) -> None:
+    """Scaler and PCA(s) agree on the feature count; the PCA keeps at least N_COMPONENTS codes."""
+    mean, scale = _arrays(scaler, where, mean_=1, scale_=1)
+    for pca in pcas:
+        components, pca_mean = _arrays(pca, where, components_=2, mean_=1)
+        if not (len(mean) == len(scale) == components.shape[1] == len(pca_mean)):
+            raise ValueError(f"{where}: scaler ({len(mean)}/{len(scale)} features) and PCA components_ "
+                             f"{components.shape} / mean_ ({len(pca_mean)}) disagree on the feature count")
+
+
+def _rep_keys(params: Any, where: str, what: str) -> list[Any]:
+    """'rep-1'..'rep-N' in numeric order, or one ValueError naming the file."""
+    if not hasattr(params, "keys"):
+        raise ValueError(f"{where}: expected a dict of 'rep-1'..'rep-N' {what}, got {type(params).__name__}"
+                         f"{' of shape ' + str(params.shape) if hasattr(params, 'shape') else ''}")
     keys = sorted(params.keys(), key=lambda k: int(str(k).split("-")[-1]) if str(k).startswith("rep-") else -1)
     if not keys or not all(str(k).startswith("rep-") for k in keys):
         raise ValueError(f"{where}: expected only 'rep-1'..'rep-N' keys, got {sorted(map(str, params.keys()))}")
+    return keys
+
+
+def _repetitions(params: Any, where: str) -> list[Any]:
+    """The per-repetition linear regressions, each checked (2-d coef_, matching 1-d intercept_)."""
+    keys = _rep_keys(params, where, "regressions")
+    for k in keys:
+        coef, intercept = _arrays(params[k], f"{where} [{k}]", coef_=2, intercept_=1)
+        if coef.shape[0] != intercept.shape[0]:
+            raise ValueError(f"{where} [{k}]: coef_ {coef.shape} and intercept_ {intercept.shape} disagree")
     return [params[k] for k in keys]
 
 
@@ -259,10 +300,18 @@ def load_eeg(ned: NedDir, subjects: Sequence[int], device: str | torch.device = 
         else:  # BERG: own scaler, a PCA per repetition
             where = ned.uri(entry.weights[0])
             weights = ned.load_npy(entry.weights[0])
+            if not hasattr(weights, "keys") or not {"reg_param", "pca_param", "scaler_param"} <= set(weights.keys()):
+                raise ValueError(f"{where}: expected a dict with reg_param, pca_param and scaler_param")
             reps = _repetitions(weights["reg_param"], where)
             pcas = weights["pca_param"]
-            pcas = _repetitions(pcas, where) if "rep-1" in pcas else [pcas] * len(reps)
+            if "rep-1" in pcas:
+                pcas = [pcas[k] for k in _rep_keys(pcas, where, "PCAs")]
+                if len(pcas) != len(reps):
+                    raise ValueError(f"{where}: {len(pcas)} PCAs for {len(reps)} repetitions")
+            else:
+                pcas = [pcas] * len(reps)
             scaler = weights["scaler_param"]
+            _check_projection(scaler, pcas, where)
             projections.append(_Projection(scaler["mean_"], scaler["scale_"], [p["components_"] for p in pcas],
                                            [p["mean_"] for p in pcas], dtype))
             sizes = projections[-1].sizes
@@ -280,8 +329,14 @@ def load_eeg(ned: NedDir, subjects: Sequence[int], device: str | torch.device = 
                                  f"{len(ch_names)} channels x {len(times)} times")
     if shared:
         scaler, pca = ned.load_npy(ned.EEG_SCALER), ned.load_npy(ned.EEG_PCA)
+        _arrays(scaler, ned.uri(ned.EEG_SCALER), mean_=1, scale_=1)
+        _check_projection(scaler, [pca], f"{ned.uri(ned.EEG_PCA)} (with {ned.uri(ned.EEG_SCALER)})")
         projections.append(_Projection(scaler["mean_"], scaler["scale_"], [pca["components_"]], [pca["mean_"]], dtype))
         k = projections[-1].sizes[0]
+        for s, coefs, _, _ in shared:
+            if min(c.shape[1] for c in coefs) < k:
+                raise ValueError(f"{ned.uri(entries[subjects.index(s)].weights[2])}: coef_ has fewer columns than "
+                                 f"the {k} PCA components of {ned.uri(ned.EEG_PCA)}")
         targets = [subjects.index(s) * n_reps + r for s, *_ in shared for r in range(n_reps)]
         readouts.append(_Readout(len(projections) - 1, slice(0, k),
                                  [c[:, :k] for _, coefs, _, _ in shared for c in coefs],

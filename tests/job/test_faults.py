@@ -130,46 +130,6 @@ def _parts_on_disk(out: Path) -> list[str]:
     return sorted(str(p.relative_to(out)) for p in (out / FMRI).glob("part-*.parquet"))
 
 
-def test_killed_driver_then_rerun_resumes_without_loss_or_duplicates(ray_cluster, demo_dir, tmp_path):
-    _many_images(tmp_path / "images", 320)
-    out = tmp_path / "out"
-    args = ["--ned-dir", str(demo_dir), "--images", str(tmp_path / "images"), "--models", FMRI, "--output", str(out),
-            "--device", "cpu", "--shard-size", "16", "--cpu-threads", "1"]
-    driver = subprocess.Popen([sys.executable, str(REPO / "jobs" / "encode.py"), *args, "--ray-address",
-                               ray_cluster.get_runtime_context().gcs_address],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.time() + 240
-        while len(list((out / "_commits" / "images").glob("*.json"))) < 3 and time.time() < deadline and driver.poll() is None:
-            time.sleep(0.1)
-        assert driver.poll() is None, "the job finished before it could be killed; use more images"
-        os.killpg(driver.pid, signal.SIGKILL)
-    finally:
-        if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
-        driver.wait()
-    time.sleep(3)  # let Ray reap the dead driver's tasks (they may still commit a chunk)
-    committed = {json.loads(p.read_text())["piece"] for p in (out / "_commits" / "images").glob("*.json")}
-    assert 3 <= len(committed) < 20 and not (out / "_manifest.json").exists()
-    with pytest.raises(FileNotFoundError, match="no _manifest.json"):
-        open_output(str(out))  # a half-written output never looks complete
-
-    summary = run_encode(EncodeConfig(str(demo_dir), str(tmp_path / "images"), FMRI, str(out), device="cpu",
-                                      shard_size=16, cpu_threads=1))
-    done_before = sum(len(json.loads((out / "_commits" / "images" / f"{name}.json").read_text())["image_index"])
-                      for name in committed)
-    assert summary["run"]["skipped_images"] == done_before
-    assert summary["run"]["encoded_images"] == 320 - done_before  # committed shards were not recomputed
-    index, values = open_output(str(out)).responses(FMRI)
-    assert index.tolist() == list(range(320))  # no loss, no duplicate
-    assert _parts_on_disk(out) == sorted(summary["models"][FMRI]["parts"]["parquet"])  # no orphans left
-
-    clean = run_encode(EncodeConfig(str(demo_dir), str(tmp_path / "images"), FMRI, str(tmp_path / "clean"),
-                                    device="cpu", shard_size=16, cpu_threads=1))
-    assert clean["run"]["encoded_images"] == 320
-    np.testing.assert_array_equal(values, open_output(str(tmp_path / "clean")).responses(FMRI)[1])
-
-
 def test_actor_killed_mid_batch_job_completes_exactly(ray_cluster, demo_dir, tmp_path):
     _many_images(tmp_path / "images", 48)
     marker = tmp_path / "actor-died"

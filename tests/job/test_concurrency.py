@@ -1,0 +1,135 @@
+"""Drivers killed mid-job and jobs started on a busy output, on local disk, S3 (moto) and GCS (emulator).
+
+Nothing here sleeps for luck: each test waits for the state it needs (commits written, the killed
+driver's Ray job dead with none of its actors alive).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ned_ray.job.commit import LEASE, LeaseHeldError, _ray_job_gone
+from ned_ray.job.config import EncodeConfig
+from ned_ray.job.pipeline import run_encode
+from ned_ray.output import open_output
+from ned_ray.storage import filesystem
+
+REPO = Path(__file__).resolve().parents[2]
+FMRI = "fmri/nsd/fwrf/sub-01/V1"
+N = 240
+
+
+def _png(seed: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(params=["local", "s3", "gs"])
+def store(request, tmp_path):
+    """(images URI, output URI, storage options, fs) on one store, the images already there."""
+    if request.param == "local":
+        options, base = {}, str(tmp_path)
+    else:
+        options = request.getfixturevalue("s3_server" if request.param == "s3" else "gcs_server")
+        bucket = f"ned-ray-{request.param}-{request.node.name.split('[')[0][-20:].replace('_', '-')}-{os.getpid()}"
+        base = f"{request.param}://{bucket}"
+        filesystem(base, options)[0].mkdir(bucket)
+    fs, root = filesystem(f"{base}/images", options)
+    fs.makedirs(root, exist_ok=True)
+    for i in range(N):
+        fs.pipe_file(f"{root}/img_{i:04d}.png", _png(i))
+    return f"{base}/images", f"{base}/out", options, fs
+
+
+def _driver(ray_cluster, demo_dir, images: str, out: str, options: dict, *extra: str) -> subprocess.Popen:
+    args = ["--ned-dir", str(demo_dir), "--images", images, "--models", FMRI, "--output", out, "--device", "cpu",
+            "--shard-size", "16", "--cpu-threads", "1", "--storage-options", json.dumps(options),
+            "--ray-address", ray_cluster.get_runtime_context().gcs_address, *extra]
+    return subprocess.Popen([sys.executable, str(REPO / "jobs" / "encode.py"), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True, text=True)
+
+
+def _wait(condition, what: str, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def _committed(fs, out_root: str) -> list[str]:
+    folder = f"{out_root}/_commits/images"
+    fs.invalidate_cache(folder) if hasattr(fs, "invalidate_cache") else None
+    return [p for p in fs.ls(folder, detail=False) if p.endswith(".json")] if fs.exists(folder) else []
+
+
+def _lease(fs, out_root: str) -> dict:
+    fs.invalidate_cache(out_root) if hasattr(fs, "invalidate_cache") else None
+    return json.loads(fs.cat_file(f"{out_root}/{LEASE}"))
+
+
+def _config(demo_dir, images, out, options) -> EncodeConfig:
+    return EncodeConfig(str(demo_dir), images, FMRI, out, device="cpu", shard_size=16, cpu_threads=1,
+                        storage_options=options)
+
+
+def test_sigkill_then_rerun_loses_and_duplicates_nothing(store, ray_cluster, demo_dir, tmp_path):
+    images, out, options, fs = store
+    out_root = filesystem(out, options)[1]
+    driver = _driver(ray_cluster, demo_dir, images, out, options)
+    try:
+        _wait(lambda: len(_committed(fs, out_root)) >= 2 or driver.poll() is not None, "two commits")
+        assert driver.poll() is None, "the job finished before it could be killed; use more images"
+        lease = _lease(fs, out_root)
+        os.killpg(driver.pid, signal.SIGKILL)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    _wait(lambda: _ray_job_gone(lease), "the killed driver's Ray job and actors to be gone")
+    assert not fs.exists(f"{out_root}/_manifest.json")
+    with pytest.raises(FileNotFoundError, match="no _manifest.json"):
+        open_output(out, options)  # a half-written output never looks complete
+    committed = len(_committed(fs, out_root))
+    summary = run_encode(_config(demo_dir, images, out, options))  # takes the dead job's lease over, resumes
+    assert summary["run"]["skipped_images"] >= 2 * 16 and summary["run"]["encoded_images"] < N
+    assert summary["run"]["skipped_images"] + summary["run"]["encoded_images"] == N and committed >= 2
+    index, values = open_output(out, options).responses(FMRI)
+    assert index.tolist() == list(range(N))  # nothing lost, nothing twice
+    clean = run_encode(_config(demo_dir, images, str(tmp_path / "clean"), options))
+    assert clean["run"]["encoded_images"] == N
+    np.testing.assert_array_equal(values, open_output(str(tmp_path / "clean")).responses(FMRI)[1])
+
+
+@pytest.mark.parametrize("store", ["local", "s3"], indirect=True)
+def test_a_second_job_on_a_busy_output_is_refused_in_one_line(store, ray_cluster, demo_dir):
+    images, out, options, fs = store
+    out_root = filesystem(out, options)[1]
+    first = _driver(ray_cluster, demo_dir, images, out, options)
+    try:
+        _wait(lambda: len(_committed(fs, out_root)) >= 1 or first.poll() is not None, "the first job's first commit")
+        assert first.poll() is None, "the first job finished too early"
+        for overwrite in (False, True):
+            with pytest.raises(LeaseHeldError) as refused:
+                run_encode(EncodeConfig(**{**_config(demo_dir, images, out, options).__dict__, "overwrite": overwrite}))
+            message = str(refused.value)
+            assert "\n" not in message and f"pid {first.pid}" in message and "--force" in message
+        log, _ = first.communicate(timeout=300)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    assert first.returncode == 0, log
+    result = open_output(out, options)  # the first job, undisturbed: every image once
+    assert result.responses(FMRI)[0].tolist() == list(range(N)) and result.manifest["images"]["ok"] == N
+    assert not fs.exists(f"{out_root}/{LEASE}")
