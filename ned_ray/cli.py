@@ -204,9 +204,10 @@ def _cmd_encode(args: argparse.Namespace) -> int:
 def format_summary(summary: dict, output: str) -> str:
     """A few lines a person reads after a job."""
     run, images = summary["run"], summary["images"]
-    lines = [f"wrote {output}: {images['total']} images ({images['ok']} ok, {images['error']} errors) x "
+    not_read = f", {images['skipped']} skipped: not read, see images.parquet" if images.get("skipped") else ""
+    lines = [f"wrote {output}: {images['total']} images ({images['ok']} ok, {images['error']} errors{not_read}) x "
              f"{len(summary['models'])} models",
-             f"this run encoded {run['encoded_images']} images (skipped {run['skipped_images']} already committed) in "
+             f"this run encoded {run['encoded_images']} images ({run['skipped_images']} were already committed) in "
              f"{run['seconds']:.1f}s = {run['images_per_second']:.2f} images/s"]
     if images["error"]:
         lines.append(f"errors are listed in {output}/images.parquet (status='error')")

@@ -16,6 +16,7 @@ import warnings
 from typing import Any
 
 import numpy as np
+import ray
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -89,20 +90,27 @@ def decode_image(item: bytes | np.ndarray | Skipped | Exception, non_square: str
 
 
 class DecodeShard:
-    """Ray Data UDF: one shard descriptor row -> one row per image, with the inputs ``kinds`` need."""
+    """Ray Data UDF: one shard row (start, stop) -> one row per image, with the inputs ``kinds`` need.
 
-    def __init__(self, source: ImageSource, kinds: tuple[str, ...], non_square: str, max_pixels: int) -> None:
-        self.source, self.kinds, self.non_square, self.max_pixels = source, kinds, non_square, max_pixels
+    ``listing`` is the input's listing put once in Ray's object store: every task maps the same copy
+    (one per node) and slices its rows, so shards carry two integers, not their ids and URIs."""
+
+    def __init__(self, source: ImageSource, listing: ray.ObjectRef, kinds: tuple[str, ...], non_square: str,
+                 max_pixels: int) -> None:
+        self.source, self.listing, self.kinds = source, listing, kinds
+        self.non_square, self.max_pixels = non_square, max_pixels
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        listing = ray.get(self.listing)
         columns: dict[str, list] = {k: [] for k in ("image_index", "image_id", "status", "error", "width", "height")}
         tensors: dict[str, list[np.ndarray]] = {k: [] for k in self.kinds}
-        for start, stop, ids, uris, skip in zip(batch["start"].tolist(), batch["stop"].tolist(), batch["ids"],
-                                                batch["uris"], batch["skip"]):
+        for start, stop in zip(batch["start"].tolist(), batch["stop"].tolist()):
+            rows = listing.slice(start, stop - start)
+            ids = rows.column("image_id").to_pylist()
             files = self.source.kind == "files"
-            items = self.source.read(start, stop, [str(u) for u in uris] if files else None,
-                                     [str(s) for s in skip] if files else None)
-            for offset, item in enumerate(items):
+            items = self.source.read(start, stop, rows.column("uri").to_pylist() if files else None,
+                                     rows.column("skip").to_pylist() if files else None)
+        for offset, item in enumerate(items):
                 square, error, width, height = decode_image(item, self.non_square, self.max_pixels)
                 columns["image_index"].append(start + offset)
                 columns["image_id"].append(str(ids[offset]))

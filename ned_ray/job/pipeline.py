@@ -457,11 +457,11 @@ def _reconcile_listing(config: EncodeConfig, fs, root: str, source: ImageSource,
 
 def _check_marker_ids(ledger: Ledger, source: ImageSource, output: str) -> None:
     """Markers hold the ids of their rows: they must be the listing's ids at those indexes."""
-    ids = np.asarray(source.listing.column("image_id").to_pylist(), dtype=object)
+    ids = source.listing.column("image_id")
     for key, marker in ledger.entries():
         index = np.asarray(marker["image_index"], np.int64)
         held = marker.get("image_id")
-        if held is None or (len(index) and (index.max() >= len(ids) or list(ids[index]) != list(held))):
+        if held is None or (len(index) and (index.max() >= len(ids) or ids.take(index).to_pylist() != list(held))):
             raise ListingChangedError(f"output '{output}': commit {key}/{marker['piece']} holds other images than its "
                                       "recorded listing; the output is inconsistent: use --overwrite to start over")
 
@@ -584,9 +584,10 @@ def _run_pipeline(config: EncodeConfig, source: ImageSource, plan: Plan, work: _
     """Execute the plan as one Ray Data graph."""
     _connect(config)
     kinds = tuple(k for k in ("fwrf", "vit") if any(k in p.inputs for p in plan.pools))
-    items = source.shard_items(work.remaining)
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
-    ds = ds.map_batches(DecodeShard(source.description(), kinds, config.non_square, config.max_pixels),
+    shards = [{"start": start, "stop": stop} for start, stop in work.remaining]
+    ds = ray.data.from_items(shards, override_num_blocks=len(shards))
+    listing = ray.put(source.listing.select(["image_id", "uri", "skip"]))  # once, shared by every decode task
+    ds = ds.map_batches(DecodeShard(source.description(), listing, kinds, config.non_square, config.max_pixels),
                         batch_size=1, num_cpus=plan.decode_cpus,
                         compute=ray.data.TaskPoolStrategy(size=plan.decode_concurrency))
     for pool in plan.pools:

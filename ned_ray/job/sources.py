@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from PIL import features
 
@@ -95,16 +97,6 @@ class ImageSource:
         """A copy without the per-image listing: what a decode task needs besides its shard item."""
         return replace(self, listing=self.listing.slice(0, 0), duplicates=[])
 
-    def shard_items(self, ranges: list[tuple[int, int]]) -> list[dict[str, Any]]:
-        """One item per [start, stop) range, carrying its own ids, URIs and skip reasons."""
-        items = []
-        for start, stop in ranges:
-            rows = self.listing.slice(start, stop - start)
-            items.append({"start": start, "stop": stop, "ids": rows.column("image_id").to_pylist(),
-                          "uris": rows.column("uri").to_pylist() if self.kind == "files" else [],
-                          "skip": rows.column("skip").to_pylist()})
-        return items
-
     def read(self, start: int, stop: int, uris: list[str] | None = None,
              skip: list[str] | None = None) -> list[bytes | np.ndarray | Skipped | Exception]:
         """Raw items of images [start, stop); ``uris``/``skip`` are theirs when the listing is not held."""
@@ -154,6 +146,61 @@ def _read_files(uris: list[str], storage_options: dict[str, Any]) -> list[bytes 
             data = [exc] * len(wanted)
         found.update(zip(wanted, data))
     return [found[u] for u in uris]
+
+
+def _read_list(fh, root: str) -> tuple[pa.StringArray, list[dict[str, Any]]]:
+    """A .txt list's URIs, absolute (relative entries joined to ``root``), sorted, each once; and the
+    URIs named more than once with their line numbers. Read and sorted in Arrow: no Python object
+    per line, so a list of millions of entries costs a few hundred bytes per entry at peak."""
+    if not fh.read(1):
+        return pa.array([], pa.string()), []
+    fh.seek(0)
+    table = pacsv.read_csv(fh, read_options=pacsv.ReadOptions(column_names=["line"]),
+                           parse_options=pacsv.ParseOptions(delimiter="\x1f", quote_char=False, ignore_empty_lines=False),
+                           convert_options=pacsv.ConvertOptions(column_types={"line": pa.string()},
+                                                                strings_can_be_null=False))
+    lines = pc.utf8_trim_whitespace(table.column("line").combine_chunks())
+    numbers = pa.array(np.arange(1, len(lines) + 1, dtype=np.int64))
+    keep = pc.and_(pc.not_equal(lines, ""), pc.invert(pc.starts_with(lines, "#")))
+    lines, numbers = lines.filter(keep), numbers.filter(keep)
+    absolute = pc.or_(pc.match_substring(lines, "://"), pc.starts_with(lines, "/"))
+    uris = pc.if_else(absolute, lines, pc.binary_join_element_wise(root.rstrip("/"), lines, "/"))
+    order = pc.sort_indices(uris)  # stable: a URI's first line comes first
+    uris, numbers = uris.take(order), numbers.take(order)
+    first = np.ones(len(uris), bool)
+    if len(uris) > 1:
+        first[1:] = pc.not_equal(uris.slice(1), uris.slice(0, len(uris) - 1)).to_numpy(zero_copy_only=False)
+    duplicates: list[dict[str, Any]] = []
+    if not first.all():  # only the repeated URIs become Python objects
+        starts = np.flatnonzero(first)
+        ends = np.append(starts[1:], len(uris))
+        for start, end in zip(starts[ends - starts > 1], ends[ends - starts > 1]):
+            duplicates.append({"uri": uris[int(start)].as_py(), "lines": numbers.slice(start, end - start).to_pylist()})
+    return uris.filter(pa.array(first)), duplicates
+
+
+def _relative_ids(uris: pa.StringArray, root: str) -> pa.StringArray:
+    """Each URI relative to ``root`` where it lies under it, else the URI itself (vectorised _relative)."""
+    prefix = root.rstrip("/") + "/"
+    under = pc.starts_with(uris, prefix)
+    return pc.if_else(under, pc.utf8_slice_codeunits(uris, len(prefix)), uris)
+
+
+def _local_identities(uris: pa.StringArray, chunk: int = 65_536) -> tuple[pa.Array, pa.Array]:
+    """Size and mtime of local entries (cheap: one stat each, by chunks); remote ones get none (-1, "")
+    without a request per file."""
+    sizes = np.full(len(uris), -1, np.int64)
+    versions: list[str] = [""] * len(uris)
+    local = np.flatnonzero(~pc.match_substring(uris, "://").to_numpy(zero_copy_only=False))
+    for begin in range(0, len(local), chunk):
+        rows = local[begin:begin + chunk]
+        for row, u in zip(rows, uris.take(pa.array(rows)).to_pylist()):
+            try:
+                st = os.stat(u)
+            except OSError:
+                continue
+            sizes[row], versions[row] = st.st_size, str(st.st_mtime_ns)
+    return pa.array(sizes), pa.array(versions, pa.string())
 
 
 def _relative(uri: str, root: str) -> str:
@@ -272,36 +319,18 @@ def open_source(uri: str, storage_options: dict[str, Any] | None = None) -> Imag
 
     if lower.endswith((".txt", ".lst")) and not literal_dir:
         root = posixpath.dirname(uri if protocol else path)  # local: absolute, so workers anywhere read it
-        with fs.open(path, "rt") as fh:
-            lines = [(i + 1, line.strip()) for i, line in enumerate(fh)]
-        listed = [(n, u if "://" in u or u.startswith("/") else posixpath.join(root, u))
-                  for n, u in lines if u and not u.startswith("#")]
-        if not listed:
-            raise NoImagesError(f"no images found: '{uri}' lists no image URIs")
-        first_line: dict[str, int] = {}
-        duplicates: dict[str, list[int]] = {}
-        for n, u in listed:
-            if u in first_line:
-                duplicates.setdefault(u, [first_line[u]]).append(n)
-            else:
-                first_line[u] = n
-        uris = sorted(first_line)
-        sizes, versions = [], []
-        for u in uris:  # local entries: size and mtime (cheap); remote ones: none without a request per file
-            if "://" in u:
-                sizes.append(-1)
-                versions.append("")
-                continue
+        with fs.open(path, "rb") as fh:
             try:
-                st = os.stat(u)
-                sizes.append(int(st.st_size))
-                versions.append(str(st.st_mtime_ns))
-            except OSError:
-                sizes.append(-1)
-                versions.append("")
-        listing = _table([_relative(u, root) for u in uris], uris, sizes, versions, [""] * len(uris))
-        return ImageSource(uri, "files", listing, storage_options,
-                           duplicates=[{"uri": u, "lines": ns} for u, ns in sorted(duplicates.items())])
+                uris, duplicates = _read_list(fh, root)
+            except pa.ArrowInvalid as exc:
+                raise NoImagesError(f"'{uri}' is not a list of image URIs (one per line, UTF-8 text): "
+                                    f"{str(exc).splitlines()[0]}") from None
+        if len(uris) == 0:
+            raise NoImagesError(f"no images found: '{uri}' lists no image URIs")
+        sizes, versions = _local_identities(uris)
+        listing = pa.table([_relative_ids(uris, root), uris, sizes, versions, pa.repeat(pa.scalar("", pa.string()), len(uris))],
+                           schema=LISTING_SCHEMA)
+        return ImageSource(uri, "files", listing, storage_options, duplicates=duplicates)
 
     if literal_dir:
         entries = _list_folder(fs, path)

@@ -109,3 +109,34 @@ def test_a_missing_output_bucket_is_one_line_and_creates_nothing(scheme, request
     assert cli_main([*args, "--create-output-bucket"]) == 0  # asked for: the bucket is made and the job runs
     fs.invalidate_cache()
     assert fs.exists(f"{bucket}/out/_manifest.json")
+
+
+def test_a_changed_listing_on_s3_is_appended_or_refused(ray_cluster, s3_server, demo_dir, png_folder):
+    """Added objects are encoded alone; a modified (new ETag) or removed object is refused in one line;
+    --overwrite starts over. Listings are taken fresh from the store each run (no fsspec cache)."""
+    from ned_ray.job.commit import ListingChangedError
+
+    fs, root = filesystem("s3://ned-ray-listing", s3_server)
+    fs.mkdir(root)
+    pngs = sorted(png_folder.glob("*.png"))
+    for path in pngs[:6]:
+        fs.pipe_file(f"{root}/in/{path.name}", path.read_bytes())
+    config = EncodeConfig(ned_dir=str(demo_dir), images="s3://ned-ray-listing/in", models="fmri/nsd/fwrf/sub-01/V1",
+                          output="s3://ned-ray-listing/out", device="cpu", shard_size=4, storage_options=s3_server)
+    assert run_encode(config)["run"]["encoded_images"] == 6
+    for path in pngs[6:8]:
+        fs.pipe_file(f"{root}/in/{path.name}", path.read_bytes())
+    summary = run_encode(config)
+    assert summary["run"]["encoded_images"] == 2 and summary["run"]["skipped_images"] == 6
+    out = open_output(config.output, s3_server)
+    index, _ = out.responses("fmri/nsd/fwrf/sub-01/V1")
+    assert index.tolist() == list(range(8)) and out.images().num_rows == 8
+    fs.pipe_file(f"{root}/in/{pngs[2].name}", pngs[9].read_bytes())  # same name, other bytes
+    with pytest.raises(ListingChangedError, match=f"1 modified .e.g. {pngs[2].name}"):
+        run_encode(config)
+    fs.rm(f"{root}/in/{pngs[3].name}")
+    with pytest.raises(ListingChangedError, match=f"1 removed .e.g. {pngs[3].name}"):
+        run_encode(config)
+    assert open_output(config.output, s3_server).images().num_rows == 8  # untouched by the refusals
+    summary = run_encode(EncodeConfig(**{**config.__dict__, "overwrite": True}))
+    assert summary["run"]["encoded_images"] == 7 and open_output(config.output, s3_server).images().num_rows == 7

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from ned_ray.cli import main as cli_main
-from ned_ray.job.commit import LEASE, Lease, LeaseHeldError, Ledger, ListingChangedError
+from ned_ray.job.commit import LEASE, Lease, LeaseHeldError, Ledger, ListingChangedError, listing_fingerprint
 from ned_ray.job.config import EncodeConfig
 from ned_ray.job.pipeline import run_encode
 from ned_ray.output import open_output
@@ -130,6 +130,22 @@ def test_a_live_lease_refuses_a_second_job_and_overwrite(ray_cluster, demo_dir, 
     assert cli_main(args + ["--overwrite"]) == 0
 
 
+def test_the_fingerprint_sees_ids_sizes_versions_and_order_but_not_chunking(tmp_path):
+    from ned_ray.job.sources import open_source
+
+    for i in range(5):
+        _png(tmp_path / "in" / f"a{i}.png", i)
+    listing = open_source(str(tmp_path / "in")).listing
+    fingerprint = listing_fingerprint(listing)
+    assert listing_fingerprint(listing, chunk_rows=2) == fingerprint  # chunks bound memory, not the value
+    assert listing_fingerprint(listing.take([1, 0, 2, 3, 4])) != fingerprint
+    for column in ("image_id", "bytes", "version"):
+        changed = listing.column(column).to_pylist()
+        changed[3] = changed[3] + (1 if column == "bytes" else "x")
+        index = listing.schema.get_field_index(column)
+        assert listing_fingerprint(listing.set_column(index, column, [changed])) != fingerprint, column
+
+
 def test_two_concurrent_leases_on_one_output(tmp_path):
     """Exclusive create: of two jobs starting together, exactly one gets the lease."""
     fs, root = filesystem(str(tmp_path / "out"))
@@ -174,7 +190,7 @@ def test_damaged_parts_are_encoded_again(ray_cluster, demo_dir, tmp_path, capsys
     assert cli_main(args) == 0
     captured = capsys.readouterr()
     assert "1 committed piece(s)" in captured.err and "encoding them again" in captured.err
-    assert "this run encoded 4 images (skipped 4" in captured.out
+    assert "this run encoded 4 images (4 were already committed" in captured.out
     after = _by_id(config.output)
     assert _same(after, before)
     assert not Ledger.read(*filesystem(str(out))).damaged(*filesystem(str(out)))

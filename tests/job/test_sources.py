@@ -86,8 +86,6 @@ def test_glob_and_list_file(folder, tmp_path):
     assert source.ids == ["imgs/a/1.jpg", "imgs/b/2.png", "imgs/c.bmp"]  # relative to the list's folder
     assert source.uris == [str(tmp_path / "imgs" / r) for r in ("a/1.jpg", "b/2.png", "c.bmp")]
     assert source.duplicates == [{"uri": str(tmp_path / "imgs" / "b" / "2.png"), "lines": [2, 6]}]  # reported
-    items = source.shard_items([(0, 2), (2, 3)])
-    assert [len(i["ids"]) for i in items] == [2, 1] and items[1]["uris"] == source.uris[2:]
     missing = source.description().read(0, 1, [str(tmp_path / "gone.png")], [""])
     assert isinstance(missing[0], Exception)
 
@@ -140,6 +138,7 @@ def test_a_shard_of_a_parquet_input_reads_only_its_row_groups(tmp_path, monkeypa
      "duplicate ids"),
     (lambda p: (p / "l.txt").write_text("\n# only comments\n") and p / "l.txt", "lists no image URIs"),
     (lambda p: (p / "e.txt").write_text("") or p / "e.txt", "lists no image URIs"),
+    (lambda p: (p / "b.txt").write_bytes(b"a.png\n\xff\xfe.png\n") and p / "b.txt", "not a list of image URIs .*UTF8"),
 ])
 def test_bad_and_empty_inputs_say_what_is_wrong(tmp_path, make, message):
     with pytest.raises(NoImagesError, match=message):
