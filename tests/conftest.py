@@ -51,6 +51,31 @@ def fixture_images(fixtures: Path) -> dict[str, np.ndarray]:
     return {name: np.load(fixtures / f"{name}.npy") for name in FIXTURE_IMAGES}
 
 
+BERG_FIXTURES = Path(os.environ.get("BERG_FIXTURES", REPO.parent / "shared" / "berg-fixtures"))
+
+
+@pytest.fixture(scope="session")
+def berg_fixtures() -> Path:
+    if not (BERG_FIXTURES / "weights_spec.json").exists():
+        pytest.fail(f"BERG parity fixtures not found at {BERG_FIXTURES}: clone the project with ../shared beside it "
+                    "or set BERG_FIXTURES")
+    return BERG_FIXTURES
+
+
+@pytest.fixture(scope="session")
+def berg_dir(tmp_path_factory: pytest.TempPathFactory, berg_fixtures: Path) -> Path:
+    """The fixtures' BERG directory with the weight files of the fMRI, MEG and Utah-array models
+    rebuilt by their own script (about 180 MB; the 1.9 GB EEG file is left out)."""
+    import shutil
+
+    target = tmp_path_factory.mktemp("berg") / "berg_dir"
+    shutil.copytree(berg_fixtures / "berg_dir", target)
+    for family in ("modality-fmri", "modality-meg", "modality-utah_array"):
+        subprocess.run([sys.executable, str(berg_fixtures / "make_berg_weights.py"), str(target), "--spec",
+                        str(berg_fixtures / "weights_spec.json"), "--only", family], check=True, capture_output=True)
+    return target
+
+
 @pytest.fixture(scope="session")
 def torch_home(tmp_path_factory: pytest.TempPathFactory, fixtures: Path) -> Path:
     """A TORCH_HOME whose hub cache holds the fixtures' ViT-B/32 weights (made by their script)."""

@@ -1,0 +1,332 @@
+"""BERG's ViT-B/32 image models as heads on one feature vector (berg-spec §2-§8, §13).
+
+Every family (EEG in BERG's per-subject format, fsaverage fMRI, THINGS-fMRI, THINGS-MEG, TVSD Utah
+arrays) maps the same 460,800 ViT block features through its own scaler -> PCA(s) -> linear
+regression(s); only the files differ. Here a model is a :class:`Head`: its scaler and PCAs, and its
+regressions with the output rows its selection keeps (gathered at load, in BERG's order and with
+BERG's duplicate rules). A :class:`HeadStack` hosts any number of heads: it folds each scaler into
+its PCA (``W = C / scale``, ``b = (mean / scale) C^T + pca_mean C^T``, in float64, kept in float32),
+concatenates the folded components of every head, and so costs **one matrix product on the
+features for all heads**, then one product per regression on its slice of the codes.
+
+BERG computes the PCA in float32 and the regression in the file's dtype, casting to float32; the
+fold differs from that by float32 rounding only (checked against BERG's outputs in the tests).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["FAMILIES", "Head", "Readout", "HeadStack", "read_head", "SelectionError"]
+
+
+class SelectionError(ValueError):
+    """A selection BERG would refuse (or silently misread): names the key, the value and the valid ones."""
+
+
+@dataclass(frozen=True)
+class Readout:
+    """One regression: ``code[pca] @ coef.T + intercept``, its rows already selected; its outputs go
+    to ``part`` (concatenated with the other readouts of that part, in order)."""
+
+    pca: int
+    coef: np.ndarray  # (n, k)
+    intercept: np.ndarray  # (n,)
+    part: str = ""
+
+
+@dataclass
+class Head:
+    """One model's weights: scaler, PCAs, readouts, and the per-image shape of each output part."""
+
+    name: str
+    mean: np.ndarray  # (F,)
+    scale: np.ndarray  # (F,)
+    pcas: list[tuple[np.ndarray, np.ndarray]]  # (components (k, F), mean (F,)) each
+    readouts: list[Readout]
+    parts: dict[str, tuple[int, ...]]  # "" for a single output; "lh"/"rh" for fsaverage
+    selection: dict[str, Any] = field(default_factory=dict)  # what was kept, for metadata
+
+    @property
+    def k(self) -> int:
+        return sum(c.shape[0] for c, _ in self.pcas)
+
+
+# -- reading BERG's files --------------------------------------------------------------------------
+def _get(mapping: Any, key: str, where: str) -> Any:
+    """``mapping[key]`` for dicts and for pickled sklearn objects (attributes), or one clear error."""
+    if hasattr(mapping, "keys") and key in mapping.keys():
+        return mapping[key]
+    raise ValueError(f"{where}: '{key}' missing (found {sorted(map(str, mapping.keys())) if hasattr(mapping, 'keys') else type(mapping).__name__})")
+
+
+def _pca(params: Any, where: str) -> tuple[np.ndarray, np.ndarray]:
+    components = np.asarray(_get(params, "components_", where))
+    mean = np.asarray(_get(params, "mean_", where))
+    if components.ndim != 2 or mean.shape != (components.shape[1],):
+        raise ValueError(f"{where}: PCA components_ {components.shape} and mean_ {mean.shape} do not fit")
+    return components, mean
+
+
+def _regression(params: Any, where: str) -> tuple[np.ndarray, np.ndarray]:
+    coef, intercept = np.asarray(_get(params, "coef_", where)), np.asarray(_get(params, "intercept_", where))
+    if coef.ndim != 2 or intercept.shape != (coef.shape[0],):
+        raise ValueError(f"{where}: coef_ {coef.shape} and intercept_ {intercept.shape} do not fit")
+    return coef, intercept
+
+
+def _binary(value: Any, name: str, length: int) -> np.ndarray:
+    """A 0/1 mask of ``length`` (BERG's checks, with its messages), as sorted indexes."""
+    if not isinstance(value, (list, tuple, np.ndarray)):
+        raise SelectionError(f"{name} must be a list or numpy array, got {type(value).__name__}")
+    mask = np.asarray(value)
+    if mask.shape != (length,):
+        raise SelectionError(f"{name} must have exactly {length} elements, got {mask.size}")
+    if not np.isin(mask, [0, 1]).all():
+        raise SelectionError(f"{name} must be binary (contain only 0s and 1s)")
+    if not mask.any():
+        raise SelectionError(f"At least one element in {name} must be selected (contain at least one 1)")
+    return np.flatnonzero(mask)
+
+
+def _names(value: Any, what: str, valid: Sequence[str]) -> list[str]:
+    """A list of names, each valid (BERG: 'must be provided as a list', 'Invalid ...')."""
+    if not isinstance(value, (list, tuple)):
+        raise SelectionError(f"{what} must be provided as a list, got {type(value).__name__}")
+    bad = [v for v in value if v not in valid]
+    if bad:
+        raise SelectionError(f"Invalid {what}(s): {bad}. Valid {what}s are: {list(valid)}")
+    return list(value)
+
+
+def _check_keys(selection: Mapping[str, Any], valid: Sequence[str]) -> None:
+    for key in selection:
+        if key not in valid:
+            raise SelectionError(f"Invalid selection key: '{key}'. Valid keys are: {sorted(valid)}")
+
+
+def _unit_time_rows(units: np.ndarray, times: np.ndarray, n_times: int) -> np.ndarray:
+    """Rows ``unit * n_times + t`` for every unit, then every time (row-major (unit, time))."""
+    return (units[:, None] * n_times + times[None, :]).ravel()
+
+
+def _one_readout(name: str, weights: Any, regression: tuple[np.ndarray, np.ndarray], rows: np.ndarray,
+                 shape: tuple[int, ...], kept: dict[str, Any], where: str) -> Head:
+    """A head with one PCA and one regression (THINGS-fMRI, MEG, TVSD), on the selected ``rows``."""
+    coef, intercept = regression
+    scaler = _get(weights, "scaler_param", where)
+    return Head(name, np.asarray(scaler["mean_"]), np.asarray(scaler["scale_"]),
+                [_pca(_get(weights, "pca_param", where), where)], [Readout(0, coef[rows], intercept[rows])],
+                {"": shape}, kept)
+
+
+def _eeg(weights: Any, meta: Any, selection: Mapping[str, Any], where: str) -> Head:
+    """§4: a scaler, one PCA and one regression per repetition; rows ch*T + t."""
+    ch_names = [str(c) for c in _get(_get(meta, "eeg", where), "ch_names", where)]
+    n_t = len(_get(_get(meta, "eeg", where), "times", where))
+    _check_keys(selection, ("channels", "timepoints"))
+    channels = selection.get("channels")
+    if channels is None:
+        ch = np.arange(len(ch_names))
+    else:
+        if not isinstance(channels, (list, tuple)):
+            raise SelectionError(f"channels parameter must be a list, got {type(channels).__name__}")
+        bad = [c for c in channels if c not in ch_names]
+        if bad:
+            raise SelectionError(f"Invalid channel(s): {bad}. Valid channels are: {ch_names}")
+        ch = np.array([ch_names.index(c) for c in channels], np.int64)  # the user's order, duplicates kept
+    t = _binary(selection["timepoints"], "timepoints", n_t) if "timepoints" in selection else np.arange(n_t)
+    rows = _unit_time_rows(ch, t, n_t)
+    scaler = _get(weights, "scaler_param", where)
+    pca_param, reg_param = _get(weights, "pca_param", where), _get(weights, "reg_param", where)
+    reps = sorted(reg_param.keys(), key=lambda k: int(str(k).split("-")[-1]))
+    pcas = [_pca(_get(pca_param, r, where), f"{where} [pca {r}]") for r in reps]
+    readouts = []
+    for i, r in enumerate(reps):
+        coef, intercept = _regression(reg_param[r], f"{where} [reg {r}]")
+        readouts.append(Readout(i, coef[rows], intercept[rows]))
+    return Head("eeg", np.asarray(scaler["mean_"]), np.asarray(scaler["scale_"]), pcas, readouts,
+                {"": (len(reps), len(ch), len(t))},
+                {"channels": [ch_names[i] for i in ch], "timepoints": t})
+
+
+FSAVERAGE_ROIS = ("V1d V1v V2d V2v V3d V3v hV4 OFA FFA-1 FFA-2 mTL-faces aTL-faces OVWFA VWFA-1 VWFA-2 mfs-words "
+                  "mTL-words OPA PPA RSC EBA FBA-1 FBA-2 mTL-bodies early midventral midlateral midparietal "
+                  "parietal lateral ventral").split()
+
+
+def _fsaverage(weights: Any, meta: Any, selection: Mapping[str, Any], where: str) -> Head:
+    """§5: one PCA, two regressions (lh, rh). ``roi`` (a str) wins over ``lh_vertices``/``rh_vertices``."""
+    _check_keys(selection, ("roi", "lh_vertices", "rh_vertices"))
+    fmri = _get(meta, "fmri", where)
+    coefs = {h: _regression(_get(weights, f"{h}_reg_param", where), f"{where} [{h}]") for h in ("lh", "rh")}
+    rows: dict[str, np.ndarray] = {}
+    if "roi" in selection:
+        roi = selection["roi"]
+        if not isinstance(roi, str):
+            raise SelectionError(f"ROI parameter must be a string, got {type(roi).__name__}")
+        if roi not in FSAVERAGE_ROIS:
+            raise SelectionError(f"Invalid ROI: '{roi}'. Valid ROIs are: {FSAVERAGE_ROIS}")
+        for h in ("lh", "rh"):
+            rows[h] = np.asarray(_get(fmri, f"{h}_fsaverage_rois", where)[roi], np.int64)
+    else:
+        for h in ("lh", "rh"):
+            n = coefs[h][0].shape[0]
+            key = f"{h}_vertices"
+            rows[h] = _binary(selection[key], key, n) if key in selection else np.arange(n)
+    scaler = _get(weights, "scaler_param", where)
+    readouts = [Readout(0, coefs[h][0][rows[h]], coefs[h][1][rows[h]], h) for h in ("lh", "rh")]
+    return Head("fsaverage", np.asarray(scaler["mean_"]), np.asarray(scaler["scale_"]),
+                [_pca(_get(weights, "pca_param", where), where)], readouts,
+                {h: (len(rows[h]),) for h in ("lh", "rh")}, {f"{h}_vertices": rows[h] for h in ("lh", "rh")})
+
+
+def _things_fmri(weights: Any, meta: Any, selection: Mapping[str, Any], where: str) -> Head:
+    """§6: ROI voxels concatenated in the order given (duplicates kept), then the mask's; none = all."""
+    _check_keys(selection, ("roi", "voxel_index"))
+    coef, intercept = _regression(_get(weights, "reg_param", where), where)
+    rois = _get(meta, "roi", where)
+    parts = []
+    if "roi" in selection:
+        parts += [np.asarray(rois[r], np.int64) for r in _names(selection["roi"], "ROI", list(rois.keys()))]
+    if "voxel_index" in selection:
+        parts.append(_binary(selection["voxel_index"], "voxel_index", coef.shape[0]))
+    rows = np.concatenate(parts) if parts else np.empty(0, np.int64)
+    if len(rows) == 0:
+        rows = np.arange(coef.shape[0])  # BERG: an empty selection means every voxel
+    return _one_readout("things_fmri", weights, (coef, intercept), rows, (len(rows),), {"voxels": rows}, where)
+
+
+MEG_REGIONS = ("Central", "Frontal", "Occipital", "Parietal", "Temporal")
+MEG_PREFIXES = tuple("MLC MLF MLO MLP MLT MRC MRF MRO MRP MRT MZC MZF MZO MZP".split())
+
+
+def _meg(weights: Any, meta: Any, selection: Mapping[str, Any], where: str) -> Head:
+    """§7: sensors = sorted union of region, prefix and mask (none = all); rows sensor*T + t."""
+    _check_keys(selection, ("region", "sensors", "sensor_index", "timepoints"))
+    sensors_meta = _get(meta, "sensors", where)
+    n_t = len(_get(_get(meta, "meg", where), "times", where))
+    regions = np.asarray(sensors_meta["sensor_regions"]).astype(str)
+    prefixes = np.asarray(sensors_meta["sensor_prefixes"]).astype(str)
+    chosen = np.zeros(len(regions), bool)
+    if "region" in selection:
+        chosen |= np.isin(regions, _names(selection["region"], "region", MEG_REGIONS))
+    if "sensors" in selection:
+        chosen |= np.isin(prefixes, _names(selection["sensors"], "sensor prefix", MEG_PREFIXES))
+    if "sensor_index" in selection:
+        chosen[_binary(selection["sensor_index"], "sensor_index", len(regions))] = True
+    sensors = np.flatnonzero(chosen) if chosen.any() else np.arange(len(regions))
+    t = _binary(selection["timepoints"], "timepoints", n_t) if "timepoints" in selection else np.arange(n_t)
+    return _one_readout("meg", weights, _regression(_get(weights, "reg_param", where), where),
+                        _unit_time_rows(sensors, t, n_t), (len(sensors), len(t)), {"sensors": sensors, "timepoints": t},
+                        where)
+
+
+def _tvsd(weights: Any, meta: Any, selection: Mapping[str, Any], where: str) -> Head:
+    """§8: electrodes = sorted union of ROIs and mask (an empty ROI gives none); rows electrode*T + t."""
+    _check_keys(selection, ("roi", "electrodes", "timepoints"))
+    roi_meta = _get(meta, "roi", where)
+    assignments = np.asarray(roi_meta["roi_assignments"])
+    labels = [str(x) for x in roi_meta["roi_labels"]]
+    n_t = len(_get(_get(meta, "utah-array", where), "times", where))
+    if "roi" in selection or "electrodes" in selection:
+        chosen = np.zeros(len(assignments), bool)
+        if "roi" in selection:
+            codes = [labels.index(r) for r in _names(selection["roi"], "ROI", labels)]
+            chosen |= np.isin(assignments, codes)
+        if "electrodes" in selection:
+            chosen[_binary(selection["electrodes"], "electrodes", len(assignments))] = True
+        electrodes = np.flatnonzero(chosen)
+    else:
+        electrodes = np.arange(len(assignments))
+    t = _binary(selection["timepoints"], "timepoints", n_t) if "timepoints" in selection else np.arange(n_t)
+    return _one_readout("tvsd", weights, _regression(_get(weights, "reg_param", where), where),
+                        _unit_time_rows(electrodes, t, n_t), (len(electrodes), len(t)),
+                        {"electrodes": electrodes, "timepoints": t}, where)
+
+
+FAMILIES = {"eeg": _eeg, "fsaverage": _fsaverage, "things_fmri": _things_fmri, "meg": _meg, "tvsd": _tvsd}
+
+
+def read_head(family: str, weights: Any, metadata: Any, selection: Mapping[str, Any] | None = None,
+              where: str = "<weights>") -> Head:
+    """A :class:`Head` from a BERG weight dict and its metadata dict, rows selected as BERG does."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown BERG model family '{family}'; valid: {', '.join(FAMILIES)}")
+    if not hasattr(weights, "keys"):
+        raise ValueError(f"{where}: expected a dict of scaler_param, pca_param and regression(s), got "
+                         f"{type(weights).__name__}")
+    head = FAMILIES[family](weights, metadata, dict(selection or {}), where)
+    n_features = len(head.mean)
+    for components, _ in head.pcas:
+        if components.shape[1] != n_features or len(head.scale) != n_features:
+            raise ValueError(f"{where}: scaler ({n_features} features) and PCA components_ {components.shape} disagree")
+    for readout in head.readouts:
+        if readout.coef.shape[1] != head.pcas[readout.pca][0].shape[0]:
+            raise ValueError(f"{where}: coef_ has {readout.coef.shape[1]} columns for a PCA of "
+                             f"{head.pcas[readout.pca][0].shape[0]} components")
+    return head
+
+
+# -- computing them together -----------------------------------------------------------------------
+def _fold(head: Head, rows: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """(F, k) float32 folded components and (k,) float32 offset of a head, folded in float64 by
+    blocks of ``rows`` components (never a float64 copy of a whole PCA)."""
+    mean = torch.as_tensor(head.mean, dtype=torch.float64)
+    scale = torch.as_tensor(head.scale, dtype=torch.float64)
+    weight = torch.empty(len(mean), head.k, dtype=torch.float32)
+    offset = torch.empty(head.k, dtype=torch.float64)
+    start = 0
+    for components, pca_mean in head.pcas:
+        pca_mean = torch.as_tensor(pca_mean, dtype=torch.float64)
+        for r in range(0, components.shape[0], rows):
+            block = torch.as_tensor(np.asarray(components[r:r + rows]), dtype=torch.float64)
+            weight[:, start + r:start + r + len(block)] = (block / scale).T.to(torch.float32)
+            offset[start + r:start + r + len(block)] = block @ (mean / scale) + block @ pca_mean
+        start += components.shape[0]
+    return weight, offset.to(torch.float32)
+
+
+class HeadStack(nn.Module):
+    """Heads sharing one feature vector: features (B, F) -> {head name: {part: (B, *shape)}}.
+
+    One float32 product projects the features through every head's folded PCA(s); each readout is
+    then one float32 product on its code slice, onto only the rows its selection kept."""
+
+    def __init__(self, heads: Mapping[str, Head]) -> None:
+        super().__init__()
+        folded = [_fold(h) for h in heads.values()]
+        self.register_buffer("weight", torch.cat([w for w, _ in folded], dim=1))  # (F, K)
+        self.register_buffer("offset", torch.cat([b for _, b in folded]))
+        self.parts = {name: dict(h.parts) for name, h in heads.items()}
+        self.slots: list[tuple[str, str, slice]] = []  # (head, part, code slice) per readout
+        coefs, biases = [], []
+        start = 0
+        for name, head in heads.items():
+            pca_starts = np.cumsum([0] + [c.shape[0] for c, _ in head.pcas])
+            for readout in head.readouts:
+                code = slice(start + int(pca_starts[readout.pca]), start + int(pca_starts[readout.pca + 1]))
+                self.slots.append((name, readout.part, code))
+                coefs.append(torch.as_tensor(readout.coef.T, dtype=torch.float32).contiguous())  # (k, n)
+                biases.append(torch.as_tensor(readout.intercept, dtype=torch.float32))
+            start += head.k
+        self.coefs = nn.ParameterList([nn.Parameter(c, requires_grad=False) for c in coefs])
+        self.biases = nn.ParameterList([nn.Parameter(b, requires_grad=False) for b in biases])
+
+    @torch.inference_mode()
+    def forward(self, features: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
+        with torch.autocast(features.device.type, enabled=False):
+            codes = features.to(torch.float32) @ self.weight - self.offset
+            pieces: dict[tuple[str, str], list[torch.Tensor]] = {}
+            for (name, part, code), coef, bias in zip(self.slots, self.coefs, self.biases):
+                pieces.setdefault((name, part), []).append(torch.addmm(bias, codes[:, code], coef))
+        out: dict[str, dict[str, torch.Tensor]] = {}
+        for (name, part), values in pieces.items():
+            flat = torch.cat(values, dim=1) if len(values) > 1 else values[0]
+            out.setdefault(name, {})[part] = flat.view(features.shape[0], *self.parts[name][part])
+        return out
