@@ -1,4 +1,4 @@
-"""Shared fixtures: NED's parity fixtures (../shared/ned-fixtures), their ViT weights, demo models.
+"""Shared fixtures: NED's and BERG's parity fixtures (../shared), their ViT weights, demo models.
 
 The parity fixtures are required: CI provides ../shared beside the clone. If they are missing the
 tests that need them fail with a message saying where they were looked for (never a silent skip).
@@ -74,6 +74,16 @@ def berg_dir(tmp_path_factory: pytest.TempPathFactory, berg_fixtures: Path) -> P
         subprocess.run([sys.executable, str(berg_fixtures / "make_berg_weights.py"), str(target), "--spec",
                         str(berg_fixtures / "weights_spec.json"), "--only", family], check=True, capture_output=True)
     return target
+
+
+@pytest.fixture(scope="session")
+def berg_eeg_file(berg_dir: Path, berg_fixtures: Path) -> Path:
+    """BERG's EEG weight file for subject 1 (1.9 GB: 4 pickled scikit-learn PCAs of 250 x 460,800),
+    rebuilt by the fixtures' script (needs scikit-learn, a test dependency for this only)."""
+    subprocess.run([sys.executable, str(berg_fixtures / "make_berg_weights.py"), str(berg_dir), "--spec",
+                    str(berg_fixtures / "weights_spec.json"), "--only", "modality-eeg"], check=True, capture_output=True)
+    return berg_dir / ("encoding_models/modality-eeg/train_dataset-things_eeg_2/model-vit_b_32/encoding_models_weights/"
+                       "weights_subject-01.npy")
 
 
 @pytest.fixture(scope="session")

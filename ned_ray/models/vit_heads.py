@@ -274,20 +274,20 @@ def read_head(family: str, weights: Any, metadata: Any, selection: Mapping[str, 
 
 
 # -- computing them together -----------------------------------------------------------------------
-def _fold(head: Head, rows: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """(F, k) float32 folded components and (k,) float32 offset of a head, folded in float64 by
+def _fold(head: Head, rows: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """(k, F) float32 folded components and (k,) float32 offset of a head, folded in float64 by
     blocks of ``rows`` components (never a float64 copy of a whole PCA)."""
     mean = torch.as_tensor(head.mean, dtype=torch.float64)
     scale = torch.as_tensor(head.scale, dtype=torch.float64)
-    weight = torch.empty(len(mean), head.k, dtype=torch.float32)
+    weight = torch.empty(head.k, len(mean), dtype=torch.float32)
     offset = torch.empty(head.k, dtype=torch.float64)
     start = 0
     for components, pca_mean in head.pcas:
-        pca_mean = torch.as_tensor(pca_mean, dtype=torch.float64)
+        shift = mean / scale + torch.as_tensor(pca_mean, dtype=torch.float64)
         for r in range(0, components.shape[0], rows):
             block = torch.as_tensor(np.asarray(components[r:r + rows]), dtype=torch.float64)
-            weight[:, start + r:start + r + len(block)] = (block / scale).T.to(torch.float32)
-            offset[start + r:start + r + len(block)] = block @ (mean / scale) + block @ pca_mean
+            weight[start + r:start + r + len(block)] = block / scale
+            offset[start + r:start + r + len(block)] = block @ shift
         start += components.shape[0]
     return weight, offset.to(torch.float32)
 
@@ -300,28 +300,34 @@ class HeadStack(nn.Module):
 
     def __init__(self, heads: Mapping[str, Head]) -> None:
         super().__init__()
-        folded = [_fold(h) for h in heads.values()]
-        self.register_buffer("weight", torch.cat([w for w, _ in folded], dim=1))  # (F, K)
-        self.register_buffer("offset", torch.cat([b for _, b in folded]))
+        # Heads read from the same file (say, two selections of one subject) share their projection:
+        # it is folded and computed once.
+        projections: dict[tuple[int, ...], int] = {}  # identity of (scaler, PCAs) -> first code column
+        folded = []
         self.parts = {name: dict(h.parts) for name, h in heads.items()}
         self.slots: list[tuple[str, str, slice]] = []  # (head, part, code slice) per readout
         coefs, biases = [], []
-        start = 0
+        width = 0
         for name, head in heads.items():
-            pca_starts = np.cumsum([0] + [c.shape[0] for c, _ in head.pcas])
+            key = (id(head.mean), id(head.scale), *(id(c) for c, _ in head.pcas))
+            if key not in projections:
+                projections[key] = width
+                folded.append(_fold(head))
+                width += head.k
+            pca_starts = projections[key] + np.cumsum([0] + [c.shape[0] for c, _ in head.pcas])
             for readout in head.readouts:
-                code = slice(start + int(pca_starts[readout.pca]), start + int(pca_starts[readout.pca + 1]))
-                self.slots.append((name, readout.part, code))
+                self.slots.append((name, readout.part, slice(int(pca_starts[readout.pca]), int(pca_starts[readout.pca + 1]))))
                 coefs.append(torch.as_tensor(readout.coef.T, dtype=torch.float32).contiguous())  # (k, n)
                 biases.append(torch.as_tensor(readout.intercept, dtype=torch.float32))
-            start += head.k
+        self.register_buffer("weight", torch.cat([w for w, _ in folded]))  # (K, F): every projection, stacked
+        self.register_buffer("offset", torch.cat([b for _, b in folded]))
         self.coefs = nn.ParameterList([nn.Parameter(c, requires_grad=False) for c in coefs])
         self.biases = nn.ParameterList([nn.Parameter(b, requires_grad=False) for b in biases])
 
     @torch.inference_mode()
     def forward(self, features: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
         with torch.autocast(features.device.type, enabled=False):
-            codes = features.to(torch.float32) @ self.weight - self.offset
+            codes = features.to(torch.float32) @ self.weight.T - self.offset
             pieces: dict[tuple[str, str], list[torch.Tensor]] = {}
             for (name, part, code), coef, bias in zip(self.slots, self.coefs, self.biases):
                 pieces.setdefault((name, part), []).append(torch.addmm(bias, codes[:, code], coef))

@@ -69,7 +69,9 @@ def test_every_fixture_case_from_one_stack(berg_dir, berg_fixtures, features):
     heads = {case: read_head(loaded[files][0], loaded[files][1], loaded[files][2], _selection(berg_fixtures, case), case)
              for case, (files, _) in CASES.items()}
     stack = HeadStack(heads)  # 9 heads of 4 families: one projection product for all
-    assert stack.weight.shape == (460_800, sum(h.k for h in heads.values()))
+    # one projection per weight file (selections of one file share theirs), every head in one product
+    one_per_file = ("fsavg_sub-01", "thfmri_sub-01", "meg_P1_full", "meg_P1_split2_sel", "tvsd_F")
+    assert stack.weight.shape == (sum(heads[case].k for case in one_per_file), 460_800)
     worst = 0.0
     for images in ("images", "images_small"):
         out = stack(features[images])
@@ -86,6 +88,25 @@ def test_every_fixture_case_from_one_stack(berg_dir, berg_fixtures, features):
                 assert deviation <= 1e-4, (case, part, deviation)
                 worst = max(worst, deviation)
     assert worst > 0  # a real comparison (not all zeros)
+
+
+@pytest.mark.slow
+def test_eeg_cases_with_four_pcas_read_through_the_restricted_unpickler(berg_eeg_file, berg_fixtures, features):
+    """BERG's per-subject EEG file (a PCA per repetition, pickled scikit-learn objects, read without
+    scikit-learn); the full model and a channel/time selection share one folded projection."""
+    weights = _load(berg_eeg_file)
+    meta = _load(berg_eeg_file.parents[1] / "metadata" / "metadata_subject-01.npy")
+    heads = {"eeg_sub-01": read_head("eeg", weights, meta, {}, berg_eeg_file.name),
+             "eeg_sub-01_sel": read_head("eeg", weights, meta, _selection(berg_fixtures, "eeg_sub-01_sel"), berg_eeg_file.name)}
+    del weights
+    stack = HeadStack(heads)
+    assert stack.weight.shape == (4 * 250, 460_800)  # folded once for both heads
+    for images, cases in (("images", ("eeg_sub-01", "eeg_sub-01_sel")), ("images_small", ("eeg_sub-01",))):
+        out = stack(features[images])
+        for case in cases:
+            want = np.load(berg_fixtures / "expected" / f"{case}__{images}.npy")
+            got = out[case][""].numpy()
+            assert got.shape == want.shape and float(np.abs(got - want).max() / want.std()) <= 1e-4, case
 
 
 def test_selections_equal_slicing_the_full_output(berg_dir, features):
