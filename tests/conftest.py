@@ -69,7 +69,10 @@ def berg_dir(tmp_path_factory: pytest.TempPathFactory, berg_fixtures: Path) -> P
     import shutil
 
     target = tmp_path_factory.mktemp("berg") / "berg_dir"
-    shutil.copytree(berg_fixtures / "berg_dir", target)
+    shutil.copytree(berg_fixtures / "berg_dir", target, copy_function=shutil.copyfile)
+    for folder in [target, *target.rglob("*")]:  # ../shared is read-only: its folders copy read-only too
+        if folder.is_dir():
+            folder.chmod(0o755)
     for family in ("modality-fmri", "modality-meg", "modality-utah_array"):
         subprocess.run([sys.executable, str(berg_fixtures / "make_berg_weights.py"), str(target), "--spec",
                         str(berg_fixtures / "weights_spec.json"), "--only", family], check=True, capture_output=True)

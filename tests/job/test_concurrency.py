@@ -79,6 +79,21 @@ def _lease(fs, out_root: str) -> dict:
     return json.loads(fs.cat_file(f"{out_root}/{LEASE}"))
 
 
+def _running_driver(ray_cluster, demo_dir, store, commits: int) -> subprocess.Popen:
+    """A driver started on the store's output, once it has committed ``commits`` pieces and still runs."""
+    images, out, options, fs = store
+    out_root = filesystem(out, options)[1]
+    driver = _driver(ray_cluster, demo_dir, images, out, options)
+    try:
+        _wait(lambda: len(_committed(fs, out_root)) >= commits or driver.poll() is not None, f"{commits} commit(s)")
+        assert driver.poll() is None, "the job finished before the test could act on it; use more images"
+    except BaseException:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+        raise
+    return driver
+
+
 def _config(demo_dir, images, out, options) -> EncodeConfig:
     return EncodeConfig(str(demo_dir), images, FMRI, out, device="cpu", shard_size=16, cpu_threads=1,
                         storage_options=options)
@@ -87,15 +102,11 @@ def _config(demo_dir, images, out, options) -> EncodeConfig:
 def test_sigkill_then_rerun_loses_and_duplicates_nothing(store, ray_cluster, demo_dir, tmp_path):
     images, out, options, fs = store
     out_root = filesystem(out, options)[1]
-    driver = _driver(ray_cluster, demo_dir, images, out, options)
+    driver = _running_driver(ray_cluster, demo_dir, store, commits=2)
     try:
-        _wait(lambda: len(_committed(fs, out_root)) >= 2 or driver.poll() is not None, "two commits")
-        assert driver.poll() is None, "the job finished before it could be killed; use more images"
         lease = _lease(fs, out_root)
-        os.killpg(driver.pid, signal.SIGKILL)
     finally:
-        if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
+        os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
     _wait(lambda: _ray_job_gone(lease), "the killed driver's Ray job and actors to be gone")
     assert not fs.exists(f"{out_root}/_manifest.json")
@@ -116,10 +127,8 @@ def test_sigkill_then_rerun_loses_and_duplicates_nothing(store, ray_cluster, dem
 def test_a_second_job_on_a_busy_output_is_refused_in_one_line(store, ray_cluster, demo_dir):
     images, out, options, fs = store
     out_root = filesystem(out, options)[1]
-    first = _driver(ray_cluster, demo_dir, images, out, options)
+    first = _running_driver(ray_cluster, demo_dir, store, commits=1)
     try:
-        _wait(lambda: len(_committed(fs, out_root)) >= 1 or first.poll() is not None, "the first job's first commit")
-        assert first.poll() is None, "the first job finished too early"
         for overwrite in (False, True):
             with pytest.raises(LeaseHeldError) as refused:
                 run_encode(EncodeConfig(**{**_config(demo_dir, images, out, options).__dict__, "overwrite": overwrite}))
