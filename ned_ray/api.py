@@ -123,8 +123,8 @@ class NED:
         if modality == "fmri":
             result.update(nnv={mid.subject: group.fmri[mid].n_voxels}, resize_px=227)
         else:
-            lay = group.eeg.layout
-            result.update(ch_names=list(lay.ch_names), times=np.asarray(lay.times))
+            eeg = self.directory.load_npy(self.directory.entry(mid).metadata)["eeg"]
+            result.update(ch_names=[str(c) for c in eeg["ch_names"]], times=np.asarray(eeg["times"]))
         return result
 
     def encode(self, encoding_model: dict, images: np.ndarray, return_metadata: bool = True,

@@ -1,8 +1,11 @@
-"""Model ids: ``fmri/nsd/fwrf/sub-01/V1`` and ``eeg/things_eeg_2/vit_b_32/sub-01``.
+"""Model ids: ``fmri/nsd/fwrf/sub-01/V1``, ``eeg/things_eeg_2/vit_b_32/sub-01``, and BERG's families.
 
-A :class:`ModelId` names one encoding model the way NED's ``get_encoding_model`` arguments do
-(modality, train dataset, model, subject, ROI). Its string form is also the model's folder name in
-job outputs, so every part is validated to be a plain name: no separators, no ``..``.
+A :class:`ModelId` names one encoding model the way NED's and BERG's ``get_encoding_model``
+arguments do: modality, train dataset, model, subject, and for some families a *variant* (the fwrf
+ROI, the fsaverage hemisphere, the MEG train split). Its string form is also the model's folder
+name in job outputs, so every part is validated to be a plain name: no separators, no ``..``.
+Each (modality, train dataset, model) is a :class:`Family`; :data:`FAMILIES` lists them, with
+BERG's id for each (``meg-things_meg_1-vit_b_32``), which :func:`select` accepts too.
 """
 
 from __future__ import annotations
@@ -13,8 +16,8 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 __all__ = [
-    "ModelId", "UnknownModelError", "MODALITIES", "TRAIN_DATASETS", "MODELS", "SUBJECTS", "ROIS",
-    "SPLIT_ROIS", "CHANNELS", "select",
+    "ModelId", "Family", "FAMILIES", "UnknownModelError", "MODALITIES", "TRAIN_DATASETS", "MODELS", "SUBJECTS",
+    "ROIS", "SPLIT_ROIS", "CHANNELS", "select",
 ]
 
 # NED's published catalogue (ned-spec §4). A NED directory may hold a subset of it.
@@ -34,68 +37,157 @@ CHANNELS = (
     "CP4 TP8 C6 C2 FC4 FT8 F6 F2 AF4 AF8"
 ).split()
 
+
+@dataclass(frozen=True)
+class Family:
+    """One kind of model: where its ids live, its subjects and variants, its response axes."""
+
+    key: str  # short name: fwrf, eeg, fsaverage, things_fmri, meg, tvsd
+    modality: str
+    train_dataset: str
+    model: str
+    subjects: tuple[int | str, ...]
+    variant: str | None  # what the id's 5th part is: "roi", "hemisphere", "split" (None: no 5th part)
+    variants: tuple[str, ...]
+    dims: tuple[str, ...]  # per-image response axes (xarray dims)
+    title: str  # for figures and listings
+
+    @property
+    def path(self) -> str:
+        return f"{self.modality}/{self.train_dataset}/{self.model}"
+
+    @property
+    def berg_id(self) -> str:
+        """BERG's model id (``modality-train_dataset-model``)."""
+        return f"{self.modality}-{self.train_dataset}-{self.model}"
+
+    @property
+    def uses_vit(self) -> bool:
+        """Whether the model reads ViT-B/32 block features (every family but fwrf)."""
+        return self.model == "vit_b_32"
+
+    def example(self) -> str:
+        return str(ModelId(self.modality, self.train_dataset, self.model, self.subjects[0],
+                           self.variants[0] if self.variant else None))
+
+
+MEG_SPLITS = ("full", "split1", "split2", "split3", "split4")
+FAMILIES: dict[tuple[str, str, str], Family] = {(f.modality, f.train_dataset, f.model): f for f in (
+    Family("fwrf", "fmri", "nsd", "fwrf", tuple(range(1, 9)), "roi", ROIS, ("voxel",), "fMRI"),
+    Family("eeg", "eeg", "things_eeg_2", "vit_b_32", tuple(range(1, 11)), None, (),
+           ("repetition", "channel", "time"), "EEG"),
+    Family("fsaverage", "fmri", "nsd_fsaverage", "vit_b_32", tuple(range(1, 9)), "hemisphere", ("lh", "rh"),
+           ("vertex",), "fsaverage"),
+    Family("things_fmri", "fmri", "things_fmri_1", "vit_b_32", (1, 2, 3), None, (), ("voxel",), "THINGS-fMRI"),
+    Family("meg", "meg", "things_meg_1", "vit_b_32", (1, 2, 3, 4), "split", MEG_SPLITS, ("sensor", "time"), "MEG"),
+    Family("tvsd", "utah_array", "tvsd", "vit_b_32", ("N", "F"), None, (), ("electrode", "time"), "TVSD"),
+)}
+BERG_IDS = {f.berg_id: f for f in FAMILIES.values()}
+
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-_SUBJECT = re.compile(r"^sub-(\d{2})$")
+_SUBJECT = re.compile(r"^sub-(?:(\d{2})|([A-Z]))$")
 
 
 class UnknownModelError(ValueError):
-    """A model id or pattern that names no model in the NED directory."""
+    """A model id or pattern that names no model in the directory."""
+
+
+def _families() -> str:
+    return ", ".join(f"{f.path} ({f.berg_id})" for f in FAMILIES.values())
 
 
 @dataclass(frozen=True, order=True)
 class ModelId:
-    """One encoding model. ``roi`` is set for fMRI and ``None`` for EEG."""
+    """One encoding model: a family, a subject (an int; TVSD's monkeys 'N' and 'F'), and the
+    family's variant (fwrf: ROI, fsaverage: hemisphere, MEG: train split) or ``None``."""
 
     modality: str
     train_dataset: str
     model: str
-    subject: int
-    roi: str | None = None
+    subject: int | str
+    variant: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("modality", "train_dataset", "model"):
             _check_name(name, getattr(self, name))
-        if self.roi is not None:
-            _check_name("roi", self.roi)
-        if isinstance(self.subject, bool) or not isinstance(self.subject, int) or not 0 < self.subject < 100:
-            raise ValueError(f"subject must be an int in 1..99, got {self.subject!r}")
-        if (self.modality == "fmri") != (self.roi is not None):
-            raise ValueError(f"fMRI model ids need a ROI and EEG ids take none: {self}")
+        if self.variant is not None:
+            _check_name("variant", self.variant)
+        family = FAMILIES.get((self.modality, self.train_dataset, self.model))
+        if family is None:
+            raise ValueError(f"'{self.modality}/{self.train_dataset}/{self.model}' is not a known model family; "
+                             f"known: {_families()}")
+        subject_ok = (isinstance(self.subject, str) and bool(re.fullmatch(r"[A-Z]", self.subject))) or (
+            isinstance(self.subject, int) and not isinstance(self.subject, bool) and 0 < self.subject < 100)
+        if not subject_ok:
+            raise ValueError(f"subject must be an int in 1..99 (or a monkey letter such as 'F'), got {self.subject!r}")
+        if (family.variant is None) != (self.variant is None):
+            raise ValueError(f"{family.path} ids take {'a ' + family.variant if family.variant else 'no 5th part'} "
+                             f"(e.g. '{family.example()}'), got {self.subject_tag}/{self.variant}")
+
+    @property
+    def family(self) -> Family:
+        return FAMILIES[(self.modality, self.train_dataset, self.model)]
+
+    @property
+    def roi(self) -> str | None:
+        """The fwrf ROI (None for other families)."""
+        return self.variant if self.family.key == "fwrf" else None
+
+    @property
+    def subject_tag(self) -> str:
+        return f"sub-{self.subject:02d}" if isinstance(self.subject, int) else f"sub-{self.subject}"
 
     def __str__(self) -> str:
-        base = f"{self.modality}/{self.train_dataset}/{self.model}/sub-{self.subject:02d}"
-        return f"{base}/{self.roi}" if self.roi is not None else base
+        base = f"{self.modality}/{self.train_dataset}/{self.model}/{self.subject_tag}"
+        return f"{base}/{self.variant}" if self.variant is not None else base
 
     @property
     def label(self) -> str:
-        """A short name for figures: 'sub-01 V1' or 'EEG sub-01'."""
-        return f"sub-{self.subject:02d} {self.roi}" if self.modality == "fmri" else f"EEG sub-{self.subject:02d}"
+        """A short name for figures: 'sub-01 V1', 'EEG sub-01', 'MEG sub-01 full'."""
+        if self.family.key == "fwrf":
+            return f"{self.subject_tag} {self.roi}"
+        return " ".join(p for p in (self.family.title, self.subject_tag, self.variant) if p)
 
     @property
     def is_split(self) -> bool:
-        """True for ROIs stored as two checkpoints (``lateral``, ``ventral``)."""
+        """True for fwrf ROIs stored as two checkpoints (``lateral``, ``ventral``)."""
         return self.roi in SPLIT_ROIS
+
+    @property
+    def source(self) -> "ModelId":
+        """The id of the file it is read from: fsaverage's two hemispheres share one file."""
+        return ModelId(self.modality, self.train_dataset, self.model, self.subject) \
+            if self.family.key == "fsaverage" else self
+
+    @property
+    def berg(self) -> tuple[str, dict]:
+        """BERG's ``get_encoding_model`` id and keyword arguments for this model."""
+        kwargs: dict = {"subject": self.subject}
+        if self.family.key == "meg":
+            kwargs["train_split"] = self.variant
+        return self.family.berg_id, kwargs
 
     @classmethod
     def parse(cls, text: str) -> "ModelId":
-        """Parse ``fmri/nsd/fwrf/sub-01/V1`` or ``eeg/things_eeg_2/vit_b_32/sub-01``."""
+        """Parse ``fmri/nsd/fwrf/sub-01/V1``, ``eeg/things_eeg_2/vit_b_32/sub-01``,
+        ``meg/things_meg_1/vit_b_32/sub-01/full``, ``utah_array/tvsd/vit_b_32/sub-F``, ..."""
         if not isinstance(text, str):
             raise TypeError(f"a model id must be a string, got {type(text).__name__}")
         parts = text.strip().strip("/").split("/")
-        modality = parts[0] if parts else ""
-        want = 5 if modality == "fmri" else 4
-        example = "fmri/nsd/fwrf/sub-01/V1" if modality == "fmri" else "eeg/things_eeg_2/vit_b_32/sub-01"
-        if modality not in MODALITIES or len(parts) != want:
+        family = FAMILIES.get(tuple(parts[:3])) if len(parts) >= 3 else None
+        if family is None or len(parts) != (5 if family.variant else 4):
             raise UnknownModelError(
                 f"'{text}' is not a model id: expected e.g. 'fmri/nsd/fwrf/sub-01/V1' or "
-                "'eeg/things_eeg_2/vit_b_32/sub-01' (run `ned-ray models NED_DIR` to list them)"
+                f"'eeg/things_eeg_2/vit_b_32/sub-01' (families: {_families()}; run `ned-ray models DIR` to list "
+                "a directory's models)"
             )
         match = _SUBJECT.match(parts[3])
         if not match:
-            raise UnknownModelError(f"'{text}': the subject part must look like 'sub-01' (as in '{example}')")
-        roi = parts[4] if modality == "fmri" else None
+            raise UnknownModelError(f"'{text}': the subject part must look like '{family.example().split('/')[3]}' "
+                                    f"(as in '{family.example()}')")
+        subject = int(match.group(1)) if match.group(1) else match.group(2)
         try:
-            return cls(parts[0], parts[1], parts[2], int(match.group(1)), roi)
+            return cls(parts[0], parts[1], parts[2], subject, parts[4] if family.variant else None)
         except ValueError as exc:
             raise UnknownModelError(f"'{text}': {exc}") from None
 
@@ -107,8 +199,16 @@ def _check_name(field: str, value: object) -> None:
         )
 
 
+def _pattern(text: str) -> str:
+    """A pattern with a leading BERG id (``meg-things_meg_1-vit_b_32``) written as its family path."""
+    head, _, rest = text.partition("/")
+    family = BERG_IDS.get(head)
+    return f"{family.path}/{rest}".rstrip("/") if family else text
+
+
 def select(available: Sequence[ModelId], spec: str | Iterable[str]) -> list[ModelId]:
-    """Models matching a spec: comma-separated ids or globs (``eeg/*``, ``fmri/*/*/sub-0*/V1``), or ``all``.
+    """Models matching a spec: comma-separated ids or globs (``eeg/*``, ``fmri/*/*/sub-0*/V1``), BERG
+    model ids (``meg-things_meg_1-vit_b_32``: all its subjects and variants), or ``all``.
 
     Each pattern must match at least one model; the error lists what is available.
     """
@@ -121,10 +221,10 @@ def select(available: Sequence[ModelId], spec: str | Iterable[str]) -> list[Mode
         if pattern == "all":
             hits = list(names)
         else:
-            pattern = pattern.strip("/")
+            pattern = _pattern(pattern.strip("/"))
             hits = [n for n in names if fnmatch.fnmatchcase(n, pattern) or fnmatch.fnmatchcase(n, pattern + "/*")]
         if not hits:
-            listing = "\n  ".join(sorted(names)) or "(none: the directory holds no NED models)"
+            listing = "\n  ".join(sorted(names)) or "(none: the directory holds no models)"
             raise UnknownModelError(f"no model matches '{pattern}'. Valid model ids:\n  {listing}")
         for n in hits:
             chosen[n] = names[n]

@@ -1,8 +1,12 @@
-"""NED's on-disk layout (ned-spec §1): where each file lives, what a directory holds, and safe reads.
+"""NED's and BERG's on-disk layouts (ned-spec §1, berg-spec §1): where each file lives, what a
+directory holds, and safe reads.
 
-A :class:`NedDir` is a NED ``neural_encoding_dataset`` folder on any fsspec filesystem (a local path,
-``s3://bucket/ned``, ``gs://...``). All file access goes through it, and all pickled files go
-through :mod:`ned_ray.safeload`.
+A :class:`NedDir` is a NED ``neural_encoding_dataset`` folder or a BERG
+``brain-encoding-response-generator`` folder (both keep their models under ``encoding_models/``)
+on any fsspec filesystem (a local path, ``s3://bucket/ned``, ``gs://...``). Its catalogue holds
+every complete model it finds: NED's fwrf and EEG models (which BERG keeps in the same places) and
+BERG's ViT-B/32 families. All file access goes through it, and all pickled files go through
+:mod:`ned_ray.safeload`.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import fsspec
 
 from . import safeload
 from .storage import cached_copy, file_identity, is_local, local_file_record, sha256_file
-from .ids import MODELS, ROIS, SPLIT_ROIS, SUBJECTS, TRAIN_DATASETS, ModelId, UnknownModelError
+from .ids import FAMILIES, MODELS, ROIS, SPLIT_ROIS, SUBJECTS, TRAIN_DATASETS, Family, ModelId, UnknownModelError
 
 __all__ = ["NedDir", "ModelEntry", "MissingFileError", "FMRI_ROOT", "EEG_ROOT", "VIT_IN_NED_DIR"]
 
@@ -31,6 +35,33 @@ _FWRF_WEIGHTS = re.compile(r"^weights_sub-(\d{2})_roi-([A-Za-z0-9.\-]+?)(?:_spli
 _EEG_REGRESSION = re.compile(r"^LinearRegression_param_sub-(\d{2})\.npy$")
 _BERG_EEG_WEIGHTS = re.compile(r"^weights_subject-(\d{2})\.npy$")
 
+# BERG's ViT-B/32 families other than EEG (berg-spec §1): weight-file pattern -> (subject, variant),
+# and the metadata file of a subject. MEG's metadata does not depend on the train split.
+_BERG_FILES: dict[str, tuple[re.Pattern, str]] = {
+    "fsaverage": (re.compile(r"^weights_subject-(\d{2})\.npy$"), "metadata_subject-{s:02d}.npy"),
+    "things_fmri": (re.compile(r"^weights_sub-0(\d)\.npy$"), "metadata_sub-0{s}.npy"),
+    "meg": (re.compile(r"^weights_P(\d+)_(full|split[1-4])\.npy$"), "metadata_P{s}.npy"),
+    "tvsd": (re.compile(r"^weights_monkey([A-Z])\.npy$"), "metadata_monkey{s}.npy"),
+}
+_BERG_WEIGHTS = {"fsaverage": "weights_subject-{s:02d}.npy", "things_fmri": "weights_sub-0{s}.npy",
+                 "meg": "weights_P{s}_{v}.npy", "tvsd": "weights_monkey{s}.npy"}
+
+
+def family_root(family: Family) -> str:
+    """The folder of a family's files, relative to the directory."""
+    return f"encoding_models/modality-{family.modality}/train_dataset-{family.train_dataset}/model-{family.model}"
+
+
+def berg_files(mid: ModelId) -> tuple[str, str]:
+    """(weights, metadata) of a BERG ViT-B/32 model, relative to the directory (berg-spec §1)."""
+    family = mid.family
+    root = family_root(family)
+    if family.key == "eeg":
+        return NedDir.berg_eeg_weights(mid.subject), NedDir.berg_eeg_metadata(mid.subject)
+    weights = _BERG_WEIGHTS[family.key].format(s=mid.subject, v=mid.variant)
+    meta = _BERG_FILES[family.key][1].format(s=mid.subject)
+    return f"{root}/encoding_models_weights/{weights}", f"{root}/metadata/{meta}"
+
 
 class MissingFileError(FileNotFoundError):
     """A file NED's layout requires is not in the directory."""
@@ -41,9 +72,9 @@ class ModelFileError(ValueError):
 
 
 def _published(mid: ModelId) -> bool:
-    """Whether NED's release has this model (ned-spec §4)."""
-    return (mid.train_dataset in TRAIN_DATASETS.get(mid.modality, ()) and mid.model in MODELS[mid.modality]
-            and mid.subject in SUBJECTS[mid.modality] and (mid.roi is None or mid.roi in ROIS))
+    """Whether NED's or BERG's release has this model (ned-spec §4, berg-spec)."""
+    family = mid.family
+    return mid.subject in family.subjects and (family.variant is None or mid.variant in family.variants)
 
 
 @dataclass(frozen=True)
@@ -51,7 +82,7 @@ class ModelEntry:
     """One model of the catalogue: its id, its on-disk format and the files it is read from."""
 
     id: ModelId
-    format: str  # "ned" (NED 0.2 files) or "berg" (per-subject EEG weights of BERG)
+    format: str  # "ned" (NED 0.2 files) or "berg" (BERG's per-subject ViT-B/32 files)
     weights: tuple[str, ...]  # paths relative to the NED directory
     metadata: str
 
@@ -235,6 +266,22 @@ class NedDir:
                 continue
             if posixpath.basename(entry.metadata) in metas and mid not in entries:
                 entries[mid] = entry  # NED's files win over BERG's when both are present
+
+        for key, (pattern, _) in _BERG_FILES.items():
+            family = next(f for f in FAMILIES.values() if f.key == key)
+            root = family_root(family)
+            metas = set(self._listdir(f"{root}/metadata"))
+            for name in self._listdir(f"{root}/encoding_models_weights"):
+                m = pattern.match(name)
+                if not m:
+                    continue
+                subject = int(m.group(1)) if m.group(1).isdigit() else m.group(1)
+                variants = family.variants if key == "fsaverage" else ((m.group(2),) if key == "meg" else (None,))
+                for variant in variants:
+                    mid = ModelId(family.modality, family.train_dataset, family.model, subject, variant)
+                    weights, meta = berg_files(mid)
+                    if posixpath.basename(meta) in metas:
+                        entries[mid] = ModelEntry(mid, "berg", (weights,), meta)
         return dict(sorted(entries.items()))
 
     def entry(self, model_id: ModelId | str) -> ModelEntry:
@@ -243,36 +290,45 @@ class NedDir:
         if mid in self.catalogue:
             return self.catalogue[mid]
         listing = "\n  ".join(map(str, self.catalogue)) or "(none)"
-        if _published(mid):  # a real NED model whose files are not (all) here
-            expected = self.fwrf_weights(mid.subject, mid.roi) if mid.modality == "fmri" else (self.eeg_regression(mid.subject),)
+        if _published(mid):  # a real NED/BERG model whose files are not (all) here
+            key = mid.family.key
+            expected = (self.fwrf_weights(mid.subject, mid.roi) if key == "fwrf" else
+                        (self.eeg_regression(mid.subject),) if key == "eeg" else berg_files(mid))
             missing = [self.uri(rel) for rel in expected if not self.exists(rel)] or [self.uri(expected[0])]
             raise MissingFileError(
-                f"model '{mid}' is not in the NED directory '{self.url}': expected '{missing[0]}' (and its "
+                f"model '{mid}' is not in the directory '{self.url}': expected '{missing[0]}' (and its "
                 f"metadata). Models this directory holds:\n  {listing}"
             )
-        raise UnknownModelError(f"model '{mid}' is not a NED model. Valid model ids in '{self.url}':\n  {listing}")
+        raise UnknownModelError(f"model '{mid}' is not a NED or BERG model. Valid model ids in '{self.url}':\n  {listing}")
 
     def metadata(self, model_id: ModelId | str) -> dict:
-        """NED's metadata dict of a model (ned-spec §1), checked for the fields ned-ray uses."""
+        """The metadata dict of a model (ned-spec §1, berg-spec §4-§8), checked for the fields ned-ray uses."""
         mid = ModelId.parse(model_id) if isinstance(model_id, str) else model_id
-        relative = self.entry(mid).metadata
+        entry = self.entry(mid)
         try:
-            meta = self.load_npy(relative)
+            meta = self.load_npy(entry.metadata)
         except ValueError as exc:
             raise ModelFileError(str(exc).splitlines()[0]) from None
-        problem = _metadata_problem(mid, meta)
+        problem = _metadata_problem(mid, meta, entry.format)
+        relative = entry.metadata
         if problem:
             raise ModelFileError(f"{self.uri(relative)}: not NED metadata for {mid}: {problem}")
         return meta
 
 
-def _metadata_problem(mid: ModelId, meta: Any) -> str:
+_BERG_SECTIONS = {"eeg": "eeg", "fsaverage": "fmri", "things_fmri": "roi", "meg": "sensors", "tvsd": "utah-array"}
+
+
+def _metadata_problem(mid: ModelId, meta: Any, format: str = "ned") -> str:
     """What is wrong with a metadata object, or ''."""
     import numpy as np
 
     if not isinstance(meta, dict):
         shape = getattr(meta, "shape", None)
         return f"expected a dict, got {type(meta).__name__}" + (f" of shape {shape}" if shape is not None else "")
+    if format == "berg":  # the fields each family reads are checked when its head is read
+        section = _BERG_SECTIONS[mid.family.key]
+        return "" if isinstance(meta.get(section), dict) else f"no '{section}' dict"
     section = meta.get(mid.modality)
     if not isinstance(section, dict):
         return f"no '{mid.modality}' dict"

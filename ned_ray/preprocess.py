@@ -23,11 +23,13 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def check_images(images: object) -> np.ndarray:
+def check_images(images: object, square: bool = True) -> np.ndarray:
     """Validate a batch the way NED means to, but strictly: returns it as a uint8 (N,3,H,W) array.
 
     NED silently accepts float and int64 arrays (and returns wrong EEG numbers for them), crashes
     on lists and on empty batches. Here each of those is a clear ``TypeError``/``ValueError``.
+    ``square=False`` accepts non-square images (BERG's ViT transform defines them: shorter side to
+    256, centre crop 224).
     """
     if not isinstance(images, np.ndarray):
         raise TypeError(
@@ -40,7 +42,7 @@ def check_images(images: object) -> np.ndarray:
         raise ValueError("'images' must have 3 RGB channels!")
     if images.shape[0] == 0:
         raise ValueError("'images' is empty: the batch holds 0 images; pass at least one image.")
-    if images.shape[2] != images.shape[3]:
+    if square and images.shape[2] != images.shape[3]:
         raise ValueError(
             "'images' must be squared (i.e., equal width and height)! Got "
             f"{images.shape[2]}x{images.shape[3]}; center-crop them to a square first."
@@ -58,7 +60,7 @@ def check_images(images: object) -> np.ndarray:
             "defined for uint8; if your values are already 0-255 integers use images.astype(np.uint8), "
             "if they are floats in [0, 1] use (images * 255).round().astype(np.uint8)."
         )
-    if images.shape[2] < 1:
+    if min(images.shape[2:]) < 1:
         raise ValueError("'images' must be at least 1x1 pixels.")
     return images
 

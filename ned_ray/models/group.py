@@ -1,8 +1,9 @@
 """A :class:`ModelGroup`: the models one worker (a Ray actor, or the Python API) hosts together.
 
-All requested EEG subjects live in one :class:`~ned_ray.models.vit_eeg.EegModel` (one backbone, one
-shared code); each fMRI model keeps its own backbone (NED trained one per subject and ROI). The group
-says which preprocessed inputs it needs (``"fwrf"``: 227 px, ``"vit"``: 224 px crop), so images are
+Every ViT-B/32 model (NED's EEG subjects, BERG's EEG, fsaverage, THINGS-fMRI, MEG and TVSD heads)
+lives in one :class:`~ned_ray.models.vit_models.VitModels`: one backbone pass per image feeds them
+all. Each fwrf model keeps its own backbone (NED trained one per subject and ROI). The group says
+which preprocessed inputs it needs (``"fwrf"``: 227 px, ``"vit"``: 224 px crop), so images are
 decoded and resized once for all of its models.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -20,7 +21,9 @@ from ..nedfmt import MissingFileError, ModelFileError, NedDir
 from ..preprocess import check_images, fwrf_input, vit_input
 from ..safeload import UnsafePickleError
 from .fwrf import FwrfModel, load_fwrf
-from .vit_eeg import N_COMPONENTS, EegModel, find_vit_weights, load_eeg, vit_filesystem
+from .vit_eeg import N_COMPONENTS, find_vit_weights, vit_filesystem
+from .vit_heads import SelectionError
+from .vit_models import VitModels, load_vit_models
 
 __all__ = ["ModelGroup", "ModelLoadError", "DeviceError", "resolve_device", "INPUTS", "PRECISIONS", "free_memory", "weights_bytes"]
 
@@ -60,7 +63,7 @@ def _naming(model: ModelId | str, ned: NedDir):
     """Re-raise any loading failure as one ModelLoadError line naming the model (files are in the message)."""
     try:
         yield
-    except (MissingFileError, UnknownModelError, UnsafePickleError, ModelFileError):
+    except (MissingFileError, UnknownModelError, UnsafePickleError, ModelFileError, SelectionError):
         raise
     except Exception as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -94,28 +97,45 @@ FEATURES = 460_800  # ViT-B/32 block features per image (EEG)
 def weights_bytes(ned: NedDir, model_ids: Sequence[ModelId], vit_weights: str | None = None) -> tuple[dict[ModelId, int], int]:
     """Memory the models' weights take once loaded, estimated from file sizes (nothing is read).
 
-    Returns (per model, shared by all EEG subjects). fMRI: its checkpoints. EEG: its regressions
-    (NED) or its per-subject file twice (BERG: stored in float32, held in float64). Shared: the ViT
-    file, plus NED's scaler and 250 principal components in float64.
+    Returns (per model, shared by all ViT models). fwrf: its checkpoints. NED's EEG: its
+    regressions. BERG's models: their file (folded components in float32; an fsaverage file counted
+    once for both hemispheres). Shared: the ViT file, plus NED's scaler and 250 principal components
+    in float64.
     """
     sizes: dict[ModelId, int] = {}
     for mid in model_ids:
         entry = ned.entry(mid)
-        if mid.modality == "fmri":
+        if mid.family.key == "fwrf":
             sizes[mid] = sum(ned.size(w) for w in entry.weights)
         elif entry.format == "ned":
             sizes[mid] = ned.size(entry.weights[2])
         else:
-            sizes[mid] = 2 * ned.size(entry.weights[0])
-    eeg = [m for m in model_ids if m.modality == "eeg"]
+            sizes[mid] = ned.size(entry.weights[0]) // (2 if mid.family.key == "fsaverage" else 1)
+    vit = [m for m in model_ids if m.family.uses_vit]
     shared = 0
-    if eeg:
+    if vit:
         fs, path = vit_filesystem(find_vit_weights(vit_weights, ned), ned)
         shared = int(fs.size(path))
-        if any(ned.entry(m).format == "ned" for m in eeg):  # at most 250 components and the scaler, in float64
+        if any(m.family.key == "eeg" and ned.entry(m).format == "ned" for m in vit):  # 250 components + scaler, float64
             files = ned.size(ned.EEG_SCALER) + ned.size(ned.EEG_PCA)
             shared += min(files, 8 * FEATURES * (N_COMPONENTS + 2))
     return sizes, shared
+
+
+def _selections(ned: NedDir, ids: Sequence[ModelId],
+                selections: Mapping[ModelId | str, Mapping[str, Any]] | None) -> dict[ModelId, dict[str, Any]]:
+    """BERG selections keyed by model id; each names a hosted BERG model (else one clear error)."""
+    out: dict[ModelId, dict[str, Any]] = {}
+    for key, value in (selections or {}).items():
+        mid = ModelId.parse(key) if isinstance(key, str) else key
+        if mid not in ids:
+            raise ValueError(f"a selection is given for {mid}, which this group does not host")
+        if not mid.family.uses_vit or ned.entry(mid).format != "berg":
+            raise SelectionError(f"{mid}: BERG selections apply to BERG's ViT-B/32 files; NED's models are "
+                                 "selected with --channels/--times/--min-ncsnr (ned_ray.selection)")
+        if value:
+            out[mid] = dict(value)
+    return out
 
 
 class ModelGroup:
@@ -123,7 +143,8 @@ class ModelGroup:
 
     def __init__(self, ned: NedDir | str, model_ids: Sequence[ModelId | str], device: str | torch.device = "auto",
                  vit_weights: str | None = None, precision: str = "fp32", batch_size: int = 0,
-                 memory_share: float = 1.0, projection: str = "auto") -> None:
+                 memory_share: float = 1.0, projection: str = "auto",
+                 selections: Mapping[ModelId | str, Mapping[str, Any]] | None = None) -> None:
         """Load ``model_ids`` from ``ned`` onto ``device``.
 
         ``precision``: fp32 (NED's numbers), tf32 (TF32 matmuls/convolutions on CUDA; fp32 on CPU) or
@@ -133,6 +154,9 @@ class ModelGroup:
         ``projection``: EEG scaler + PCA in ``float64`` (as NED) or folded into one ``float32`` product;
         ``auto``: float64 on CPU, float32 on CUDA (GPUs' float64 rate is a small fraction of their
         float32 rate; parity stays within 1e-4 x std, measured on NED's fixtures: tests/models).
+        BERG's heads always run folded in float32. ``selections``: BERG's selection dict per BERG
+        model (berg-spec §4-§8: channels, timepoints, roi, vertices, sensors, electrodes...), applied
+        to the weights at load, so only the kept outputs are computed.
         """
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
@@ -148,31 +172,32 @@ class ModelGroup:
         self.device = resolve_device(device)
         self.projection = projection if projection != "auto" else ("float32" if self.device.type == "cuda" else "float64")
         self.model_ids: list[ModelId] = ids
+        self.selections = _selections(self.ned, ids, selections)
         self.fmri: dict[ModelId, FwrfModel] = {}
         for m in ids:
-            if m.modality == "fmri":
+            if m.family.key == "fwrf":
                 with _naming(m, self.ned):
                     self.fmri[m] = load_fwrf(self.ned, m, self.device)
                     _check_voxels(self.ned, m, self.fmri[m].n_voxels)
-        eeg_ids = [m for m in ids if m.modality == "eeg"]
-        self.eeg: EegModel | None = None
-        if eeg_ids:
-            with _naming(eeg_ids[0] if len(eeg_ids) == 1 else "eeg/things_eeg_2/vit_b_32/sub-*", self.ned):
-                self.eeg = load_eeg(self.ned, [m.subject for m in eeg_ids], self.device, vit_weights, self.projection)
-        self._eeg_ids = {m.subject: m for m in eeg_ids}
+        vit_ids = [m for m in ids if m.family.uses_vit]
+        self.vit: VitModels | None = None
+        if vit_ids:
+            with _naming(vit_ids[0] if len(vit_ids) == 1 else f"{', '.join(map(str, vit_ids[:3]))}{', ...' if len(vit_ids) > 3 else ''}", self.ned):
+                self.vit = load_vit_models(self.ned, vit_ids, self.device, vit_weights, self.projection, self.selections)
+            self._vit_shapes = self.vit.shapes()
         self.batch_sizes: dict[str, int] = {kind: batch_size or self.batch_size_for(kind) for kind in self.inputs}
 
     @property
     def inputs(self) -> tuple[str, ...]:
         """The preprocessed inputs this group consumes."""
-        return tuple(k for k, used in (("fwrf", bool(self.fmri)), ("vit", self.eeg is not None)) if used)
+        return tuple(k for k, used in (("fwrf", bool(self.fmri)), ("vit", self.vit is not None)) if used)
 
     def output_shape(self, model_id: ModelId) -> tuple[int, ...]:
-        """Per-image response shape: (V,) for fMRI, (reps, channels, times) for EEG."""
-        if model_id.modality == "fmri":
+        """Per-image response shape: (V,) for fwrf, (reps, channels, times) for EEG, and BERG's
+        shapes after selection: (vertices,), (voxels,), (sensors, times), (electrodes, times)."""
+        if model_id.family.key == "fwrf":
             return (self.fmri[model_id].n_voxels,)
-        lay = self.eeg.layout
-        return (lay.repetitions, len(lay.ch_names), len(lay.times))
+        return self._vit_shapes[str(model_id)]
 
     def preprocess(self, images: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
         """uint8 square images -> the uint8 tensors this group needs (CPU work)."""
@@ -184,7 +209,7 @@ class ModelGroup:
         The per-image working memory is measured with a 4-image probe on CUDA and estimated from the
         architecture on CPU; the largest model of the kind decides. Capped by ``MAX_BATCH``.
         """
-        models = list(self.fmri.values()) if kind == "fwrf" else [self.eeg]
+        models = list(self.fmri.values()) if kind == "fwrf" else [self.vit]
         if self.device.type == "cuda":
             per_image = max(self._probe_bytes(model, kind) for model in models)
         else:
@@ -243,11 +268,16 @@ class ModelGroup:
             x = inputs["fwrf"].to(self.device, non_blocking=True)
             for mid, model in self.fmri.items():
                 out[mid] = self._batched(model, x, self.batch_sizes["fwrf"], precision).cpu().numpy()
-        if self.eeg is not None:
+        if self.vit is not None:
             x = inputs["vit"].to(self.device, non_blocking=True)
-            y = self._batched(self.eeg, x, self.batch_sizes["vit"], precision).cpu().numpy()
-            for i, subject in enumerate(self.eeg.layout.subjects):
-                out[self._eeg_ids[subject]] = y[:, i]
+            size = self.batch_sizes["vit"]
+            with self._precision(precision):
+                pieces = [self.vit(x[s:s + size]) for s in range(0, x.shape[0], size)]
+            for mid in self.model_ids:
+                if mid.family.uses_vit:
+                    name = str(mid)
+                    y = torch.cat([p[name] for p in pieces]) if len(pieces) > 1 else pieces[0][name]
+                    out[mid] = y.float().cpu().numpy()
         return out
 
     def deviation(self, inputs: Mapping[str, torch.Tensor], outputs: Mapping[ModelId, np.ndarray],
@@ -257,9 +287,12 @@ class ModelGroup:
         reference = self.run(first, precision="fp32")
         return {m: (float(np.abs(outputs[m][:images] - ref).max()), float(ref.std())) for m, ref in reference.items()}
 
-    def encode(self, images: np.ndarray, batch_size: int = 100) -> dict[ModelId, np.ndarray]:
-        """Responses of every model to ``images`` (uint8, N x 3 x H x W, square), in batches."""
-        images = check_images(images)
+    def encode(self, images: np.ndarray, batch_size: int = 100, square: bool = True) -> dict[ModelId, np.ndarray]:
+        """Responses of every model to ``images`` (uint8, N x 3 x H x W; square unless ``square=False``,
+        for groups of ViT models only: BERG's transform crops the centre), in batches."""
+        if not square and self.fmri:
+            raise ValueError("non-square images are defined for the ViT-B/32 models only (fwrf resizes to 227x227)")
+        images = check_images(images, square=square)
         n = images.shape[0]
         results = {m: np.empty((n, *self.output_shape(m)), dtype=np.float32) for m in self.model_ids}
         for start in range(0, n, batch_size):  # NED's batches of images; each model splits them further if needed

@@ -5,10 +5,11 @@ token-major and concatenated: 12 x 50 x 768 = 460800 values per image. Then
 code = ((features - scaler.mean_) / scaler.scale_ - pca.mean_) @ pca.components_[:250].T
 and, per subject and repetition, response = code @ coef_.T + intercept_, reshaped (63 channels, 140 times).
 
-NED's subjects share the scaler and the PCA, so an :class:`EegModel` hosting many subjects computes
-the backbone and the 250-d code once per image and applies every subject's heads in one matrix
-product. BERG's per-subject files (``weights_subject-SS.npy``) carry their own scaler and a PCA per
-repetition; those subjects share only the backbone.
+NED's subjects share the scaler and the PCA, so :class:`EegHeads` hosting many subjects computes the
+250-d code once per image and applies every subject's heads in one matrix product. BERG's
+per-subject files (``weights_subject-SS.npy``) carry their own scaler and a PCA per repetition:
+they are heads of :mod:`ned_ray.models.vit_heads`. Both run on one backbone pass
+(:mod:`ned_ray.models.vit_models`).
 """
 
 from __future__ import annotations
@@ -26,11 +27,10 @@ from torchvision.models.vision_transformer import VisionTransformer
 
 from ..ids import ModelId
 from ..nedfmt import VIT_IN_NED_DIR, MissingFileError, NedDir
-from ..preprocess import vit_normalise
 from ..safeload import load_torch_checkpoint
 from ..storage import cached_copy, is_local
 
-__all__ = ["VIT_FILENAME", "find_vit_weights", "load_vit", "vit_features", "EegModel", "load_eeg", "N_COMPONENTS"]
+__all__ = ["VIT_FILENAME", "find_vit_weights", "load_vit", "vit_features", "EegHeads", "load_eeg", "N_COMPONENTS"]
 
 VIT_FILENAME = "vit_b_32-d86f8d99.pth"  # torchvision's IMAGENET1K_V1 file, as cached by torch.hub
 VIT_ENV = "NED_RAY_VIT_WEIGHTS"
@@ -190,27 +190,25 @@ class EegLayout:
     times: tuple[float, ...]
 
 
-class EegModel(nn.Module):
-    """The ViT backbone plus the heads of every hosted subject. uint8 224px in, (B,S,R,C,T) out."""
+class EegHeads(nn.Module):
+    """NED's EEG heads of every hosted subject on the ViT features: (B, F) -> (B, S, R, C, T)."""
 
-    def __init__(self, vit: VisionTransformer, projections: list[_Projection], readouts: list[_Readout], layout: EegLayout) -> None:
+    def __init__(self, projections: list[_Projection], readouts: list[_Readout], layout: EegLayout) -> None:
         super().__init__()
-        self.vit = vit
         self.projections = nn.ModuleList(projections)
         self.readouts = nn.ModuleList(readouts)
         self.layout = layout
 
     def bytes_per_image(self) -> int:
-        """Working memory of one image: ViT activations, 460800 features (float32, then float64 twice
-        in the scaler/PCA), and every subject's float64 regression output with its float32 copy."""
+        """Working memory of one image after the features: the features in float64 twice (scaler,
+        PCA), and every subject's float64 regression output with its float32 copy."""
         lay = self.layout
         outputs = len(lay.subjects) * lay.repetitions * len(lay.ch_names) * len(lay.times)
-        return 4 * 1_000_000 + 20 * 460_800 + 12 * outputs
+        return 16 * 460_800 + 12 * outputs
 
     @torch.inference_mode()
-    def forward(self, u8: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
         lay = self.layout
-        features = vit_features(self.vit, vit_normalise(u8))
         codes = [p(features) for p in self.projections]
         n_ct = len(lay.ch_names) * len(lay.times)
         out = features.new_empty(features.shape[0], len(lay.subjects) * lay.repetitions, n_ct, dtype=torch.float32)
@@ -270,78 +268,49 @@ PROJECTIONS = {"float64": torch.float64, "float32": torch.float32}
 
 
 def load_eeg(ned: NedDir, subjects: Sequence[int], device: str | torch.device = "cpu",
-             vit_weights: str | None = None, projection: str = "float64") -> EegModel:
-    """Load the EEG models of ``subjects`` into one :class:`EegModel` (backbone loaded once).
+             projection: str = "float64") -> EegHeads:
+    """The EEG heads of ``subjects`` (NED's files: one scaler and PCA shared by all, a regression per
+    subject) as one :class:`EegHeads`: one projection, then every subject's regressions in one product.
 
     ``projection``: the scaler + PCA in ``float64`` (as NED) or folded into one ``float32`` product.
+    BERG's per-subject EEG files are heads of :mod:`ned_ray.models.vit_heads` instead.
     """
     if projection not in PROJECTIONS:
         raise ValueError(f"projection must be one of {', '.join(PROJECTIONS)}, got '{projection}'")
-    dtype = PROJECTIONS[projection]
     subjects = tuple(sorted(set(int(s) for s in subjects)))
     if not subjects:
         raise ValueError("load_eeg needs at least one subject")
     entries = [ned.entry(ModelId("eeg", "things_eeg_2", "vit_b_32", s)) for s in subjects]
+    if any(e.format != "ned" for e in entries):
+        raise ValueError("load_eeg reads NED's EEG files; BERG's per-subject files are read by vit_heads")
     metas = [ned.load_npy(e.metadata)["eeg"] for e in entries]
     ch_names, times = tuple(metas[0]["ch_names"]), tuple(float(t) for t in metas[0]["times"])
     for s, meta in zip(subjects, metas):
         if tuple(meta["ch_names"]) != ch_names or len(meta["times"]) != len(times):
             raise ValueError(f"EEG subject {s}: channels/times differ from subject {subjects[0]}; load it separately")
 
-    projections: list[_Projection] = []
-    readouts: list[_Readout] = []
-    shared: list[tuple[int, list[Any], list[Any], list[int]]] = []  # NED subjects: one projection, one readout
-    n_reps = None
-    for index, (s, entry) in enumerate(zip(subjects, entries)):
-        if entry.format == "ned":
-            where = ned.uri(entry.weights[2])
-            reps = _repetitions(ned.load_npy(entry.weights[2]), where)
-            shared.append((s, [r["coef_"] for r in reps], [r["intercept_"] for r in reps], []))
-        else:  # BERG: own scaler, a PCA per repetition
-            where = ned.uri(entry.weights[0])
-            weights = ned.load_npy(entry.weights[0])
-            if not hasattr(weights, "keys") or not {"reg_param", "pca_param", "scaler_param"} <= set(weights.keys()):
-                raise ValueError(f"{where}: expected a dict with reg_param, pca_param and scaler_param")
-            reps = _repetitions(weights["reg_param"], where)
-            pcas = weights["pca_param"]
-            if "rep-1" in pcas:
-                pcas = [pcas[k] for k in _rep_keys(pcas, where, "PCAs")]
-                if len(pcas) != len(reps):
-                    raise ValueError(f"{where}: {len(pcas)} PCAs for {len(reps)} repetitions")
-            else:
-                pcas = [pcas] * len(reps)
-            scaler = weights["scaler_param"]
-            _check_projection(scaler, pcas, where)
-            projections.append(_Projection(scaler["mean_"], scaler["scale_"], [p["components_"] for p in pcas],
-                                           [p["mean_"] for p in pcas], dtype))
-            sizes = projections[-1].sizes
-            for r, rep in enumerate(reps):
-                start = sum(sizes[:r]) if len(pcas) > 1 else 0
-                code = slice(start, start + sizes[r if len(pcas) > 1 else 0])
-                readouts.append(_Readout(len(projections) - 1, code, [rep["coef_"]], [rep["intercept_"]],
-                                         [index * len(reps) + r]))
-        if n_reps is not None and len(reps) != n_reps:
-            raise ValueError(f"EEG subject {s}: {len(reps)} repetitions, others have {n_reps}")
-        n_reps = len(reps)
+    regressions = []
+    for s, entry in zip(subjects, entries):
+        where = ned.uri(entry.weights[2])
+        reps = _repetitions(ned.load_npy(entry.weights[2]), where)
+        if regressions and len(reps) != len(regressions[0]):
+            raise ValueError(f"EEG subject {s}: {len(reps)} repetitions, others have {len(regressions[0])}")
         for rep in reps:
             if rep["coef_"].shape[0] != len(ch_names) * len(times):
                 raise ValueError(f"{where}: coef_ has {rep['coef_'].shape[0]} outputs, expected "
                                  f"{len(ch_names)} channels x {len(times)} times")
-    if shared:
-        scaler, pca = ned.load_npy(ned.EEG_SCALER), ned.load_npy(ned.EEG_PCA)
-        _arrays(scaler, ned.uri(ned.EEG_SCALER), mean_=1, scale_=1)
-        _check_projection(scaler, [pca], f"{ned.uri(ned.EEG_PCA)} (with {ned.uri(ned.EEG_SCALER)})")
-        projections.append(_Projection(scaler["mean_"], scaler["scale_"], [pca["components_"]], [pca["mean_"]], dtype))
-        k = projections[-1].sizes[0]
-        for s, coefs, _, _ in shared:
-            if min(c.shape[1] for c in coefs) < k:
-                raise ValueError(f"{ned.uri(entries[subjects.index(s)].weights[2])}: coef_ has fewer columns than "
-                                 f"the {k} PCA components of {ned.uri(ned.EEG_PCA)}")
-        targets = [subjects.index(s) * n_reps + r for s, *_ in shared for r in range(n_reps)]
-        readouts.append(_Readout(len(projections) - 1, slice(0, k),
-                                 [c[:, :k] for _, coefs, _, _ in shared for c in coefs],
-                                 [b for _, _, biases, _ in shared for b in biases], targets))
-
-    vit = load_vit(find_vit_weights(vit_weights, ned), ned)
+        regressions.append(reps)
+    scaler, pca = ned.load_npy(ned.EEG_SCALER), ned.load_npy(ned.EEG_PCA)
+    _arrays(scaler, ned.uri(ned.EEG_SCALER), mean_=1, scale_=1)
+    _check_projection(scaler, [pca], f"{ned.uri(ned.EEG_PCA)} (with {ned.uri(ned.EEG_SCALER)})")
+    shared = _Projection(scaler["mean_"], scaler["scale_"], [pca["components_"]], [pca["mean_"]], PROJECTIONS[projection])
+    k = shared.sizes[0]
+    for s, reps in zip(subjects, regressions):
+        if min(r["coef_"].shape[1] for r in reps) < k:
+            raise ValueError(f"{ned.uri(entries[subjects.index(s)].weights[2])}: coef_ has fewer columns than "
+                             f"the {k} PCA components of {ned.uri(ned.EEG_PCA)}")
+    n_reps = len(regressions[0])
+    readout = _Readout(0, slice(0, k), [r["coef_"][:, :k] for reps in regressions for r in reps],
+                       [r["intercept_"] for reps in regressions for r in reps], list(range(len(subjects) * n_reps)))
     layout = EegLayout(subjects, n_reps, ch_names, times)
-    return EegModel(vit, projections, readouts, layout).to(device).eval()
+    return EegHeads([shared], [readout], layout).to(device).eval()

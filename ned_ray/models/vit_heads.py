@@ -15,14 +15,15 @@ fold differs from that by float32 rounding only (checked against BERG's outputs 
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["FAMILIES", "Head", "Readout", "HeadStack", "read_head", "SelectionError"]
+__all__ = ["FAMILIES", "Head", "Readout", "HeadStack", "read_head", "SelectionError", "exact_float32"]
 
 
 class SelectionError(ValueError):
@@ -51,6 +52,7 @@ class Head:
     readouts: list[Readout]
     parts: dict[str, tuple[int, ...]]  # "" for a single output; "lh"/"rh" for fsaverage
     selection: dict[str, Any] = field(default_factory=dict)  # what was kept, for metadata
+    source: str = ""  # the weight file it was read from: heads of one file share their projection
 
     @property
     def k(self) -> int:
@@ -145,11 +147,13 @@ def _eeg(weights: Any, meta: Any, selection: Mapping[str, Any], where: str) -> H
     scaler = _get(weights, "scaler_param", where)
     pca_param, reg_param = _get(weights, "pca_param", where), _get(weights, "reg_param", where)
     reps = sorted(reg_param.keys(), key=lambda k: int(str(k).split("-")[-1]))
-    pcas = [_pca(_get(pca_param, r, where), f"{where} [pca {r}]") for r in reps]
-    readouts = []
-    for i, r in enumerate(reps):
-        coef, intercept = _regression(reg_param[r], f"{where} [reg {r}]")
-        readouts.append(Readout(i, coef[rows], intercept[rows]))
+    regressions = [_regression(reg_param[r], f"{where} [reg {r}]") for r in reps]
+    if "rep-1" in pca_param.keys():  # BERG's current format: one PCA per repetition
+        pcas = [_pca(_get(pca_param, r, where), f"{where} [pca {r}]") for r in reps]
+    else:  # BERG 2.0.0: one PCA for every repetition, of which the regressions use the first components
+        components, mean = _pca(pca_param, where)
+        pcas = [(components[:regressions[0][0].shape[1]], mean)]
+    readouts = [Readout(i if len(pcas) > 1 else 0, coef[rows], intercept[rows]) for i, (coef, intercept) in enumerate(regressions)]
     return Head("eeg", np.asarray(scaler["mean_"]), np.asarray(scaler["scale_"]), pcas, readouts,
                 {"": (len(reps), len(ch), len(t))},
                 {"channels": [ch_names[i] for i in ch], "timepoints": t})
@@ -274,6 +278,19 @@ def read_head(family: str, weights: Any, metadata: Any, selection: Mapping[str, 
 
 
 # -- computing them together -----------------------------------------------------------------------
+@contextmanager
+def exact_float32(device: torch.device):
+    """Full float32 products, even under autocast or with TF32 allowed (the projections are where
+    reduced precision costs most: 460,800 terms per code)."""
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.autocast(device.type, enabled=False):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
 def _fold(head: Head, rows: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """(k, F) float32 folded components and (k,) float32 offset of a head, folded in float64 by
     blocks of ``rows`` components (never a float64 copy of a whole PCA)."""
@@ -295,39 +312,72 @@ def _fold(head: Head, rows: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
 class HeadStack(nn.Module):
     """Heads sharing one feature vector: features (B, F) -> {head name: {part: (B, *shape)}}.
 
-    One float32 product projects the features through every head's folded PCA(s); each readout is
-    then one float32 product on its code slice, onto only the rows its selection kept."""
+    The features go through every head's folded PCA(s) in as few float32 products as memory allows:
+    folded components are stacked into blocks of up to ``block_bytes`` (a real BERG EEG subject,
+    4 x 250 components, is 1.8 GB: a block of its own; stacking blocks into one matrix would need
+    twice their memory at load). Each readout is then one float32 product on its code slice, onto
+    only the rows its selection kept.
 
-    def __init__(self, heads: Mapping[str, Head]) -> None:
+    ``heads``: (name, head) pairs, or a mapping. Each is folded as it comes, so a generator that
+    reads one weight file at a time never holds more than one file besides the folded blocks.
+    Heads with the same ``source`` (two selections of one file, two fsaverage hemispheres) share
+    one projection.
+    """
+
+    def __init__(self, heads: Mapping[str, Head] | Iterable[tuple[str, Head]], block_bytes: int = 2 << 30) -> None:
         super().__init__()
-        # Heads read from the same file (say, two selections of one subject) share their projection:
-        # it is folded and computed once.
-        projections: dict[tuple[int, ...], int] = {}  # identity of (scaler, PCAs) -> first code column
-        folded = []
-        self.parts = {name: dict(h.parts) for name, h in heads.items()}
+        projections: dict[Any, int] = {}  # the (scaler, PCAs) of a file -> its first code column
+        alive = []  # heads without a source are told apart by their arrays' identity: keep them alive
+        blocks: list[torch.Tensor] = []
+        pending: list[torch.Tensor] = []
+        offsets: list[torch.Tensor] = []
+        self.parts: dict[str, dict[str, tuple[int, ...]]] = {}
         self.slots: list[tuple[str, str, slice]] = []  # (head, part, code slice) per readout
         coefs, biases = [], []
         width = 0
-        for name, head in heads.items():
-            key = (id(head.mean), id(head.scale), *(id(c) for c, _ in head.pcas))
+        for name, head in (heads.items() if isinstance(heads, Mapping) else heads):
+            self.parts[name] = dict(head.parts)
+            key = head.source or (id(head.mean), id(head.scale), *(id(c) for c, _ in head.pcas))
+            if not head.source:
+                alive.append(head)
             if key not in projections:
                 projections[key] = width
-                folded.append(_fold(head))
+                weight, offset = _fold(head)
+                pending.append(weight)
+                offsets.append(offset)
                 width += head.k
+                if sum(w.numel() for w in pending) * 4 >= block_bytes:
+                    blocks.append(torch.cat(pending) if len(pending) > 1 else pending[0])
+                    pending = []
             pca_starts = projections[key] + np.cumsum([0] + [c.shape[0] for c, _ in head.pcas])
             for readout in head.readouts:
                 self.slots.append((name, readout.part, slice(int(pca_starts[readout.pca]), int(pca_starts[readout.pca + 1]))))
                 coefs.append(torch.as_tensor(readout.coef.T, dtype=torch.float32).contiguous())  # (k, n)
                 biases.append(torch.as_tensor(readout.intercept, dtype=torch.float32))
-        self.register_buffer("weight", torch.cat([w for w, _ in folded]))  # (K, F): every projection, stacked
-        self.register_buffer("offset", torch.cat([b for _, b in folded]))
+        if pending:
+            blocks.append(torch.cat(pending) if len(pending) > 1 else pending[0])
+        if not blocks:
+            raise ValueError("a HeadStack needs at least one head")
+        self.blocks = nn.ParameterList([nn.Parameter(w, requires_grad=False) for w in blocks])  # (K_i, F) each
+        self.register_buffer("offset", torch.cat(offsets))
         self.coefs = nn.ParameterList([nn.Parameter(c, requires_grad=False) for c in coefs])
         self.biases = nn.ParameterList([nn.Parameter(b, requires_grad=False) for b in biases])
 
+    @property
+    def width(self) -> int:
+        """Codes per image: the folded components of every distinct projection."""
+        return int(self.offset.shape[0])
+
+    def bytes_per_image(self) -> int:
+        """Working memory of one image: its codes and every readout's float32 outputs."""
+        return 4 * (self.width + sum(len(b) for b in self.biases))
+
     @torch.inference_mode()
     def forward(self, features: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
-        with torch.autocast(features.device.type, enabled=False):
-            codes = features.to(torch.float32) @ self.weight.T - self.offset
+        with exact_float32(features.device):
+            x = features.to(torch.float32)
+            codes = torch.cat([x @ w.T for w in self.blocks], dim=1) if len(self.blocks) > 1 else x @ self.blocks[0].T
+            codes -= self.offset
             pieces: dict[tuple[str, str], list[torch.Tensor]] = {}
             for (name, part, code), coef, bias in zip(self.slots, self.coefs, self.biases):
                 pieces.setdefault((name, part), []).append(torch.addmm(bias, codes[:, code], coef))

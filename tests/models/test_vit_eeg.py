@@ -13,16 +13,24 @@ from ned_ray.demo import demo_images, make_demo_models
 from ned_ray.models import vit_eeg
 from ned_ray.models.group import ModelGroup
 from ned_ray.nedfmt import VIT_IN_NED_DIR, MissingFileError, NedDir
-from ned_ray.preprocess import vit_input
+from ned_ray.preprocess import vit_input, vit_normalise
+
+
+def _encode(ned: NedDir, subjects, u8) -> torch.Tensor:
+    """(B, S, 4, 63, 140) of NED's EEG heads of ``subjects`` on one backbone pass."""
+    heads = vit_eeg.load_eeg(ned, subjects)
+    vit = vit_eeg.load_vit(vit_eeg.find_vit_weights(None, ned), ned)
+    with torch.inference_mode():
+        return heads(vit_eeg.vit_features(vit, vit_normalise(u8)))
 
 
 def test_many_subjects_equal_one_at_a_time(ned_dir, fixture_images, vit_cache):
     ned = NedDir(str(ned_dir))
     u8 = vit_input(fixture_images["images_small"])
-    both = vit_eeg.load_eeg(ned, [2, 1])(u8)
+    both = _encode(ned, [2, 1], u8)
     assert tuple(both.shape) == (4, 2, 4, 63, 140)
     for index, subject in enumerate((1, 2)):
-        alone = vit_eeg.load_eeg(ned, [subject])(u8)[:, 0]
+        alone = _encode(ned, [subject], u8)[:, 0]
         torch.testing.assert_close(both[:, index], alone, rtol=0, atol=1e-6)
 
 
@@ -35,9 +43,9 @@ def ten_subjects(tmp_path_factory):
 def test_ten_subjects_run_the_backbone_and_the_code_once_per_batch(ten_subjects):
     group = ModelGroup(ten_subjects, [f"eeg/things_eeg_2/vit_b_32/sub-{s:02d}" for s in range(1, 11)], "cpu")
     calls = {"backbone": 0, "projection": 0, "readout": 0}
-    hooks = [group.eeg.vit.conv_proj.register_forward_hook(lambda *a: calls.__setitem__("backbone", calls["backbone"] + 1))]
-    hooks += [m.register_forward_hook(lambda *a: calls.__setitem__("projection", calls["projection"] + 1)) for m in group.eeg.projections]
-    hooks += [m.register_forward_hook(lambda *a: calls.__setitem__("readout", calls["readout"] + 1)) for m in group.eeg.readouts]
+    hooks = [group.vit.vit.conv_proj.register_forward_hook(lambda *a: calls.__setitem__("backbone", calls["backbone"] + 1))]
+    hooks += [m.register_forward_hook(lambda *a: calls.__setitem__("projection", calls["projection"] + 1)) for m in group.vit.eeg.projections]
+    hooks += [m.register_forward_hook(lambda *a: calls.__setitem__("readout", calls["readout"] + 1)) for m in group.vit.eeg.readouts]
     images = demo_images(64)
     responses = group.encode(images, batch_size=5)  # 14 images -> 3 batches
     for hook in hooks:
@@ -70,7 +78,9 @@ def _berg_dir(tmp_path, ned_dir, per_rep_pca: bool) -> NedDir:
 @pytest.mark.parametrize("per_rep_pca", [False, True])
 def test_berg_per_subject_file_gives_neds_numbers(tmp_path, ned_dir, fixtures, fixture_images, vit_cache, per_rep_pca):
     berg = _berg_dir(tmp_path, ned_dir, per_rep_pca)
-    ours = vit_eeg.load_eeg(berg, [1])(vit_input(fixture_images["images_small"]))[:, 0].numpy()
+    group = ModelGroup(berg, ["eeg/things_eeg_2/vit_b_32/sub-01"], "cpu")
+    assert group.vit.eeg is None and group.vit.stack is not None  # a BERG head
+    ours = group.encode(fixture_images["images_small"])[group.model_ids[0]]
     expected = np.load(fixtures / "expected" / "eeg_sub-01__images_small.npy")
     assert np.abs(ours - expected).max() <= 1e-4 * expected.std()
 
@@ -79,7 +89,7 @@ def test_vit_weights_are_never_downloaded_and_the_error_says_where_to_put_them(t
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_home"))
     monkeypatch.delenv("NED_RAY_VIT_WEIGHTS", raising=False)
     with pytest.raises(MissingFileError) as info:
-        vit_eeg.load_eeg(NedDir(str(ned_dir)), [1])
+        ModelGroup(NedDir(str(ned_dir)), ["eeg/things_eeg_2/vit_b_32/sub-01"], "cpu")
     message = str(info.value)
     assert str(tmp_path / "empty_home" / "hub" / "checkpoints" / "vit_b_32-d86f8d99.pth") in message
     assert "--vit-weights" in message and "NED_RAY_VIT_WEIGHTS" in message
@@ -115,7 +125,7 @@ def test_folded_float32_projection_keeps_neds_numbers(ned_dir, fixtures, fixture
 
     group = ModelGroup(ned_dir, ["eeg/things_eeg_2/vit_b_32/sub-01", "eeg/things_eeg_2/vit_b_32/sub-02"], "cpu",
                        projection="float32")
-    assert group.projection == "float32" and group.eeg.projections[0].components.dtype == torch.float32
+    assert group.projection == "float32" and group.vit.eeg.projections[0].components.dtype == torch.float32
     assert ModelGroup(ned_dir, ["eeg/things_eeg_2/vit_b_32/sub-01"], "cpu").projection == "float64"  # auto on CPU
     for images in ("images", "images_227", "images_small"):
         out = group.encode(fixture_images[images])
