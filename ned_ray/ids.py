@@ -154,10 +154,9 @@ class ModelId:
         return self.roi in SPLIT_ROIS
 
     @property
-    def source(self) -> "ModelId":
-        """The id of the file it is read from: fsaverage's two hemispheres share one file."""
-        return ModelId(self.modality, self.train_dataset, self.model, self.subject) \
-            if self.family.key == "fsaverage" else self
+    def source(self) -> str:
+        """What names the file it is read from: fsaverage's two hemispheres share one file."""
+        return f"{self.family.path}/{self.subject_tag}" if self.family.key == "fsaverage" else str(self)
 
     @property
     def berg(self) -> tuple[str, dict]:

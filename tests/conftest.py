@@ -62,6 +62,47 @@ def berg_fixtures() -> Path:
     return BERG_FIXTURES
 
 
+# BERG's fixture cases (berg-fixtures/README.md): case -> (BERG model id, get_encoding_model kwargs)
+BERG_CASES = {
+    "eeg_sub-01": ("eeg-things_eeg_2-vit_b_32", {"subject": 1}),
+    "eeg_sub-01_sel": ("eeg-things_eeg_2-vit_b_32", {"subject": 1}),
+    "fsavg_sub-01": ("fmri-nsd_fsaverage-vit_b_32", {"subject": 1}),
+    "fsavg_sub-01_V1v": ("fmri-nsd_fsaverage-vit_b_32", {"subject": 1}),
+    "fsavg_sub-01_vertices": ("fmri-nsd_fsaverage-vit_b_32", {"subject": 1}),
+    "thfmri_sub-01": ("fmri-things_fmri_1-vit_b_32", {"subject": 1}),
+    "thfmri_sub-01_rois": ("fmri-things_fmri_1-vit_b_32", {"subject": 1}),
+    "meg_P1_full": ("meg-things_meg_1-vit_b_32", {"subject": 1}),
+    "meg_P1_split2_sel": ("meg-things_meg_1-vit_b_32", {"subject": 1, "train_split": "split2"}),
+    "tvsd_F": ("utah_array-tvsd-vit_b_32", {"subject": "F"}),
+    "tvsd_F_V4": ("utah_array-tvsd-vit_b_32", {"subject": "F"}),
+}
+
+
+def berg_selection(berg_fixtures: Path, case: str) -> dict:
+    """The selection BERG was given in a fixture case, rebuilt as the fixture README says."""
+    path = berg_fixtures / "expected" / f"selection_{case}.npz"
+    if not path.exists():
+        return {}
+    stored = np.load(path)
+    return {k: str(a) if a.ndim == 0 else list(a) if a.dtype.kind == "U" else a.astype(int)
+            for k, a in ((k, stored[k]) for k in stored.files)}
+
+
+def berg_expected(berg_fixtures: Path, case: str, images: str) -> list[np.ndarray]:
+    """BERG's outputs of a case: one array, or fsaverage's [lh, rh]."""
+    path = berg_fixtures / "expected" / f"{case}__{images}"
+    if path.with_suffix(".npz").exists():
+        stored = np.load(path.with_suffix(".npz"))
+        return [stored["lh"], stored["rh"]]
+    return [np.load(path.with_suffix(".npy"))]
+
+
+def berg_runs(berg_fixtures: Path, eeg: bool) -> list[tuple[str, str]]:
+    """(case, images) pairs with expected outputs: the EEG ones or the others."""
+    runs = [tuple(p.stem.split("__")) for p in sorted((berg_fixtures / "expected").glob("*__*.np[yz]"))]
+    return [(case, images) for case, images in runs if case.startswith("eeg") == eeg]
+
+
 @pytest.fixture(scope="session")
 def berg_dir(tmp_path_factory: pytest.TempPathFactory, berg_fixtures: Path) -> Path:
     """The fixtures' BERG directory with the weight files of the fMRI, MEG and Utah-array models

@@ -29,6 +29,7 @@ from ..ids import ModelId
 from ..nedfmt import VIT_IN_NED_DIR, MissingFileError, NedDir
 from ..safeload import load_torch_checkpoint
 from ..storage import cached_copy, is_local
+from .vit_heads import exact_float32, project
 
 __all__ = ["VIT_FILENAME", "find_vit_weights", "load_vit", "vit_features", "EegHeads", "load_eeg", "N_COMPONENTS"]
 
@@ -143,18 +144,13 @@ class _Projection(nn.Module):
             self.register_buffer("offset", offsets)
         else:
             folded = stacked / scale  # (K, F), in float64 before the cast
-            self.register_buffer("components", folded.to(dtype).T.contiguous())  # (F, K)
+            self.register_buffer("components", folded.to(dtype))  # (K, F)
             self.register_buffer("offset", ((mean / scale) @ stacked.T + offsets).to(dtype))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         if self.dtype != torch.float64:  # one product, in full float32 even under autocast or TF32
-            tf32 = torch.backends.cuda.matmul.allow_tf32
-            torch.backends.cuda.matmul.allow_tf32 = False
-            try:
-                with torch.autocast(features.device.type, enabled=False):
-                    return (features.to(self.dtype) @ self.components - self.offset).to(torch.float32)
-            finally:
-                torch.backends.cuda.matmul.allow_tf32 = tf32
+            with exact_float32(features.device):
+                return (project(features.to(self.dtype), self.components) - self.offset).to(torch.float32)
         z = (features.to(torch.float64) - self.mean) / self.scale
         # NED casts the PCA code to float32 before the regressions.
         return (z @ self.components.T - self.offset).to(torch.float32)

@@ -82,7 +82,7 @@ def load_heads(ned: NedDir, model_ids: Sequence[ModelId],
     fsaverage hemispheres of a subject, come together and share its projection)."""
     selections = selections or {}
     current: tuple[str, Any, Any] | None = None
-    for mid in sorted(model_ids, key=lambda m: (str(m.source), str(m))):
+    for mid in sorted(model_ids, key=lambda m: (m.source, str(m))):
         entry = ned.entry(mid)
         where = ned.uri(entry.weights[0])
         if current is None or current[0] != where:

@@ -1,0 +1,232 @@
+"""The BERG-compatible API: ``BERG(berg_dir).get_encoding_model(model_id, subject=...)`` and ``.encode(...)``.
+
+Same method and argument names as BERG 2.x (berg-spec §10), the same outputs (float32 arrays;
+fsaverage as the ``(lh, rh)`` tuple) and BERG's numbers (checked against BERG's own outputs), from
+the same model code as the Ray job: every ViT-B/32 family is a head on one backbone pass.
+Where BERG fails silently (berg-spec §11-§12) this API raises: float or int64 images, values
+outside 0-255, empty batches, one-channel images, ``True``/``1.0`` as a subject, and metadata that
+cannot be read (BERG then returns the responses alone). Non-square images are accepted, as BERG's
+transform defines them (shorter side to 256, centre crop 224).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .ids import FAMILIES, Family, ModelId
+from .models.group import ModelGroup, resolve_device
+from .models.vit_heads import SelectionError
+from .nedfmt import MissingFileError, NedDir
+from .preprocess import check_images
+from .safeload import UnsafePickleError
+
+__all__ = ["BERG", "BergModel", "BERGError", "ModelNotFoundError", "ModelLoadError", "InvalidParameterError",
+           "StimulusError"]
+
+
+class BERGError(Exception):
+    """Base of the BERG API's errors (as BERG's)."""
+
+
+class ModelNotFoundError(BERGError, ValueError):
+    """An unknown model id (the message lists the valid ones)."""
+
+
+class ModelLoadError(BERGError, RuntimeError):
+    """A model's files are missing or cannot be read."""
+
+
+class InvalidParameterError(BERGError, SelectionError):
+    """A bad subject, train split or selection (the message lists the valid values)."""
+
+
+class StimulusError(BERGError, ValueError):
+    """Images that are not a uint8 (N, 3, H, W) array of 0-255 pixels."""
+
+
+_SELECTION_KEYS = {
+    "eeg": ("channels", "timepoints"),
+    "fsaverage": ("roi", "lh_vertices", "rh_vertices"),
+    "things_fmri": ("roi", "voxel_index"),
+    "meg": ("region", "sensors", "sensor_index", "timepoints"),
+    "tvsd": ("roi", "electrodes", "timepoints"),
+    "fwrf": (),
+}
+_OUTPUTS = {
+    "fwrf": "(N, voxels) float32 for one ROI (pass roi=...)",
+    "eeg": "(N, 4 repetitions, channels <= 63, times <= 140) float32",
+    "fsaverage": "tuple (lh (N, vertices <= 163842), rh (N, vertices <= 163842)) float32",
+    "things_fmri": "(N, voxels <= 211339) float32",
+    "meg": "(N, sensors <= 271, times <= 281) float32",
+    "tvsd": "(N, electrodes <= 1024, times <= 300) float32",
+}
+_BERG_IDS = {f.berg_id: f for f in FAMILIES.values()}
+
+
+@dataclass
+class BergModel:
+    """A loaded BERG model: its id and arguments, and the ned-ray models computing it."""
+
+    model_id: str
+    subject: int | str
+    selection: dict[str, Any] | None
+    ids: list[ModelId]  # one model; fsaverage: (lh, rh)
+    group: ModelGroup
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def device(self) -> str:
+        return str(self.group.device)
+
+    @property
+    def family(self) -> Family:
+        return self.ids[0].family
+
+
+class BERG:
+    """A BERG directory (``brain-encoding-response-generator``; local path or fsspec URL such as
+    ``s3://bucket/brain-encoding-response-generator``).
+
+    ``vit_weights`` optionally names the ViT-B/32 weight file (see
+    :func:`ned_ray.models.vit_eeg.find_vit_weights`); ned-ray never downloads it by itself.
+    """
+
+    def __init__(self, berg_dir: str | os.PathLike, vit_weights: str | None = None,
+                 storage_options: dict | None = None) -> None:
+        self.berg_dir = str(berg_dir)
+        self.vit_weights = vit_weights
+        self._storage_options = storage_options or {}
+        self._dir: NedDir | None = None
+
+    @property
+    def directory(self) -> NedDir:
+        if self._dir is None:
+            self._dir = NedDir(self.berg_dir, self._storage_options)
+        return self._dir
+
+    # -- the catalogue -------------------------------------------------------------------------
+    def list_models(self) -> list[str]:
+        """BERG ids of the models this directory holds (BERG lists its whole registry)."""
+        return sorted({m.family.berg_id for m in self.directory.catalogue})
+
+    def get_model_catalog(self) -> dict[str, dict[str, Any]]:
+        """Per BERG id held here: modality, dataset, subjects (and splits) present, output, selection keys."""
+        catalog: dict[str, dict[str, Any]] = {}
+        for mid in self.directory.catalogue:
+            family = mid.family
+            entry = catalog.setdefault(family.berg_id, {
+                "modality": family.modality, "train_dataset": family.train_dataset, "model": family.model,
+                "subjects": [], "output": _OUTPUTS[family.key], "selection_keys": list(_SELECTION_KEYS[family.key])})
+            if mid.subject not in entry["subjects"]:
+                entry["subjects"].append(mid.subject)
+            if family.key == "meg":
+                entry.setdefault("train_splits", []).append(mid.variant)
+            if family.key == "fwrf":
+                entry.setdefault("rois", []).append(mid.variant)
+        return catalog
+
+    def describe(self, model_id: str) -> str:
+        """Print (and return) a model's card: subjects, arguments, output, selection keys."""
+        family = self._family(model_id)
+        info = self.get_model_catalog().get(model_id, {"subjects": []})
+        lines = [f"{model_id}  (ned-ray ids: {family.path}/sub-XX{'/' + family.variant if family.variant else ''})",
+                 f"  modality {family.modality}, trained on {family.train_dataset}, model {family.model}",
+                 f"  subjects published: {list(family.subjects)}; in this directory: {info['subjects']}",
+                 f"  output: {_OUTPUTS[family.key]}"]
+        if family.key == "meg":
+            lines.append(f"  train_split: one of {list(family.variants)} (default 'full'); here: {info.get('train_splits', [])}")
+        if family.key == "fwrf":
+            lines.append(f"  roi: one of {list(family.variants)}")
+        if _SELECTION_KEYS[family.key]:
+            lines.append(f"  selection keys: {list(_SELECTION_KEYS[family.key])}")
+        text = "\n".join(lines)
+        print(text)
+        return text
+
+    def _family(self, model_id: Any) -> Family:
+        if not isinstance(model_id, str) or model_id not in _BERG_IDS:
+            held = self.list_models()
+            raise ModelNotFoundError(f"Model '{model_id}' not found. Available models: {held or sorted(_BERG_IDS)}")
+        return _BERG_IDS[model_id]
+
+    def _model_ids(self, model_id: str, subject: Any, kwargs: dict[str, Any]) -> list[ModelId]:
+        family = self._family(model_id)
+        if isinstance(subject, (bool, np.bool_)) or not isinstance(subject, (int, np.integer, str)) or \
+                subject not in family.subjects:
+            raise InvalidParameterError(f"Subject must be one of {list(family.subjects)}, got {subject!r}")
+        subject = int(subject) if isinstance(subject, (int, np.integer)) else subject
+        allowed = {"meg": {"train_split"}, "fwrf": {"roi"}}.get(family.key, set())
+        unknown = set(kwargs) - allowed
+        if unknown:
+            raise InvalidParameterError(f"{model_id} takes no argument {sorted(unknown)}; its arguments: "
+                                        f"subject{''.join(', ' + a for a in sorted(allowed))}, selection, device")
+        if family.key == "meg":
+            split = kwargs.get("train_split", "full")
+            if split not in family.variants:
+                raise InvalidParameterError(f"train_split must be one of {list(family.variants)}, got '{split}'")
+            variants = [split]
+        elif family.key == "fwrf":
+            roi = kwargs.get("roi")
+            if roi not in family.variants:
+                raise InvalidParameterError(f"roi must be one of {list(family.variants)}, got {roi!r}")
+            variants = [roi]
+        else:
+            variants = list(family.variants) or [None]
+        return [ModelId(family.modality, family.train_dataset, family.model, subject, v) for v in variants]
+
+    # -- models --------------------------------------------------------------------------------
+    def get_encoding_model(self, model_id: str, device: str = "auto", selection: dict | None = None,
+                           **kwargs: Any) -> BergModel:
+        """Load one model: ``subject=`` (and ``train_split=`` for MEG), BERG's ``selection`` dict.
+
+        Unknown ids raise :class:`ModelNotFoundError` listing the valid ones; a bad subject, split
+        or selection :class:`InvalidParameterError` listing the valid values; missing or unreadable
+        files :class:`ModelLoadError` naming the file.
+        """
+        subject = kwargs.pop("subject", None)
+        ids = self._model_ids(model_id, subject, kwargs)
+        if device not in ("auto", "cpu", "cuda"):
+            raise InvalidParameterError(f"device must be one of ['auto', 'cpu', 'cuda'], got {device!r}")
+        if selection is not None and not isinstance(selection, dict):
+            raise InvalidParameterError(f"selection must be a dict, got {type(selection).__name__}")
+        selections = {m: selection for m in ids} if selection else None
+        try:
+            group = ModelGroup(self.directory, ids, resolve_device(device), self.vit_weights, selections=selections)
+        except SelectionError as exc:
+            raise InvalidParameterError(str(exc)) from None
+        except (MissingFileError, UnsafePickleError) as exc:
+            raise ModelLoadError(f"Failed to load model: {exc}") from exc
+        except (ValueError, RuntimeError) as exc:
+            raise ModelLoadError(f"Failed to load model: {str(exc).splitlines()[0]}") from exc
+        return BergModel(model_id, ids[0].subject, selection, ids, group, kwargs)
+
+    def encode(self, model: BergModel, stimulus: np.ndarray, return_metadata: bool = False,
+               show_progress: bool = True, batch_size: int = 100) -> Any:
+        """BERG's ``encode``: float32 responses (fsaverage: ``(lh, rh)``), with the metadata dict
+        when ``return_metadata`` (errors reading it are raised, never swallowed). ``show_progress``
+        is accepted for compatibility; ned-ray draws no progress bar here."""
+        if not isinstance(model, BergModel):
+            raise TypeError("'model' must be what get_encoding_model() returned")
+        if not isinstance(stimulus, np.ndarray) or stimulus.ndim != 4:
+            raise StimulusError("Stimulus must be a 4D numpy array (batch, channels, height, width)")
+        try:
+            images = check_images(stimulus, square=bool(model.group.fmri))
+        except (TypeError, ValueError) as exc:
+            raise StimulusError(str(exc)) from None
+        out = model.group.encode(images, batch_size=batch_size, square=bool(model.group.fmri))
+        responses = tuple(out[m] for m in model.ids) if model.family.key == "fsaverage" else out[model.ids[0]]
+        if return_metadata:
+            return responses, self.get_model_metadata(model.model_id, subject=model.subject, **model.kwargs)
+        return responses
+
+    def get_model_metadata(self, model_id: str, subject: Any = None, **kwargs: Any) -> dict:
+        """The model's metadata dict, as BERG returns it (the whole file)."""
+        ids = self._model_ids(model_id, subject, kwargs)
+        try:
+            return self.directory.metadata(ids[0])
+        except (MissingFileError, ValueError) as exc:
+            raise ModelLoadError(f"Failed to load metadata: {exc}") from exc

@@ -1,0 +1,109 @@
+"""The BERG-compatible API: BERG's numbers for every fixture case, BERG's arguments and outputs,
+and clear errors where BERG fails silently."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+
+from ned_ray.berg import BERG, InvalidParameterError, ModelLoadError, ModelNotFoundError, StimulusError
+
+from .conftest import BERG_CASES, PARITY, berg_expected, berg_runs, berg_selection, BERG_FIXTURES
+
+
+def _check_case(berg: BERG, berg_fixtures, case: str, images: str) -> None:
+    model_id, kwargs = BERG_CASES[case]
+    model = berg.get_encoding_model(model_id, device="cpu", selection=berg_selection(berg_fixtures, case) or None,
+                                    **kwargs)
+    got = berg.encode(model, np.load(berg_fixtures / f"{images}.npy"), show_progress=False)
+    got = list(got) if isinstance(got, tuple) else [got]
+    assert isinstance(berg.encode(model, np.load(berg_fixtures / "images_small.npy")[:1]),
+                      tuple) == case.startswith("fsavg")  # fsaverage: the (lh, rh) tuple, as BERG
+    for part, (ours, want) in enumerate(zip(got, berg_expected(berg_fixtures, case, images), strict=True)):
+        assert ours.dtype == np.float32 and ours.shape == want.shape, (case, ours.shape, want.shape)
+        figure = float(np.abs(ours - want).max() / want.std())
+        PARITY[f"BERG {case}{'' if len(got) == 1 else ('.lh', '.rh')[part]} x {images} (API)"] = figure
+        assert figure <= 1e-4, (case, images, figure)
+
+
+@pytest.mark.parametrize("case,images", berg_runs(BERG_FIXTURES, eeg=False))
+def test_berg_parity_through_the_api(berg_dir, berg_fixtures, vit_cache, case, images):
+    _check_case(BERG(berg_dir), berg_fixtures, case, images)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case,images", berg_runs(BERG_FIXTURES, eeg=True))
+def test_berg_eeg_parity_through_the_api(berg_dir, berg_eeg_file, berg_fixtures, vit_cache, case, images):
+    _check_case(BERG(berg_dir), berg_fixtures, case, images)
+
+
+def test_catalogue_and_metadata(berg_dir, vit_cache, capsys):
+    berg = BERG(berg_dir)
+    assert {"fmri-nsd_fsaverage-vit_b_32", "fmri-things_fmri_1-vit_b_32", "meg-things_meg_1-vit_b_32",
+            "utah_array-tvsd-vit_b_32"} <= set(berg.list_models())
+    catalog = berg.get_model_catalog()
+    assert catalog["meg-things_meg_1-vit_b_32"]["train_splits"] == ["full", "split2"]
+    assert catalog["utah_array-tvsd-vit_b_32"]["subjects"] == ["F"]
+    text = berg.describe("meg-things_meg_1-vit_b_32")
+    assert "train_split" in capsys.readouterr().out and "sensors" in text
+    meta = berg.get_model_metadata("meg-things_meg_1-vit_b_32", subject=1)
+    assert set(meta) == {"meg", "sensors", "encoding_model"}
+    model = berg.get_encoding_model("utah_array-tvsd-vit_b_32", subject="F", device="cpu",
+                                    selection={"roi": ["V4"]})
+    out, meta = berg.encode(model, np.zeros((2, 3, 64, 64), np.uint8), return_metadata=True)
+    assert out.shape == (2, 192, 300) and "utah-array" in meta
+
+
+def test_unknown_ids_subjects_splits_and_selections_list_the_valid_ones(berg_dir, vit_cache):
+    berg = BERG(berg_dir)
+    with pytest.raises(ModelNotFoundError, match="Model 'meg-things_meg_2-vit_b_32' not found. Available models: .*meg-things_meg_1"):
+        berg.get_encoding_model("meg-things_meg_2-vit_b_32", subject=1)
+    with pytest.raises(InvalidParameterError, match=r"Subject must be one of \['N', 'F'\], got 'G'"):
+        berg.get_encoding_model("utah_array-tvsd-vit_b_32", subject="G")
+    for subject in (True, 1.0):  # BERG: True silently loads subject 1; 1.0 fails later as a load error
+        with pytest.raises(InvalidParameterError, match="Subject must be one of"):
+            berg.get_encoding_model("fmri-things_fmri_1-vit_b_32", subject=subject)
+    with pytest.raises(InvalidParameterError, match=r"train_split must be one of \['full', 'split1'"):
+        berg.get_encoding_model("meg-things_meg_1-vit_b_32", subject=1, train_split="split9")
+    with pytest.raises(InvalidParameterError, match=r"Invalid region\(s\): \['Occ'\]. Valid regions are: \['Central'"):
+        berg.get_encoding_model("meg-things_meg_1-vit_b_32", subject=1, selection={"region": ["Occ"]})
+    with pytest.raises(InvalidParameterError, match=r"Invalid selection key: 'chans'. Valid keys are"):
+        berg.get_encoding_model("utah_array-tvsd-vit_b_32", subject="F", selection={"chans": [1]})
+    with pytest.raises(ModelLoadError, match="weights_P2_full.npy"):  # published, not in this directory
+        berg.get_encoding_model("meg-things_meg_1-vit_b_32", subject=2)
+
+
+def test_images_are_checked_where_berg_fails_silently(berg_dir, vit_cache):
+    berg = BERG(berg_dir)
+    model = berg.get_encoding_model("fmri-things_fmri_1-vit_b_32", subject=1, device="cpu",
+                                    selection={"roi": ["V1"]})
+    ok = np.zeros((1, 3, 64, 64), np.uint8)
+    for bad, message in ((ok.astype(np.float32), "dtype uint8"), (ok.astype(np.int64), "dtype uint8"),
+                         (ok[:0], "0 images"), (ok[:, :1], "3 RGB channels"), (ok[0], "4D numpy array"),
+                         (list(ok), "4D numpy array")):
+        with pytest.raises(StimulusError, match=message):
+            berg.encode(model, bad)
+    wide = np.random.default_rng(0).integers(0, 256, (2, 3, 300, 400), dtype=np.uint8)
+    assert berg.encode(model, wide).shape == (2, model.group.output_shape(model.ids[0])[0])  # non-square: as BERG
+    assert berg.encode(model, wide[..., ::-1]).shape[0] == 2  # negative strides (BERG: a raw ValueError)
+
+
+def test_a_malicious_pickle_in_a_berg_file_does_not_run(berg_dir, tmp_path, vit_cache):
+    import shutil
+
+    from .test_safeload import _Payload
+
+    marker = tmp_path / "pwned"
+    copy = tmp_path / "berg_dir"
+    folder = "encoding_models/modality-utah_array/train_dataset-tvsd/model-vit_b_32"
+    shutil.copytree(berg_dir / folder / "metadata", copy / folder / "metadata")
+    (copy / folder / "encoding_models_weights").mkdir(parents=True)
+    buffer = io.BytesIO()
+    np.save(buffer, np.array({"scaler_param": _Payload(marker), "pca_param": {}, "reg_param": {}}, dtype=object),
+            allow_pickle=True)
+    (copy / folder / "encoding_models_weights" / "weights_monkeyF.npy").write_bytes(buffer.getvalue())
+    with pytest.raises(ModelLoadError, match="weights_monkeyF.npy"):
+        BERG(copy).get_encoding_model("utah_array-tvsd-vit_b_32", subject="F", device="cpu")
+    assert not marker.exists()
