@@ -4,10 +4,13 @@ The pipeline executes a plan as is; ``ned-ray encode --dry-run`` prints it (``--
 
 * **Device.** ``cpu``: CPU. ``cuda``: GPUs, always (the job waits for the autoscaler to bring them).
   ``auto``: GPUs when the cluster has them *or can launch them* (see :mod:`.cluster`), else CPU.
-* **Model groups** (one actor pool each). All EEG subjects share one group: one ViT pass and one PCA
-  code feed every subject. fMRI models (one backbone each) share another, split by subject (then by
-  model) only when their weights would not fit an actor's share of a device (half of the share holds
-  weights, the rest activations); ``--fmri-models-per-actor N`` fixes groups of N instead.
+* **Model groups** (one actor pool each). Every ViT-B/32 model (NED's EEG subjects, BERG's EEG,
+  fsaverage, THINGS-fMRI, MEG and TVSD heads) shares one group: one ViT pass feeds them all (NED's
+  EEG subjects also share one PCA code). fwrf models (one backbone each) share another, split by
+  subject (then by model) only when their weights would not fit an actor's share of a device (half
+  of the share holds weights, the rest activations); ``--fmri-models-per-actor N`` fixes groups of
+  N instead. ViT models whose weights do not fit one actor are split the same way, by weight file
+  (each group then runs its own ViT pass).
 * **GPU slots.** With G groups and N GPUs at most, each actor gets 1 GPU when N >= G, else 1/k of
   one (k = ceil(G/N)): groups share GPUs. Every group gets one actor; the other slots go to groups in
   proportion to their compute per image (ViT-B/32 = 1, one fwrf backbone = 0.4, measured on CPU in
@@ -40,6 +43,7 @@ from .config import EncodeConfig
 __all__ = ["Plan", "PoolPlan", "PlanError", "make_plan", "COST", "group_cost", "DECODE_CPUS", "WRITE_CPUS"]
 
 COST = {"vit": 1.0, "fwrf": 0.4}  # relative compute per image: ViT-B/32 (+ heads), one fwrf backbone
+VIT_FLOPS = 4.4e9  # multiply-adds x 2 of one ViT-B/32 image: a head's projection costs 2 per float32 weight
 DECODE_CPUS = 1.0  # Ray CPUs of one decode task
 WRITE_CPUS = 0.25  # Ray CPUs of one image-sink task (responses are written by the actors)
 WEIGHTS_SHARE = 0.5  # of an actor's device memory share, for its models' weights (the rest: activations)
@@ -123,18 +127,17 @@ def _size(n: int) -> str:
 
 def _models_label(models: Sequence[str]) -> str:
     ids = [ModelId.parse(m) for m in models]
-    eeg = sorted(m.subject for m in ids if m.modality == "eeg")
-    fmri = [m for m in ids if m.modality == "fmri"]
     parts = []
-    if fmri:
-        subjects = sorted({m.subject for m in fmri})
-        parts.append(f"{len(fmri)} fMRI (sub {_ranges(subjects)})")
-    if eeg:
-        parts.append(f"{len(eeg)} EEG (sub {_ranges(eeg)})")
+    for family in dict.fromkeys(m.family for m in sorted(ids, key=lambda m: m.family.key != "fwrf")):
+        members = [m for m in ids if m.family == family]
+        subjects = sorted({m.subject for m in members}, key=str)
+        parts.append(f"{len(members)} {family.title} (sub {_ranges(subjects)})")
     return ", ".join(parts)
 
 
-def _ranges(values: Sequence[int]) -> str:
+def _ranges(values: Sequence[int | str]) -> str:
+    if any(isinstance(v, str) for v in values):
+        return ",".join(map(str, values))
     out, start = [], None
     for i, v in enumerate(values):
         if start is None:
@@ -145,16 +148,19 @@ def _ranges(values: Sequence[int]) -> str:
     return ",".join(out)
 
 
-def group_cost(models: Sequence[ModelId]) -> float:
-    """Relative compute per image of a group: one ViT pass for all EEG subjects, one fwrf backbone
-    per fMRI model (two for split ROIs)."""
-    fwrf = sum(2 if m.is_split else 1 for m in models if m.modality == "fmri")
-    return fwrf * COST["fwrf"] + (COST["vit"] if any(m.modality == "eeg" for m in models) else 0.0)
+def group_cost(models: Sequence[ModelId], sizes: Mapping[ModelId, int] | None = None) -> float:
+    """Relative compute per image of a group: one ViT pass for all its ViT models plus their
+    heads' projections (2 flops per float32 weight, from ``sizes``: NED's EEG regressions are
+    small), one fwrf backbone per fwrf model (two for split ROIs)."""
+    fwrf = sum(2 if m.is_split else 1 for m in models if m.family.key == "fwrf")
+    vit = [m for m in models if m.family.uses_vit]
+    heads = sum((sizes or {}).get(m, 0) for m in vit) / 4 * 2 / VIT_FLOPS
+    return fwrf * COST["fwrf"] + ((COST["vit"] + heads) if vit else 0.0)
 
 
 def _inputs(models: Sequence[ModelId]) -> list[str]:
-    return [k for k, used in (("fwrf", any(m.modality == "fmri" for m in models)),
-                              ("vit", any(m.modality == "eeg" for m in models))) if used]
+    return [k for k, used in (("fwrf", any(m.family.key == "fwrf" for m in models)),
+                              ("vit", any(m.family.uses_vit for m in models))) if used]
 
 
 def _device(config: EncodeConfig, cluster: ClusterShape) -> tuple[str, str]:
@@ -210,8 +216,8 @@ def make_plan(config: EncodeConfig, models: Sequence[ModelId], cluster: ClusterS
               n_shards: int | None = None) -> Plan:
     """The plan for ``models`` on ``cluster`` under ``config`` (pure: no Ray, no files).
 
-    ``weights_bytes``: each model's own weight files; ``shared_bytes``: what all EEG subjects share
-    (ViT, scaler, PCA). They keep every group within its actors' memory budget. ``n_shards``: shards
+    ``weights_bytes``: each model's own weight files; ``shared_bytes``: what all ViT models share
+    (ViT, NED's scaler and PCA). They keep every group within its actors' memory budget. ``n_shards``: shards
     to encode; pools start as many actors as there are shards (up to their maximum).
     """
     if not models:
@@ -219,8 +225,8 @@ def make_plan(config: EncodeConfig, models: Sequence[ModelId], cluster: ClusterS
     sizes = dict(weights_bytes or {})
     notes: list[str] = []
     device, reason = _device(config, cluster)
-    eeg = sorted(m for m in models if m.modality == "eeg")
-    fmri = sorted(m for m in models if m.modality == "fmri")
+    vit = sorted(m for m in models if m.family.uses_vit)
+    fmri = sorted(m for m in models if m.family.key == "fwrf")
     gpus = cluster.gpus_max if device == "cuda" else 0.0
     if device == "cuda" and not gpus:
         gpus = 1.0  # --device cuda on a cluster that shows none: plan for the first GPU to come
@@ -234,7 +240,7 @@ def make_plan(config: EncodeConfig, models: Sequence[ModelId], cluster: ClusterS
         memory = cluster.node_memory()
 
     def weight(group: Sequence[ModelId]) -> int:
-        return sum(sizes.get(m, 0) for m in group) + (shared_bytes if any(m.modality == "eeg" for m in group) else 0)
+        return sum(sizes.get(m, 0) for m in group) + (shared_bytes if any(m.family.uses_vit for m in group) else 0)
 
     def budget(share: float) -> float:
         return WEIGHTS_SHARE * share * memory if memory else float("inf")
@@ -256,7 +262,8 @@ def make_plan(config: EncodeConfig, models: Sequence[ModelId], cluster: ClusterS
         needed = n_groups * (fixed or 1)  # actors that must run at once
         return 1.0 if gpus >= needed else 1.0 / math.ceil(needed / gpus)
 
-    n_groups = len(fmri_groups) + (1 if eeg else 0)
+    vit_groups = [vit] if vit else []
+    n_groups = len(fmri_groups) + len(vit_groups)
     share = share_for(n_groups)
     capacity = WEIGHTS_SHARE * memory * (gpus if device == "cuda" else 1) if memory else float("inf")
     if weight(models) > capacity:
@@ -270,11 +277,24 @@ def make_plan(config: EncodeConfig, models: Sequence[ModelId], cluster: ClusterS
         while n < len(fmri) and any(weight(g) > budget(share) for g in fmri_groups):
             n += 1  # by subject first, then by model
             fmri_groups = _fmri_groups(fmri, n, sizes)
-            share = share_for(len(fmri_groups) + (1 if eeg else 0))
+            share = share_for(len(fmri_groups) + len(vit_groups))
         if n > 1:
             notes.append(f"fMRI weights ({_size(weight(fmri))}) exceed an actor's budget: split in {n} groups "
                          f"({'by subject' if n <= n_subjects else 'by model'})")
-    groups = fmri_groups + ([eeg] if eeg else [])
+    if vit:
+        files: dict[str, list[ModelId]] = {}
+        for m in vit:  # models read from one file (fsaverage's hemispheres) stay together
+            files.setdefault(m.source, []).append(m)
+        n = 1
+        while n < len(files) and any(weight(g) > budget(share) for g in vit_groups):
+            n += 1
+            vit_groups = [sorted(m for ms in bin_ for m in ms) for bin_ in
+                          _balanced([(tuple(ms), float(sum(sizes.get(m, 0) for m in ms))) for ms in files.values()], n)]
+            share = share_for(len(fmri_groups) + len(vit_groups))
+        if n > 1:
+            notes.append(f"ViT models' weights ({_size(weight(vit))}) exceed an actor's budget: split in {n} groups by "
+                         "weight file (each runs its own ViT pass)")
+    groups = fmri_groups + vit_groups
     share = share_for(len(groups))
     too_big = next((g for g in groups if weight(g) > budget(share)), None)
     if too_big is not None:
@@ -283,7 +303,7 @@ def make_plan(config: EncodeConfig, models: Sequence[ModelId], cluster: ClusterS
                         "actors more memory (--gpus-per-actor 1, larger GPUs), fewer models per actor, or use the CPU")
 
     # -- actors: every group at least one, the other GPU slots by compute --------------------------------
-    costs = [group_cost(g) for g in groups]
+    costs = [group_cost(g, sizes) for g in groups]
     if device == "cuda":
         slots = int(math.floor(gpus / share + 1e-9))
         needed = len(groups) * (fixed or 1)
@@ -315,9 +335,10 @@ def make_plan(config: EncodeConfig, models: Sequence[ModelId], cluster: ClusterS
     pools = []
     for index, (group, count, cost) in enumerate(zip(groups, counts, costs)):
         later = {k for g in groups[index + 1:] for k in _inputs(g)}
-        numbered = sum(1 for g in groups if g is not eeg) > 1
+        kind = "fmri" if group[0].family.key == "fwrf" else ("eeg" if all(m.family.key == "eeg" for m in group) else "vit")
+        numbered = sum(1 for g in groups if (g[0].family.key == "fwrf") == (kind == "fmri")) > 1
         pools.append(PoolPlan(
-            name="eeg" if group is eeg else (f"fmri-{index + 1}" if numbered else "fmri"),
+            name=f"{kind}-{index + 1}" if numbered else kind,
             models=[str(m) for m in group], inputs=_inputs(group), drop=[k for k in _inputs(group) if k not in later],
             device=device, min_actors=fixed or 1, max_actors=count,
             initial_actors=fixed or max(1, min(count, n_shards if n_shards is not None else count)),
@@ -328,8 +349,9 @@ def make_plan(config: EncodeConfig, models: Sequence[ModelId], cluster: ClusterS
     if device == "cuda" and share < 1:
         notes.append(f"{len(groups)} groups on {gpus:g} GPU(s): actors share GPUs ({share:g} GPU each) and size their "
                      "batches from their own share of the GPU's memory")
-    if len(eeg) > 1:
-        notes.append(f"the {len(eeg)} EEG subjects share one ViT pass and one PCA code per image")
+    if len(vit) > 1:
+        notes.append(f"the {len(vit)} ViT-B/32 models share one ViT pass per image" + (" per group" if len(vit_groups) > 1 else "")
+                     + ("; NED's EEG subjects also share one PCA code" if sum(m.family.key == "eeg" for m in vit) > 1 else ""))
     return Plan(device=device, device_reason=reason, cluster=cluster, pools=pools, decode_cpus=DECODE_CPUS,
                 decode_concurrency=decode_concurrency, write_cpus=WRITE_CPUS, shard_size=config.shard_size,
                 wait_for_gpus=device == "cuda" and not cluster.gpus_now, notes=notes)

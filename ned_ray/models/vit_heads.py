@@ -117,18 +117,21 @@ def _unit_time_rows(units: np.ndarray, times: np.ndarray, n_times: int) -> np.nd
     return (units[:, None] * n_times + times[None, :]).ravel()
 
 
-def _one_readout(name: str, weights: Any, regression: tuple[np.ndarray, np.ndarray], rows: np.ndarray,
-                 shape: tuple[int, ...], kept: dict[str, Any], where: str) -> Head:
-    """A head with one PCA and one regression (THINGS-fMRI, MEG, TVSD), on the selected ``rows``."""
-    coef, intercept = regression
-    scaler = _get(weights, "scaler_param", where)
-    return Head(name, np.asarray(scaler["mean_"]), np.asarray(scaler["scale_"]),
-                [_pca(_get(weights, "pca_param", where), where)], [Readout(0, coef[rows], intercept[rows])],
-                {"": shape}, kept)
+@dataclass(frozen=True)
+class Rows:
+    """What a selection keeps of a model's outputs, resolved from its metadata alone (no weights):
+    per output part ("" or "lh"/"rh"), the regression rows in output order, the per-image shape
+    (EEG: without its repetition axis, which only the weight file says), and the rows the file must
+    hold; ``kept`` names what was kept (channel names, indexes) for the output's metadata."""
+
+    rows: dict[str, np.ndarray]
+    shapes: dict[str, tuple[int, ...]]
+    total: dict[str, int]
+    kept: dict[str, Any]
 
 
-def _eeg(weights: Any, meta: Any, selection: Mapping[str, Any], where: str) -> Head:
-    """§4: a scaler, one PCA and one regression per repetition; rows ch*T + t."""
+def _eeg(meta: Any, selection: Mapping[str, Any], where: str) -> Rows:
+    """§4: channels in the user's order (duplicates kept), then the times of a mask; rows ch*T + t."""
     ch_names = [str(c) for c in _get(_get(meta, "eeg", where), "ch_names", where)]
     n_t = len(_get(_get(meta, "eeg", where), "times", where))
     _check_keys(selection, ("channels", "timepoints"))
@@ -143,20 +146,8 @@ def _eeg(weights: Any, meta: Any, selection: Mapping[str, Any], where: str) -> H
             raise SelectionError(f"Invalid channel(s): {bad}. Valid channels are: {ch_names}")
         ch = np.array([ch_names.index(c) for c in channels], np.int64)  # the user's order, duplicates kept
     t = _binary(selection["timepoints"], "timepoints", n_t) if "timepoints" in selection else np.arange(n_t)
-    rows = _unit_time_rows(ch, t, n_t)
-    scaler = _get(weights, "scaler_param", where)
-    pca_param, reg_param = _get(weights, "pca_param", where), _get(weights, "reg_param", where)
-    reps = sorted(reg_param.keys(), key=lambda k: int(str(k).split("-")[-1]))
-    regressions = [_regression(reg_param[r], f"{where} [reg {r}]") for r in reps]
-    if "rep-1" in pca_param.keys():  # BERG's current format: one PCA per repetition
-        pcas = [_pca(_get(pca_param, r, where), f"{where} [pca {r}]") for r in reps]
-    else:  # BERG 2.0.0: one PCA for every repetition, of which the regressions use the first components
-        components, mean = _pca(pca_param, where)
-        pcas = [(components[:regressions[0][0].shape[1]], mean)]
-    readouts = [Readout(i if len(pcas) > 1 else 0, coef[rows], intercept[rows]) for i, (coef, intercept) in enumerate(regressions)]
-    return Head("eeg", np.asarray(scaler["mean_"]), np.asarray(scaler["scale_"]), pcas, readouts,
-                {"": (len(reps), len(ch), len(t))},
-                {"channels": [ch_names[i] for i in ch], "timepoints": t})
+    return Rows({"": _unit_time_rows(ch, t, n_t)}, {"": (len(ch), len(t))}, {"": len(ch_names) * n_t},
+                {"channels": ch, "timepoints": t})
 
 
 FSAVERAGE_ROIS = ("V1d V1v V2d V2v V3d V3v hV4 OFA FFA-1 FFA-2 mTL-faces aTL-faces OVWFA VWFA-1 VWFA-2 mfs-words "
@@ -164,11 +155,11 @@ FSAVERAGE_ROIS = ("V1d V1v V2d V2v V3d V3v hV4 OFA FFA-1 FFA-2 mTL-faces aTL-fac
                   "parietal lateral ventral").split()
 
 
-def _fsaverage(weights: Any, meta: Any, selection: Mapping[str, Any], where: str) -> Head:
-    """§5: one PCA, two regressions (lh, rh). ``roi`` (a str) wins over ``lh_vertices``/``rh_vertices``."""
+def _fsaverage(meta: Any, selection: Mapping[str, Any], where: str) -> Rows:
+    """§5: two parts (lh, rh). ``roi`` (a str) wins over ``lh_vertices``/``rh_vertices``."""
     _check_keys(selection, ("roi", "lh_vertices", "rh_vertices"))
     fmri = _get(meta, "fmri", where)
-    coefs = {h: _regression(_get(weights, f"{h}_reg_param", where), f"{where} [{h}]") for h in ("lh", "rh")}
+    total = {h: len(_get(fmri, f"{h}_ncsnr", where)) for h in ("lh", "rh")}
     rows: dict[str, np.ndarray] = {}
     if "roi" in selection:
         roi = selection["roi"]
@@ -180,37 +171,32 @@ def _fsaverage(weights: Any, meta: Any, selection: Mapping[str, Any], where: str
             rows[h] = np.asarray(_get(fmri, f"{h}_fsaverage_rois", where)[roi], np.int64)
     else:
         for h in ("lh", "rh"):
-            n = coefs[h][0].shape[0]
             key = f"{h}_vertices"
-            rows[h] = _binary(selection[key], key, n) if key in selection else np.arange(n)
-    scaler = _get(weights, "scaler_param", where)
-    readouts = [Readout(0, coefs[h][0][rows[h]], coefs[h][1][rows[h]], h) for h in ("lh", "rh")]
-    return Head("fsaverage", np.asarray(scaler["mean_"]), np.asarray(scaler["scale_"]),
-                [_pca(_get(weights, "pca_param", where), where)], readouts,
-                {h: (len(rows[h]),) for h in ("lh", "rh")}, {f"{h}_vertices": rows[h] for h in ("lh", "rh")})
+            rows[h] = _binary(selection[key], key, total[h]) if key in selection else np.arange(total[h])
+    return Rows(rows, {h: (len(rows[h]),) for h in rows}, total, {"vertices": rows})
 
 
-def _things_fmri(weights: Any, meta: Any, selection: Mapping[str, Any], where: str) -> Head:
+def _things_fmri(meta: Any, selection: Mapping[str, Any], where: str) -> Rows:
     """§6: ROI voxels concatenated in the order given (duplicates kept), then the mask's; none = all."""
     _check_keys(selection, ("roi", "voxel_index"))
-    coef, intercept = _regression(_get(weights, "reg_param", where), where)
+    n = int(_get(_get(meta, "fmri", where), "n_voxels", where))
     rois = _get(meta, "roi", where)
     parts = []
     if "roi" in selection:
         parts += [np.asarray(rois[r], np.int64) for r in _names(selection["roi"], "ROI", list(rois.keys()))]
     if "voxel_index" in selection:
-        parts.append(_binary(selection["voxel_index"], "voxel_index", coef.shape[0]))
+        parts.append(_binary(selection["voxel_index"], "voxel_index", n))
     rows = np.concatenate(parts) if parts else np.empty(0, np.int64)
     if len(rows) == 0:
-        rows = np.arange(coef.shape[0])  # BERG: an empty selection means every voxel
-    return _one_readout("things_fmri", weights, (coef, intercept), rows, (len(rows),), {"voxels": rows}, where)
+        rows = np.arange(n)  # BERG: an empty selection means every voxel
+    return Rows({"": rows}, {"": (len(rows),)}, {"": n}, {"voxels": rows})
 
 
 MEG_REGIONS = ("Central", "Frontal", "Occipital", "Parietal", "Temporal")
 MEG_PREFIXES = tuple("MLC MLF MLO MLP MLT MRC MRF MRO MRP MRT MZC MZF MZO MZP".split())
 
 
-def _meg(weights: Any, meta: Any, selection: Mapping[str, Any], where: str) -> Head:
+def _meg(meta: Any, selection: Mapping[str, Any], where: str) -> Rows:
     """§7: sensors = sorted union of region, prefix and mask (none = all); rows sensor*T + t."""
     _check_keys(selection, ("region", "sensors", "sensor_index", "timepoints"))
     sensors_meta = _get(meta, "sensors", where)
@@ -226,12 +212,11 @@ def _meg(weights: Any, meta: Any, selection: Mapping[str, Any], where: str) -> H
         chosen[_binary(selection["sensor_index"], "sensor_index", len(regions))] = True
     sensors = np.flatnonzero(chosen) if chosen.any() else np.arange(len(regions))
     t = _binary(selection["timepoints"], "timepoints", n_t) if "timepoints" in selection else np.arange(n_t)
-    return _one_readout("meg", weights, _regression(_get(weights, "reg_param", where), where),
-                        _unit_time_rows(sensors, t, n_t), (len(sensors), len(t)), {"sensors": sensors, "timepoints": t},
-                        where)
+    return Rows({"": _unit_time_rows(sensors, t, n_t)}, {"": (len(sensors), len(t))}, {"": len(regions) * n_t},
+                {"sensors": sensors, "timepoints": t})
 
 
-def _tvsd(weights: Any, meta: Any, selection: Mapping[str, Any], where: str) -> Head:
+def _tvsd(meta: Any, selection: Mapping[str, Any], where: str) -> Rows:
     """§8: electrodes = sorted union of ROIs and mask (an empty ROI gives none); rows electrode*T + t."""
     _check_keys(selection, ("roi", "electrodes", "timepoints"))
     roi_meta = _get(meta, "roi", where)
@@ -249,27 +234,62 @@ def _tvsd(weights: Any, meta: Any, selection: Mapping[str, Any], where: str) -> 
     else:
         electrodes = np.arange(len(assignments))
     t = _binary(selection["timepoints"], "timepoints", n_t) if "timepoints" in selection else np.arange(n_t)
-    return _one_readout("tvsd", weights, _regression(_get(weights, "reg_param", where), where),
-                        _unit_time_rows(electrodes, t, n_t), (len(electrodes), len(t)),
-                        {"electrodes": electrodes, "timepoints": t}, where)
+    return Rows({"": _unit_time_rows(electrodes, t, n_t)}, {"": (len(electrodes), len(t))},
+                {"": len(assignments) * n_t}, {"electrodes": electrodes, "timepoints": t})
 
 
 FAMILIES = {"eeg": _eeg, "fsaverage": _fsaverage, "things_fmri": _things_fmri, "meg": _meg, "tvsd": _tvsd}
+SELECTION_KEYS = {"eeg": ("channels", "timepoints"), "fsaverage": ("roi", "lh_vertices", "rh_vertices"),
+                  "things_fmri": ("roi", "voxel_index"), "meg": ("region", "sensors", "sensor_index", "timepoints"),
+                  "tvsd": ("roi", "electrodes", "timepoints")}
+
+
+def resolve_selection(family: str, metadata: Any, selection: Mapping[str, Any] | None = None,
+                      where: str = "<metadata>") -> Rows:
+    """The rows a BERG selection keeps, from the model's metadata alone (BERG's rules and messages)."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown BERG model family '{family}'; valid: {', '.join(FAMILIES)}")
+    if selection is not None and not isinstance(selection, Mapping):
+        raise SelectionError(f"a selection must be a dict of {list(SELECTION_KEYS[family])}, got {type(selection).__name__}")
+    return FAMILIES[family](metadata, dict(selection or {}), where)
 
 
 def read_head(family: str, weights: Any, metadata: Any, selection: Mapping[str, Any] | None = None,
               where: str = "<weights>") -> Head:
     """A :class:`Head` from a BERG weight dict and its metadata dict, rows selected as BERG does."""
-    if family not in FAMILIES:
-        raise ValueError(f"unknown BERG model family '{family}'; valid: {', '.join(FAMILIES)}")
+    rows = resolve_selection(family, metadata, selection, where)
     if not hasattr(weights, "keys"):
         raise ValueError(f"{where}: expected a dict of scaler_param, pca_param and regression(s), got "
                          f"{type(weights).__name__}")
-    head = FAMILIES[family](weights, metadata, dict(selection or {}), where)
-    n_features = len(head.mean)
+    scaler = _get(weights, "scaler_param", where)
+    mean, scale = np.asarray(_get(scaler, "mean_", where)), np.asarray(_get(scaler, "scale_", where))
+    pca_param = _get(weights, "pca_param", where)
+    if family == "eeg":
+        reg_param = _get(weights, "reg_param", where)
+        reps = sorted(reg_param.keys(), key=lambda k: int(str(k).split("-")[-1]))
+        regressions = [(_regression(reg_param[r], f"{where} [reg {r}]"), "") for r in reps]
+        if "rep-1" in pca_param.keys():  # BERG's current format: one PCA per repetition
+            pcas = [_pca(_get(pca_param, r, where), f"{where} [pca {r}]") for r in reps]
+        else:  # BERG 2.0.0: one PCA for every repetition, of which the regressions use the first components
+            components, pca_mean = _pca(pca_param, where)
+            pcas = [(components[:regressions[0][0][0].shape[1]], pca_mean)]
+        shapes = {"": (len(reps), *rows.shapes[""])}
+    else:
+        keys = {"fsaverage": ("lh", "rh")}.get(family, ("",))
+        regressions = [(_regression(_get(weights, f"{p}_reg_param" if p else "reg_param", where), f"{where} [{p or 'reg'}]"), p)
+                       for p in keys]
+        pcas = [_pca(pca_param, where)]
+        shapes = dict(rows.shapes)
+    readouts = []
+    for i, ((coef, intercept), part) in enumerate(regressions):
+        if coef.shape[0] != rows.total[part]:
+            raise ValueError(f"{where}: {part + ' ' if part else ''}coef_ has {coef.shape[0]} rows but the metadata "
+                             f"describes {rows.total[part]} outputs: the weights and metadata are not one model's")
+        readouts.append(Readout(i if len(pcas) > 1 else 0, coef[rows.rows[part]], intercept[rows.rows[part]], part))
+    head = Head(family, mean, scale, pcas, readouts, shapes, rows.kept)
     for components, _ in head.pcas:
-        if components.shape[1] != n_features or len(head.scale) != n_features:
-            raise ValueError(f"{where}: scaler ({n_features} features) and PCA components_ {components.shape} disagree")
+        if components.shape[1] != len(mean) or len(scale) != len(mean):
+            raise ValueError(f"{where}: scaler ({len(mean)} features) and PCA components_ {components.shape} disagree")
     for readout in head.readouts:
         if readout.coef.shape[1] != head.pcas[readout.pca][0].shape[0]:
             raise ValueError(f"{where}: coef_ has {readout.coef.shape[1]} columns for a PCA of "

@@ -71,8 +71,8 @@ def berg_models(ned: NedDir, model_ids: Sequence[ModelId]) -> list[ModelId]:
 def _only(head: Head, part: str) -> Head:
     """The head restricted to one output part (an fsaverage hemisphere), as its single output."""
     readouts = [Readout(r.pca, r.coef, r.intercept, "") for r in head.readouts if r.part == part]
-    kept = {k: v for k, v in head.selection.items() if not k.startswith(("lh_", "rh_")) or k.startswith(part)}
-    return dataclasses.replace(head, readouts=readouts, parts={"": head.parts[part]}, selection=kept)
+    return dataclasses.replace(head, readouts=readouts, parts={"": head.parts[part]},
+                               selection={"vertices": head.selection["vertices"][part]})
 
 
 def load_heads(ned: NedDir, model_ids: Sequence[ModelId],
