@@ -1,8 +1,9 @@
-"""ned-ray: in-silico fMRI and EEG responses from NED encoding models, on one machine or a Ray cluster."""
+"""ned-ray: in-silico brain responses from NED's and BERG's encoding models, on one machine or a Ray cluster."""
 
 from importlib.metadata import PackageNotFoundError, version
 
 from .api import NED
+from .berg import BERG
 from .ids import ModelId
 from .models.group import ModelGroup
 from .nedfmt import NedDir
@@ -12,7 +13,7 @@ try:
 except PackageNotFoundError:  # running from a source tree without installing
     __version__ = "0.0.0+unknown"
 
-__all__ = ["NED", "ModelGroup", "ModelId", "NedDir", "open_output", "__version__"]
+__all__ = ["NED", "BERG", "ModelGroup", "ModelId", "NedDir", "open_output", "__version__"]
 
 
 def __getattr__(name: str):

@@ -1,6 +1,6 @@
 """The ``ned-ray`` command line.
 
-    ned-ray make-demo-models DIR          write small NED-format demo models (random, untrained)
+    ned-ray make-demo-models DIR          write small NED- and BERG-format demo models (random, untrained)
     ned-ray models NED_DIR [--json]       list the models a NED directory holds
     ned-ray encode --ned-dir D --images I --models SPEC --output O    the Ray Data encode job
     ned-ray demo [--workdir .demo]        demo models + built-in photos -> the encode job
@@ -34,33 +34,54 @@ EXPECTED_ERRORS = (MissingFileError, UnknownModelError, UnsafePickleError, Value
 def _cmd_make_demo_models(args: argparse.Namespace) -> int:
     from .demo import make_demo_models
 
-    ned = make_demo_models(args.dir, seed=args.seed)
+    ned = make_demo_models(args.dir, seed=args.seed, berg=not args.ned_only)
     print(f"wrote {len(ned.catalogue)} demo models (random, NOT trained) to {args.dir}")
     return 0
 
 
-def model_summary(ned: NedDir) -> list[dict]:
-    """One row per model: modality, subject, ROI, outputs and mean noise-normalised accuracy.
+_BERG_ACCURACY = {  # family -> (path in BERG's metadata, what it is)
+    "eeg": (("encoding_models", "correlation_averaged_repetitions"), "mean r (averaged repetitions)"),
+    "fsaverage": (("encoding_models", "{variant}_correlation"), "mean r"),
+    "things_fmri": (("encoding_model", "correlation_results"), "mean r"),
+    "meg": (("encoding_model", "correlation_results"), "mean r"),
+    "tvsd": (("encoding_model", "oracle"), "mean oracle r"),
+}
 
-    fMRI: 100 x the mean of NED's ``noise_normalized_encoding`` (r2 / noise ceiling) over voxels, in
-    percent of the explainable variance. EEG: 100 x mean correlation (all repetitions) / mean upper noise ceiling, over channels
-    and times.
+
+def _berg_accuracy(mid, meta: dict) -> tuple[float | None, str]:
+    (section, key), what = _BERG_ACCURACY[mid.family.key]
+    value = meta.get(section, {}).get(key.format(variant=mid.variant))
+    return (None, what) if value is None else (float(np.nanmean(np.asarray(value, dtype=np.float64))), what)
+
+
+def model_summary(ned: NedDir) -> list[dict]:
+    """One row per model: family, BERG id, subject, variant, response shape and an accuracy figure.
+
+    NED's models: fwrf: 100 x the mean of NED's ``noise_normalized_encoding`` (r2 / noise ceiling)
+    over voxels, in percent of the explainable variance; EEG: 100 x mean correlation (all
+    repetitions) / mean upper noise ceiling, over channels and times. BERG's: the mean test
+    correlation its metadata records (TVSD: the mean oracle correlation).
     """
+    from .job.metadata import ned_shape
+
     rows = []
     for mid, entry in ned.catalogue.items():
         meta = ned.metadata(mid)
-        accuracy = meta["encoding_models"]["encoding_accuracy"]
-        if mid.modality == "fmri":
-            outputs, shape = len(meta["fmri"]["ncsnr"]), [len(meta["fmri"]["ncsnr"])]
-            score = float(100 * np.mean(accuracy["noise_normalized_encoding"]))  # NED stores a fraction
+        shape = list(ned_shape(mid, meta))
+        if entry.format == "ned":
+            accuracy = meta["encoding_models"]["encoding_accuracy"]
+            if mid.family.key == "fwrf":
+                score = float(100 * np.mean(accuracy["noise_normalized_encoding"]))  # NED stores a fraction
+            else:
+                score = float(100 * np.mean(accuracy["correlation_all_repetitions"]) / np.mean(accuracy["noise_ceiling_upper"]))
+            score, what = round(score, 3), "noise-normalised accuracy (%)"
         else:
-            shape = list(np.shape(accuracy["correlation_single_repetitions"]))
-            outputs = int(np.prod(shape))
-            score = float(100 * np.mean(accuracy["correlation_all_repetitions"]) / np.mean(accuracy["noise_ceiling_upper"]))
-        rows.append({"id": str(mid), "modality": mid.modality, "subject": mid.subject, "roi": mid.roi,
-                     "voxels": outputs if mid.modality == "fmri" else None, "response_shape": shape,
-                     "noise_normalized_accuracy": round(score, 3), "format": entry.format,
-                     "files": list(entry.weights)})
+            score, what = _berg_accuracy(mid, meta)
+            score = None if score is None else round(score, 4)
+        rows.append({"id": str(mid), "berg_id": mid.berg[0], "family": mid.family.key, "modality": mid.modality,
+                     "subject": mid.subject, "variant": mid.variant, "roi": mid.roi,
+                     "voxels": shape[0] if mid.family.key == "fwrf" else None, "response_shape": shape,
+                     "accuracy": score, "accuracy_is": what, "format": entry.format, "files": list(entry.weights)})
     return rows
 
 
@@ -78,9 +99,13 @@ def _cmd_models(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     for row in rows:
-        row["outputs"] = row["voxels"] if row["voxels"] is not None else "x".join(map(str, row["response_shape"]))
-    print(_table(rows, [("id", "model"), ("modality", "modality"), ("subject", "subject"), ("roi", "roi"),
-                        ("outputs", "voxels/outputs"), ("noise_normalized_accuracy", "mean noise-norm. acc. (%)")]))
+        row["outputs"] = "x".join(map(str, row["response_shape"]))
+        row["acc"] = "-" if row["accuracy"] is None else (
+            f"{row['accuracy']:.1f}%" if row["format"] == "ned" else f"r={row['accuracy']:.3f}")
+    print(_table(rows, [("id", "model"), ("berg_id", "BERG id"), ("subject", "subject"), ("variant", "roi/hemi/split"),
+                        ("outputs", "outputs per image"), ("acc", "accuracy")]))
+    print("accuracy: NED's models: mean noise-normalised accuracy (% of explainable variance); BERG's: mean test "
+          "correlation r (TVSD: oracle r)", file=sys.stderr)
     print(f"{len(rows)} models in {args.ned_dir}", file=sys.stderr)
     return 0
 
@@ -152,8 +177,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     work = Path(args.workdir)
     ned_dir, images, out = work / "ned_dir", work / "images", work / "out"
-    if not (ned_dir / "encoding_models").is_dir():
-        make_demo_models(str(ned_dir))
+    if not (ned_dir / "encoding_models" / "modality-meg").is_dir():  # also when made before BERG's demo models
+        make_demo_models(str(ned_dir), berg=True)
     if not images.is_dir():
         write_demo_images(images)
     config = EncodeConfig(ned_dir=str(ned_dir), images=str(images), models="all", output=str(out),
@@ -230,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
                  ["ned-ray make-demo-models .demo/ned_dir"], _cmd_make_demo_models)
     p.add_argument("dir", help="output directory (local path or fsspec URL)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ned-only", action="store_true", help="only NED's families (no BERG demo models)")
 
     p = _command(sub, "models", "list the models a NED directory holds, with voxel counts and accuracy",
                  ["ned-ray models .demo/ned_dir",

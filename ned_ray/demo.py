@@ -2,7 +2,8 @@
 
 ``make_demo_models(DIR)`` writes fMRI ``fwrf`` checkpoints (full architecture, few voxels; one split
 ROI) and EEG files (shared scaler and PCA, per-subject regressions, metadata) exactly in NED's
-layout, plus a small ViT in ned-ray's backbone slot, so the demo and the tests need no download.
+layout, plus a small ViT in ned-ray's backbone slot, so the demo and the tests need no download;
+with ``berg=True`` also one small model of each BERG family in BERG's layout.
 **These are not trained models**: their responses mean nothing about brains. Every metadata dict
 says so under ``ned_ray_demo``, and the directory has a README.txt saying the same.
 
@@ -128,10 +129,77 @@ def _demo_vit(seed: int) -> VisionTransformer:
     return vit.eval()
 
 
+def _berg_demo(fs, root: str, rng: np.random.Generator, scaler: dict, pca: dict, k: int) -> None:
+    """One small model of each BERG family in BERG's layout (berg-spec §1, §4-§8), on the demo ViT's
+    features: BERG-format EEG (subject 4, a PCA per repetition), fsaverage (subject 1, 1,000
+    vertices per hemisphere), THINGS-fMRI (subject 1, 800 voxels), THINGS-MEG (subject 1, split
+    'full', 271 sensors x 281 times), TVSD (monkey F, 1,024 electrodes x 300 times). Random weights."""
+    variance = np.asarray(pca["explained_variance_"])
+    scale = 1 / math.sqrt(k) / np.sqrt(np.maximum(variance, variance[0] * 1e-2))
+
+    def regression(n: int) -> dict:
+        return {"coef_": (rng.normal(0, 1, (n, k)) * scale).astype(np.float32),
+                "intercept_": rng.normal(0, 0.1, n).astype(np.float32), "n_features_in_": k}
+
+    def save(family: str, weights_name: str, weights: dict, meta_name: str, meta: dict) -> None:
+        folder = posixpath.join(root, "encoding_models", family)
+        for sub, name, obj in (("encoding_models_weights", weights_name, weights), ("metadata", meta_name, meta)):
+            fs.makedirs(posixpath.join(folder, sub), exist_ok=True)
+            _save_npy(fs, posixpath.join(folder, sub, name), {**obj, "ned_ray_demo": DEMO_NOTE} if sub == "metadata" else obj)
+
+    def rois(names: Sequence[str], n: int) -> dict:
+        return {r: np.sort(rng.choice(n, int(rng.integers(5, n // 10)), replace=False)).astype(np.int64) for r in names}
+
+    acc = rng.uniform(0, 0.5, (4, 63, 140))
+    save("modality-eeg/train_dataset-things_eeg_2/model-vit_b_32", "weights_subject-04.npy",
+         {"scaler_param": scaler, "pca_param": {f"rep-{r}": pca for r in range(1, 5)},
+          "reg_param": {f"rep-{r}": regression(63 * 140) for r in range(1, 5)}},
+         "metadata_subject-04.npy", {"eeg": {"ch_names": list(CHANNELS), "times": EEG_TIMES.copy()},
+                                     "encoding_models": {"correlation_single_repetitions": acc,
+                                                         "correlation_averaged_repetitions": acc.mean(0)}})
+    from .models.vit_heads import FSAVERAGE_ROIS, MEG_PREFIXES
+
+    n = 1000
+    save("modality-fmri/train_dataset-nsd_fsaverage/model-vit_b_32", "weights_subject-01.npy",
+         {"scaler_param": scaler, "pca_param": pca, "lh_reg_param": regression(n), "rh_reg_param": regression(n)},
+         "metadata_subject-01.npy", {"fmri": {"lh_ncsnr": rng.gamma(2, 0.25, n), "rh_ncsnr": rng.gamma(2, 0.25, n),
+                                              "lh_fsaverage_rois": rois(FSAVERAGE_ROIS, n),
+                                              "rh_fsaverage_rois": rois(FSAVERAGE_ROIS, n)},
+                                     "encoding_models": {"lh_correlation": rng.uniform(0, 0.6, n),
+                                                         "rh_correlation": rng.uniform(0, 0.6, n)}})
+    n = 800
+    things_rois = ("V1 V2 V3 hV4 VO1 VO2 LO1_prf LO2_prf TO1 TO2 V3b V3a lFFA rFFA lOFA rOFA lEBA rEBA lPPA rPPA "
+                   "lRSC rRSC lTOS rTOS lLOC rLOC IT lSTS rSTS").split()
+    save("modality-fmri/train_dataset-things_fmri_1/model-vit_b_32", "weights_sub-01.npy",
+         {"scaler_param": scaler, "pca_param": pca, "reg_param": regression(n)},
+         "metadata_sub-01.npy", {"fmri": {"voxel_coords": rng.integers(0, 60, (n, 3)), "n_voxels": n, "subject_id": 1},
+                                 "roi": rois(things_rois, n), "encoding_model": {"correlation_results": rng.uniform(0, 0.6, n)}})
+    prefixes = np.asarray([MEG_PREFIXES[i % len(MEG_PREFIXES)] for i in range(271)])
+    regions = {"C": "Central", "F": "Frontal", "O": "Occipital", "P": "Parietal", "T": "Temporal"}
+    save("modality-meg/train_dataset-things_meg_1/model-vit_b_32", "weights_P1_full.npy",
+         {"scaler_param": scaler, "pca_param": pca, "reg_param": regression(271 * 281)},
+         "metadata_P1.npy", {"meg": {"times": np.round(np.arange(281) * 0.005 - 0.1, 3), "subject_id": 1},
+                             "sensors": {"sensor_names": np.asarray([f"{p}{i:02d}-4408" for i, p in enumerate(prefixes)]),
+                                         "sensor_prefixes": prefixes,
+                                         "sensor_hemispheres": np.asarray([p[1] for p in prefixes]),
+                                         "sensor_regions": np.asarray([regions[p[2]] for p in prefixes]), "n_sensors": 271},
+                             "encoding_model": {"correlation_results": rng.uniform(0, 0.6, (281, 271))}})
+    assignments = np.repeat([0, 1, 2], [512, 192, 320])
+    save("modality-utah_array/train_dataset-tvsd/model-vit_b_32", "weights_monkeyF.npy",
+         {"scaler_param": scaler, "pca_param": pca, "reg_param": regression(1024 * 300)},
+         "metadata_monkeyF.npy", {"utah-array": {"times": np.arange(-100, 200), "electrode_order": np.arange(1024),
+                                                 "monkey_id": "F", "n_electrodes": 1024},
+                                  "roi": {"roi_assignments": assignments, "roi_labels": ["V1", "V4", "IT"]},
+                                  "encoding_model": {"oracle": rng.uniform(0, 0.8, 1024),
+                                                     "ncsnr": rng.gamma(2, 0.25, 1024)}})
+
+
 def make_demo_models(out_dir: str, fmri_subjects: Sequence[int] = (1, 2),
                      rois: Sequence[str] = ("V1", "FFA-1", "lateral"), eeg_subjects: Sequence[int] = (1, 2, 3),
-                     n_components: int = 16, seed: int = 0) -> NedDir:
-    """Write a small NED-format directory of random (untrained) models; returns it as a :class:`NedDir`."""
+                     n_components: int = 16, seed: int = 0, berg: bool = False) -> NedDir:
+    """Write a small NED-format directory of random (untrained) models; returns it as a :class:`NedDir`.
+
+    ``berg``: also one small model of each BERG family, in BERG's layout (:func:`_berg_demo`)."""
     rng = np.random.default_rng(seed)
     fs, root = fsspec.core.url_to_fs(str(out_dir))
     fs.makedirs(root, exist_ok=True)
@@ -151,7 +219,7 @@ def make_demo_models(out_dir: str, fmri_subjects: Sequence[int] = (1, 2),
             fs.makedirs(posixpath.dirname(ned_root.path(rel)), exist_ok=True)
             _save_npy(fs, ned_root.path(rel), _fwrf_metadata(rng, n_voxels))
 
-    if eeg_subjects:
+    if eeg_subjects or berg:
         vit = _demo_vit(seed)
         fs.makedirs(posixpath.dirname(ned_root.path(VIT_IN_NED_DIR)), exist_ok=True)
         _save_torch(fs, ned_root.path(VIT_IN_NED_DIR), vit.state_dict())
@@ -168,14 +236,18 @@ def make_demo_models(out_dir: str, fmri_subjects: Sequence[int] = (1, 2),
         k = min(n_components, vt.shape[0])
         weights_dir = posixpath.dirname(ned_root.path(ned_root.EEG_SCALER))
         fs.makedirs(weights_dir, exist_ok=True)
-        _save_npy(fs, ned_root.path(ned_root.EEG_SCALER), {
-            "scale_": std, "mean_": mean, "var_": std**2, "n_features_in_": feats.shape[1], "n_samples_seen_": len(feats)})
+        scaler = {"scale_": std, "mean_": mean, "var_": std**2, "n_features_in_": feats.shape[1],
+                  "n_samples_seen_": len(feats)}
         variance = singular[:k] ** 2 / max(1, len(feats) - 1)
-        _save_npy(fs, ned_root.path(ned_root.EEG_PCA), {
-            "components_": vt[:k].astype(np.float32), "explained_variance_": variance,
-            "explained_variance_ratio_": variance / (singular**2).sum() * max(1, len(feats) - 1),
-            "singular_values_": singular[:k], "mean_": z.mean(0), "n_components_": k, "n_samples_": len(feats),
-            "noise_variance_": 0.0, "n_features_in_": feats.shape[1]})
+        pca = {"components_": vt[:k].astype(np.float32), "explained_variance_": variance,
+               "explained_variance_ratio_": variance / (singular**2).sum() * max(1, len(feats) - 1),
+               "singular_values_": singular[:k], "mean_": z.mean(0), "n_components_": k, "n_samples_": len(feats),
+               "noise_variance_": 0.0, "n_features_in_": feats.shape[1]}
+        if berg:
+            _berg_demo(fs, root, rng, scaler, pca, k)
+        if eeg_subjects:
+            _save_npy(fs, ned_root.path(ned_root.EEG_SCALER), scaler)
+            _save_npy(fs, ned_root.path(ned_root.EEG_PCA), pca)
         metadata_dir = posixpath.dirname(ned_root.path(ned_root.eeg_metadata(1)))
         fs.makedirs(metadata_dir, exist_ok=True)
         for subject in eeg_subjects:

@@ -59,7 +59,7 @@ class Output:
     def _shape(key: str, meta: dict[str, Any]) -> tuple[int, ...]:
         if "response_shape" in meta["json"]:  # after any selection
             return tuple(meta["json"]["response_shape"])
-        if ModelId.parse(key).modality == "fmri":  # outputs written before response_shape was recorded
+        if ModelId.parse(key).family.key == "fwrf":  # outputs written before response_shape was recorded
             return (int(meta["npz"]["fmri/ncsnr"].shape[0]),)
         enc = meta["json"]["ned_metadata"]["encoding_models"]["encoding_accuracy"]["correlation_single_repetitions"]
         return tuple(enc["shape"])
@@ -98,12 +98,18 @@ class Output:
 
     def coords(self, model_id: str | ModelId) -> dict[str, np.ndarray]:
         """The response axes' labels after any selection: ``voxel`` (indexes into NED's voxel order)
-        for fMRI; ``repetition`` (1-based), ``channel`` (names) and ``time`` (seconds) for EEG."""
+        for fwrf and THINGS-fMRI; ``repetition`` (1-based), ``channel`` (names) and ``time`` (seconds)
+        for EEG; ``vertex`` (fsaverage indexes of the hemisphere); ``sensor`` (names) and ``time``
+        for MEG; ``electrode`` (indexes) and ``time`` for the TVSD Utah arrays."""
         key = self._key(model_id)
         meta = self.metadata(key)
         shape = self._shape(key, meta)
         npz, ned = meta["npz"], meta["json"]["ned_metadata"]
-        if ModelId.parse(key).modality == "fmri":
+        dims = meta["json"].get("dims")
+        if dims and all(f"coords/{d}" in npz for d in dims):
+            return {d: npz[f"coords/{d}"] for d in dims}
+        # outputs written before ned-ray recorded dims and coords (NED's models only)
+        if ModelId.parse(key).family.key == "fwrf":
             return {"voxel": npz.get("selection/voxels", np.arange(shape[0]))}
         names = np.asarray(ned["eeg"]["ch_names"])
         times = npz["eeg/times"] if "eeg/times" in npz else np.asarray(ned["eeg"]["times"], dtype=np.float64)
@@ -123,10 +129,11 @@ class Output:
         index, values = self.responses(key)
         ids = self.images().column("image_id").to_numpy(zero_copy_only=False)
         coords = self.coords(key)
+        family = ModelId.parse(key).family
         data = xr.DataArray(values, dims=("image", *coords), name=key,
                             coords={"image": ids[index], "image_index": ("image", index), **coords},
-                            attrs={"model_id": key, "units": "fMRI betas (z-scored)" if "voxel" in coords
-                                   else "EEG (z-scored)"})
+                            attrs={"model_id": key, "family": family.key,
+                                   "units": f"{family.title} responses (as the model was trained: z-scored)"})
         return data
 
     def to_nifti(self, model_id: str | ModelId, path: str, images: slice | list[int] | None = None,
@@ -139,8 +146,8 @@ class Output:
         except ImportError:
             raise ImportError("Output.to_nifti needs nibabel: pip install 'ned-ray[analysis]'") from None
         key = self._key(model_id)
-        if ModelId.parse(key).modality != "fmri":
-            raise ValueError(f"{key} is an EEG model; only fMRI responses map to a brain volume")
+        if ModelId.parse(key).family.key != "fwrf":
+            raise ValueError(f"{key} is not an NSD fwrf model; only their responses map to NED's brain volume")
         meta = self.metadata(key)
         mask, affine = meta["npz"]["fmri/roi_mask_volume"].astype(bool), meta["npz"]["fmri/fmri_affine"]
         _, values = self.responses(key)

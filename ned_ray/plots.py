@@ -1,9 +1,15 @@
 """Figures of a finished output (``ned-ray plot OUT``), as PNG files, with matplotlib.
 
+One figure per model family in the output:
+
 * ``eeg_timecourses.png``: per EEG model, the mean response over repetitions and the channels of each
   channel group (occipital: names with an O, as NED's tutorial selects them; then by first letter: P
   parietal, C central, T temporal, F/A frontal), with the spread (+-1 sd) across images.
-* ``fmri_distributions.png``: the distribution of responses (all voxels x images) per ROI and subject.
+* ``meg_timecourses.png``: per MEG model, the same per sensor region (CTF names: MLO = left occipital).
+* ``tvsd_timecourses.png``: per Utah-array model, the same per array area (V1, V4, IT).
+* ``fmri_distributions.png`` (NSD fwrf), ``fsaverage_distributions.png``,
+  ``things_fmri_distributions.png``: the distribution of responses (all voxels or vertices x images)
+  per model.
 * ``heatmap.png``: image x model, each model's mean response per image, z-scored across images.
 """
 
@@ -45,48 +51,74 @@ def channel_groups(names: list[str] | np.ndarray) -> dict[str, np.ndarray]:
     return {g: np.asarray(v) for g, v in groups.items()}
 
 
-def _eeg(out: Output, models: list[str], path: Path) -> None:
+MEG_REGIONS = {"C": "central", "F": "frontal", "O": "occipital", "P": "parietal", "T": "temporal"}
+
+
+def _units(out: Output, mid: str, values: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(values as (N, units, times), {group: unit indexes}) of a time-resolved model."""
+    coords = out.coords(mid)
+    family = ModelId.parse(mid).family.key
+    if family == "eeg":
+        return values.mean(axis=1), channel_groups(coords["channel"])
+    if family == "meg":  # CTF sensor names: M, then L/R/Z, then the region letter
+        labels = [MEG_REGIONS.get(str(n)[2:3], "other") for n in coords["sensor"]]
+    else:
+        meta = out.metadata(mid)["npz"]
+        assignments = meta.get("roi/roi_assignments")
+        names = out.metadata(mid)["json"]["ned_metadata"].get("roi", {}).get("roi_labels") or ["V1", "V4", "IT"]
+        labels = ([str(names[int(a)]) for a in assignments[coords["electrode"]]] if assignments is not None
+                  else ["all"] * len(coords["electrode"]))
+    groups: dict[str, list[int]] = {}
+    for i, label in enumerate(labels):
+        groups.setdefault(label, []).append(i)
+    return values, {g: np.asarray(v) for g, v in groups.items()}
+
+
+def _timecourses(out: Output, models: list[str], path: Path, what: str) -> None:
     plt = _pyplot()
     cols = min(3, len(models))
     rows = -(-len(models) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=FIGSIZE, dpi=DPI, squeeze=False, sharex=True)
     for ax, mid in zip(axes.ravel(), models):
-        _, values = out.responses(mid)  # (N, reps, channels, times)
-        coords = out.coords(mid)
-        times = coords["time"]
-        for group, index in channel_groups(coords["channel"]).items():
-            per_image = values[:, :, index].mean(axis=(1, 2))  # (N, times)
+        _, values = out.responses(mid)
+        values, groups = _units(out, mid, values)
+        times = out.coords(mid)["time"]
+        for group, index in groups.items():
+            if len(index) == 0:
+                continue
+            per_image = values[:, index].mean(axis=1)  # (N, times)
             mean, sd = per_image.mean(0), per_image.std(0)
             line, = ax.plot(times, mean, label=f"{group} ({len(index)})")
             ax.fill_between(times, mean - sd, mean + sd, color=line.get_color(), alpha=0.2)
         ax.axvline(0, color="grey", lw=0.5)
         ax.set_title(f"{ModelId.parse(mid).label} ({len(values)} images)", fontsize=9)
         ax.set_xlabel("time (s)")
+        ax.legend(fontsize=7)
     for ax in axes.ravel()[len(models):]:
         ax.axis("off")
-    axes[0, 0].set_ylabel("response (mean over reps and channels)")
-    axes[0, 0].legend(fontsize=7)
-    fig.suptitle(f"EEG: mean time course per channel group, +-1 sd across images\n{out.uri}", fontsize=10)
+    axes[0, 0].set_ylabel("response (group mean)")
+    fig.suptitle(f"{what}: mean time course per group, +-1 sd across images\n{out.uri}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
 
 
-def _fmri(out: Output, models: list[str], path: Path, rng: np.random.Generator, cap: int = 20000) -> None:
+def _distributions(out: Output, models: list[str], path: Path, what: str, rng: np.random.Generator,
+                   cap: int = 20000) -> None:
     plt = _pyplot()
-    ids = sorted((ModelId.parse(m) for m in models), key=lambda m: (m.roi, m.subject))
+    ids = sorted((ModelId.parse(m) for m in models), key=lambda m: (str(m.variant), str(m.subject)))
     data, labels = [], []
     for mid in ids:
         values = out.responses(str(mid))[1].ravel()
         data.append(values if len(values) <= cap else rng.choice(values, cap, replace=False))
-        labels.append(f"{mid.roi}\nsub-{mid.subject:02d}")
+        labels.append(f"{mid.variant}\n{mid.subject_tag}" if mid.variant else mid.subject_tag)
     fig, ax = plt.subplots(figsize=FIGSIZE, dpi=DPI)
     parts = ax.violinplot(data, showmedians=True, widths=0.8)
     for body, mid in zip(parts["bodies"], ids):
-        body.set_facecolor(f"C{mid.subject % 10}")
+        body.set_facecolor(f"C{(ord(mid.subject) if isinstance(mid.subject, str) else mid.subject) % 10}")
     ax.set_xticks(range(1, len(labels) + 1), labels, fontsize=7 if len(labels) > 12 else 9, rotation=0)
-    ax.set_ylabel("predicted response (all voxels x images)")
-    ax.set_title(f"fMRI: response distribution per ROI and subject (colour = subject)\n{out.uri}", fontsize=10)
+    ax.set_ylabel("predicted response (all units x images)")
+    ax.set_title(f"{what}: response distribution per model (colour = subject)\n{out.uri}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
@@ -125,15 +157,21 @@ def plot_output(out: Output, folder: str | os.PathLike, models: list[str] | None
         raise ValueError(f"{out.uri} has no model {', '.join(unknown)}; it has: {', '.join(out.models)}")
     if out.manifest["images"]["ok"] == 0:
         raise ValueError(f"{out.uri} has no successfully encoded image to plot")
-    eeg = [m for m in chosen if ModelId.parse(m).modality == "eeg"]
-    fmri = [m for m in chosen if ModelId.parse(m).modality == "fmri"]
     written = []
-    if eeg:
-        _eeg(out, eeg, folder / "eeg_timecourses.png")
-        written.append(folder / "eeg_timecourses.png")
-    if fmri:
-        _fmri(out, fmri, folder / "fmri_distributions.png", np.random.default_rng(seed))
-        written.append(folder / "fmri_distributions.png")
+    rng = np.random.default_rng(seed)
+    for key, name, what in (("eeg", "eeg_timecourses", "EEG"), ("meg", "meg_timecourses", "MEG"),
+                            ("tvsd", "tvsd_timecourses", "TVSD Utah arrays")):
+        members = [m for m in chosen if ModelId.parse(m).family.key == key]
+        if members:
+            _timecourses(out, members, folder / f"{name}.png", what)
+            written.append(folder / f"{name}.png")
+    for key, name, what in (("fwrf", "fmri_distributions", "NSD fMRI (fwrf)"),
+                            ("fsaverage", "fsaverage_distributions", "NSD fMRI on fsaverage"),
+                            ("things_fmri", "things_fmri_distributions", "THINGS-fMRI")):
+        members = [m for m in chosen if ModelId.parse(m).family.key == key]
+        if members:
+            _distributions(out, members, folder / f"{name}.png", what, rng)
+            written.append(folder / f"{name}.png")
     _heatmap(out, chosen, folder / "heatmap.png")
     written.append(folder / "heatmap.png")
     return written

@@ -85,8 +85,11 @@ class Selection:
 
     def resolve(self, model_id: ModelId, metadata: dict) -> Resolved:
         """The index arrays for one model, from its NED metadata; clear errors for names or ranges
-        that select nothing."""
-        if model_id.modality == "fmri":
+        that select nothing. BERG's other families are selected with BERG's own selections
+        (``--selection``): these options leave them whole."""
+        if model_id.family.key not in ("fwrf", "eeg"):
+            return Resolved()
+        if model_id.family.key == "fwrf":
             if self.min_ncsnr is None:
                 return Resolved()
             ncsnr = np.asarray(metadata["fmri"]["ncsnr"], dtype=np.float64)

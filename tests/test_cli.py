@@ -18,7 +18,14 @@ def test_make_demo_models_then_list_them(tmp_path, capsys):
     assert "NOT trained" in capsys.readouterr().out
     assert main(["models", str(tmp_path / "ned"), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert len(rows) == 9 and rows[0]["id"] == "eeg/things_eeg_2/vit_b_32/sub-01" and rows[-1]["roi"] == "lateral"
+    assert len(rows) == 15 and rows[0]["id"] == "eeg/things_eeg_2/vit_b_32/sub-01" and rows[-1]["family"] == "tvsd"
+    families = {r["family"] for r in rows}
+    assert families == {"fwrf", "eeg", "fsaverage", "things_fmri", "meg", "tvsd"}  # one of each, NED's and BERG's
+    assert next(r for r in rows if r["id"] == "eeg/things_eeg_2/vit_b_32/sub-04")["format"] == "berg"
+    assert main(["make-demo-models", str(tmp_path / "ned_only"), "--ned-only"]) == 0
+    capsys.readouterr()
+    assert main(["models", str(tmp_path / "ned_only"), "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 9
 
 
 def test_expected_errors_are_one_line_and_exit_2(tmp_path, capsys):
@@ -35,12 +42,14 @@ def test_demo_command_runs_the_job_on_every_demo_model(tmp_path):
     from ned_ray.output import open_output
 
     output = open_output(str(tmp_path / "out"))
-    assert len(output.models) == 9 and output.manifest["images"] == {"total": 14, "ok": 14, "error": 0, "skipped": 0, "file": "images.parquet"}
+    assert len(output.models) == 15 and output.manifest["images"] == {"total": 14, "ok": 14, "error": 0, "skipped": 0, "file": "images.parquet"}
     assert output.responses("fmri/nsd/fwrf/sub-01/V1")[1].shape == (14, 48)
     assert len(list((tmp_path / "out" / "fmri/nsd/fwrf/sub-01/V1").glob("part-*.npy"))) == 2  # responses + index
     assert "images/s" in result.stdout
-    assert sorted(p.name for p in (tmp_path / "out" / "plots").iterdir()) == ["eeg_timecourses.png", "fmri_distributions.png",
-                                                                           "heatmap.png"]
+    assert sorted(p.name for p in (tmp_path / "out" / "plots").iterdir()) == [
+        "eeg_timecourses.png", "fmri_distributions.png", "fsaverage_distributions.png", "heatmap.png",
+        "meg_timecourses.png", "things_fmri_distributions.png", "tvsd_timecourses.png"]  # one figure per family
+    assert output.coords("utah_array/tvsd/vit_b_32/sub-F")["time"][0] == -0.1
 
 
 COMMANDS = ("make-demo-models", "models", "encode", "inspect", "plot", "demo")
@@ -64,19 +73,33 @@ def test_models_table_and_json_give_voxels_and_accuracy(demo_dir, capsys):
     v1 = rows["fmri/nsd/fwrf/sub-01/V1"]
     meta = ned.metadata("fmri/nsd/fwrf/sub-01/V1")
     assert v1["voxels"] == len(meta["fmri"]["ncsnr"]) == 48 and v1["response_shape"] == [48]
-    assert v1["noise_normalized_accuracy"] == pytest.approx(
+    assert v1["accuracy"] == pytest.approx(
         100 * float(np.mean(meta["encoding_models"]["encoding_accuracy"]["noise_normalized_encoding"])), abs=1e-3)
     eeg = rows["eeg/things_eeg_2/vit_b_32/sub-01"]
     acc = ned.metadata("eeg/things_eeg_2/vit_b_32/sub-01")["encoding_models"]["encoding_accuracy"]
     assert eeg["voxels"] is None and eeg["response_shape"] == [4, 63, 140]
-    assert eeg["noise_normalized_accuracy"] == pytest.approx(
+    assert eeg["accuracy"] == pytest.approx(
         100 * float(np.mean(acc["correlation_all_repetitions"]) / np.mean(acc["noise_ceiling_upper"])), abs=1e-3)
     assert main(["models", str(demo_dir)]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[0].split()[:5] == ["model", "modality", "subject", "roi", "voxels/outputs"]
+    assert table[0].split()[:6] == ["model", "BERG", "id", "subject", "roi/hemi/split", "outputs"]
     line = next(t for t in table if t.startswith("fmri/nsd/fwrf/sub-01/V1 "))
-    assert line.split()[1:5] == ["fmri", "1", "V1", "48"] and float(line.split()[-1]) == v1["noise_normalized_accuracy"]
+    assert line.split()[1:5] == ["fmri-nsd-fwrf", "1", "V1", "48"] and line.split()[-1] == f"{v1['accuracy']:.1f}%"
     assert next(t for t in table if t.startswith("eeg/things_eeg_2/vit_b_32/sub-01 ")).split()[3:5] == ["-", "4x63x140"]
+
+
+def test_models_lists_berg_families_with_their_shapes(berg_dir, capsys):
+    assert main(["models", str(berg_dir), "--json"]) == 0
+    rows = {r["id"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["fmri/nsd_fsaverage/vit_b_32/sub-01/lh"]["response_shape"] == [163842]
+    assert rows["fmri/things_fmri_1/vit_b_32/sub-01"]["response_shape"] == [211339]
+    assert rows["meg/things_meg_1/vit_b_32/sub-01/split2"]["response_shape"] == [271, 281]
+    assert rows["utah_array/tvsd/vit_b_32/sub-F"]["response_shape"] == [1024, 300]
+    assert rows["meg/things_meg_1/vit_b_32/sub-01/full"]["berg_id"] == "meg-things_meg_1-vit_b_32"
+    assert all(r["format"] == "berg" and r["accuracy"] is not None for r in rows.values())
+    assert main(["models", str(berg_dir)]) == 0
+    line = next(t for t in capsys.readouterr().out.splitlines() if t.startswith("utah_array/tvsd/vit_b_32/sub-F "))
+    assert line.split()[1:4] == ["utah_array-tvsd-vit_b_32", "F", "-"] and "1024x300" in line
 
 
 def test_inspect_text_and_json(demo_output, capsys):

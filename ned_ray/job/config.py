@@ -12,7 +12,7 @@ from ..selection import Selection, parse_channels, parse_times
 __all__ = ["EncodeConfig", "add_encode_arguments", "config_from_args"]
 
 FORMATS = ("parquet", "npy")
-NON_SQUARE = ("center-crop", "error")
+NON_SQUARE = ("center-crop", "error", "shorter-side")
 PRECISIONS = ("fp32", "tf32", "bf16")
 
 
@@ -29,7 +29,7 @@ class EncodeConfig:
     precision: str = "fp32"  # fp32 | tf32 | bf16 (reduced precision is checked against fp32 and recorded)
     shard_size: int = 256  # images per output part (the unit of commit and resume)
     formats: tuple[str, ...] = ("parquet",)
-    non_square: str = "center-crop"  # center-crop | error
+    non_square: str = "center-crop"  # center-crop | error | shorter-side (ViT models: BERG's transform)
     actors_per_group: int = 0  # 0: each pool autoscales from 1 actor to its share of the cluster; N: fixed N
     gpus_per_actor: float = 0.0  # 0: 1, or a fraction when model groups outnumber GPUs; fractions share a GPU
     fmri_models_per_actor: int = 0  # 0: automatic (by subject when GPUs outnumber groups, and to fit memory)
@@ -39,6 +39,8 @@ class EncodeConfig:
     channels: str | None = None  # EEG: comma-separated channel names to keep (default: all 63)
     times: str | None = None  # EEG: START:END in seconds to keep (default: all 140 time points)
     min_ncsnr: float | None = None  # fMRI: keep voxels whose ncsnr > this (default: all voxels)
+    # BERG's selections, per model id or glob: {"meg/*": {"region": ["Occipital"]}, ...} (berg-spec §4-§8)
+    berg_selection: dict[str, dict[str, Any]] = field(default_factory=dict)
     model_cache: str | None = None  # local folder on each node for remote NED files (read once per node)
     overwrite: bool = False
     force: bool = False  # take over the output's lease from a job that looks alive (when it is not)
@@ -66,6 +68,10 @@ class EncodeConfig:
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"--device must be auto, cpu or cuda, got '{self.device}'")
         self.selection()  # malformed --channels/--times fail here, before any work
+        if not isinstance(self.berg_selection, dict) or not all(
+                isinstance(k, str) and isinstance(v, dict) for k, v in self.berg_selection.items()):
+            raise ValueError("--selection must be a JSON object mapping model ids or globs to BERG selection dicts, "
+                             "e.g. '{\"meg/*\": {\"region\": [\"Occipital\"]}, \"utah_array/*\": {\"roi\": [\"V4\"]}}'")
         if self.precision not in PRECISIONS:
             raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
         if int(self.batch_size) < 0:
@@ -93,6 +99,23 @@ class EncodeConfig:
         return Selection(parse_channels(self.channels), parse_times(self.times),
                          None if self.min_ncsnr is None else float(self.min_ncsnr))
 
+    def berg_selections(self, models: list) -> dict:
+        """The BERG selection of each model (``{ModelId: dict}``), from the ``berg_selection``
+        patterns (ids or globs, as ``--models``): each pattern must match a requested model, and two
+        patterns may not set one key of one model differently."""
+        from ..ids import select
+
+        out: dict = {}
+        for pattern, chosen in self.berg_selection.items():
+            for mid in select(models, pattern):
+                merged = out.setdefault(mid, {})
+                for key, value in chosen.items():
+                    if key in merged and merged[key] != value:
+                        raise ValueError(f"--selection sets '{key}' of {mid} twice, differently ('{pattern}' and an "
+                                         "earlier pattern); give each model's selection once")
+                    merged[key] = value
+        return out
+
     def open_ned(self, cache: bool = True):
         """The NED directory, with this job's storage options and (for actors) the per-node model cache;
         the driver reads listings and metadata directly (``cache=False``) and never fills the cache."""
@@ -103,7 +126,7 @@ class EncodeConfig:
 
     def identity(self) -> dict[str, Any]:
         """What defines the output's content: a rerun must match it to resume."""
-        return {k: v for k, v in self.to_json().items() if k in ("ned_dir", "images", "models", "non_square", "shard_size", "formats", "max_pixels", "vit_weights", "precision", "channels", "times", "min_ncsnr")}
+        return {k: v for k, v in self.to_json().items() if k in ("ned_dir", "images", "models", "non_square", "shard_size", "formats", "max_pixels", "vit_weights", "precision", "channels", "times", "min_ncsnr", "berg_selection")}
 
 
 def add_encode_arguments(parser: argparse.ArgumentParser) -> None:
@@ -122,7 +145,10 @@ def add_encode_arguments(parser: argparse.ArgumentParser) -> None:
                              "measured on one image per block and recorded in _manifest.json")
     parser.add_argument("--shard-size", type=int, default=256, help="images per output part and commit (default 256)")
     parser.add_argument("--format", dest="formats", default="parquet", help="parquet, npy or parquet,npy")
-    parser.add_argument("--non-square", default="center-crop", choices=list(NON_SQUARE))
+    parser.add_argument("--non-square", default="center-crop", choices=list(NON_SQUARE),
+                        help="center-crop (default, as NED's tutorials), error, or shorter-side: the ViT models "
+                             "resize the whole image's shorter side to 256 and crop 224 (BERG's transform); fwrf "
+                             "models still read the centre square")
     parser.add_argument("--actors-per-group", type=int, default=0,
                         help="actors per model group (default 0: each pool autoscales from 1 to its share of the cluster)")
     parser.add_argument("--gpus-per-actor", type=float, default=0.0,
@@ -134,6 +160,10 @@ def add_encode_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--times", default=None, help="EEG: keep time points in START:END seconds (e.g. 0.1:0.3)")
     parser.add_argument("--min-ncsnr", type=float, default=None,
                         help="fMRI: keep voxels whose noise-ceiling SNR (NED metadata fmri.ncsnr) is above this")
+    parser.add_argument("--selection", dest="berg_selection", default=None,
+                        help="BERG selections: a JSON object (or a .json file) mapping model ids or globs to BERG's "
+                             "selection dicts, e.g. '{\"meg/*\": {\"region\": [\"Occipital\"]}, "
+                             "\"fmri/nsd_fsaverage/*\": {\"roi\": \"V1v\"}}' (keys per family: see docs/berg.md)")
     parser.add_argument("--max-pixels", type=int, default=100_000_000)
     parser.add_argument("--cpu-threads", type=int, default=0, help="torch threads per CPU actor (0: auto)")
     parser.add_argument("--vit-weights", default=None, help="path or URL of torchvision's vit_b_32-d86f8d99.pth")
@@ -166,4 +196,24 @@ def config_from_args(args: argparse.Namespace) -> EncodeConfig:
         except ValueError as exc:
             raise ValueError(f"--storage-options is not valid JSON ({exc}): give a JSON object, e.g. "
                              "'{\"s3\": {\"anon\": true}}'") from None
+    if values.get("berg_selection") is None:
+        values["berg_selection"] = {}
+    elif isinstance(values["berg_selection"], str):
+        values["berg_selection"] = _json_option("--selection", values["berg_selection"])
     return EncodeConfig(**values)
+
+
+def _json_option(flag: str, text: str) -> Any:
+    """A JSON value given inline or as the path/URL of a JSON file."""
+    if not text.lstrip().startswith(("{", "[")):
+        import fsspec
+
+        try:
+            with fsspec.open(text, "rt") as fh:
+                text = fh.read()
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{flag}: '{text}' is neither inline JSON nor a readable JSON file ({exc})") from None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"{flag} is not valid JSON ({exc})") from None

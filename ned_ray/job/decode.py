@@ -1,7 +1,9 @@
 """Decoding one shard of raw images into the uint8 inputs the models need (a Ray Data CPU task).
 
-Each image is decoded once, converted to RGB uint8, made square, and resized to every input size
-the job's model groups need (``fwrf``: 227 px; ``vit``: 256-resize + 224 crop), exactly as NED.
+Each image is decoded once, converted to RGB uint8, made square (``--non-square``), and resized to
+every input size the job's model groups need (``fwrf``: 227 px; ``vit``: 256-resize + 224 crop),
+exactly as NED. Under ``--non-square shorter-side`` the ViT input is torchvision's transform of the
+whole image (shorter side to 256, centre crop 224), as BERG defines non-square images.
 
 Conversions (documented behaviour): grayscale, palette, CMYK and other modes -> RGB as Pillow
 converts them; alpha channels are dropped (RGB values kept as stored); 16-bit images keep their high
@@ -43,7 +45,9 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
 
 def decode_image(item: bytes | np.ndarray | Skipped | Exception, non_square: str = "center-crop",
                  max_pixels: int = 100_000_000) -> tuple[np.ndarray | None, str, int, int]:
-    """(square uint8 (S,S,3) or None, error message, width, height) for one raw image."""
+    """(uint8 (H,W,3) or None, error message, width, height) for one raw image: made square by
+    ``center-crop``, refused by ``error`` when not square, left whole by ``shorter-side`` (the ViT
+    models then use torchvision's transform on the whole image, as BERG; fwrf the centre square)."""
     if isinstance(item, Skipped):
         return None, item.reason, 0, 0
     if isinstance(item, Exception):
@@ -83,10 +87,17 @@ def decode_image(item: bytes | np.ndarray | Skipped | Exception, non_square: str
     if height != width:
         if non_square == "error":
             return None, f"non-square image {width}x{height} (rejected by --non-square error)", width, height
-        side = min(height, width)
-        top, left = (height - side) // 2, (width - side) // 2
-        rgb = rgb[top:top + side, left:left + side]
+        if non_square == "center-crop":
+            rgb = center_square(rgb.transpose(2, 0, 1)).transpose(1, 2, 0)
     return np.ascontiguousarray(rgb), "", width, height
+
+
+def center_square(chw):
+    """The centred square of a (..., H, W) array or tensor (side min(H, W); offsets rounded down)."""
+    height, width = chw.shape[-2:]
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    return chw[..., top:top + side, left:left + side]
 
 
 class DecodeShard:
@@ -110,19 +121,21 @@ class DecodeShard:
             files = self.source.kind == "files"
             items = self.source.read(start, stop, rows.column("uri").to_pylist() if files else None,
                                      rows.column("skip").to_pylist() if files else None)
-        for offset, item in enumerate(items):
-                square, error, width, height = decode_image(item, self.non_square, self.max_pixels)
+            for offset, item in enumerate(items):
+                rgb, error, width, height = decode_image(item, self.non_square, self.max_pixels)
                 columns["image_index"].append(start + offset)
                 columns["image_id"].append(str(ids[offset]))
-                columns["status"].append("ok" if square is not None else
+                columns["status"].append("ok" if rgb is not None else
                                          "skipped" if isinstance(item, Skipped) else "error")
                 columns["error"].append(error)
                 columns["width"].append(width)
                 columns["height"].append(height)
-                chw = None if square is None else torch.from_numpy(square).permute(2, 0, 1).unsqueeze(0)
+                chw = None if rgb is None else torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0)
                 for kind in self.kinds:
-                    tensors[kind].append(np.zeros(INPUT_SHAPES[kind], np.uint8) if chw is None
-                                         else INPUTS[kind](chw)[0].numpy())
+                    if chw is None:
+                        tensors[kind].append(np.zeros(INPUT_SHAPES[kind], np.uint8))
+                    else:  # fwrf always reads the centre square; ViT models the whole image under shorter-side
+                        tensors[kind].append(INPUTS[kind](chw if kind == "vit" else center_square(chw))[0].numpy())
         out: dict[str, Any] = {
             "image_index": np.asarray(columns["image_index"], np.int64),
             "image_id": np.asarray(columns["image_id"], dtype=object),

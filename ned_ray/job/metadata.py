@@ -1,8 +1,10 @@
-"""Per-model ``metadata.json`` + ``metadata.npz``: NED's metadata dict plus provenance.
+"""Per-model ``metadata.json`` + ``metadata.npz``: the model's NED/BERG metadata dict plus provenance.
 
-NED's nested metadata dict is stored with its arrays in ``metadata.npz`` (keys are the dict paths,
+The nested metadata dict is stored with its arrays in ``metadata.npz`` (keys are the dict paths,
 e.g. ``fmri/ncsnr``) and everything else in ``metadata.json``, where each array appears as
-``{"npz": "fmri/ncsnr", "shape": [...], "dtype": "float64"}``. Both read without ned-ray.
+``{"npz": "fmri/ncsnr", "shape": [...], "dtype": "float64"}``. The response axes are named in
+``dims`` and labelled by ``coords/<dim>`` arrays in the npz (after any selection). Both files read
+without ned-ray.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from ..ids import ModelId
 from ..models.vit_eeg import vit_filesystem
 from ..models.vit_eeg import find_vit_weights
 from ..nedfmt import NedDir
+from ..models.vit_heads import resolve_selection
 from ..selection import Resolved
 from ..storage import file_identity, is_local, local_file_record
 from .config import EncodeConfig
@@ -26,14 +29,21 @@ from .commit import write_bytes
 
 __all__ = ["write_model_metadata", "split_arrays", "ned_shape", "PREPROCESSING"]
 
+_VIT = ("torchvision resize shorter side 256 bilinear antialias, rounded to uint8; center-crop 224; /255; ImageNet "
+        "mean/std normalisation (ViT_B_32_Weights.IMAGENET1K_V1.transforms()); the 12 encoder blocks' outputs, "
+        "token-major (460,800 features)")
 PREPROCESSING = {
-    "fmri": "RGB uint8, center-crop to square; torchvision Resize((227,227)) bilinear antialias, rounded to uint8; /255; "
+    "fwrf": "RGB uint8, center-crop to square; torchvision Resize((227,227)) bilinear antialias, rounded to uint8; /255; "
             "minus the checkpoint's stim_mean (split ROIs: the second checkpoint's, as NED)",
-    "eeg": "RGB uint8, center-crop to square; torchvision resize shorter side 256 bilinear antialias, rounded to uint8; "
-           "center-crop 224; /255; ImageNet mean/std normalisation (ViT_B_32_Weights.IMAGENET1K_V1.transforms())",
+    "vit": "RGB uint8, center-crop to square (--non-square shorter-side: the whole image); " + _VIT,
 }
-RESPONSE_LAYOUT = {"fmri": "(voxel,) in NED's voxel order (the roi_mask_volume's True entries, C order)",
-                   "eeg": "(repetition, channel, time) row-major: 4 x 63 x 140, flattened as rep*8820 + ch*140 + t"}
+RESPONSE_LAYOUT = {"fwrf": "(voxel,) in NED's voxel order (the roi_mask_volume's True entries, C order)",
+                   "eeg": "(repetition, channel, time) row-major: 4 x 63 x 140, flattened as rep*8820 + ch*140 + t",
+                   "fsaverage": "(vertex,) of one hemisphere of fsaverage (163,842 vertices before selection)",
+                   "things_fmri": "(voxel,) in THINGS-fMRI's voxel order (211,339 before selection; BERG's order "
+                                  "and duplicates under a selection)",
+                   "meg": "(sensor, time) row-major: 271 x 281 before selection",
+                   "tvsd": "(electrode, time) row-major: 1024 x 300 before selection"}
 
 
 def split_arrays(tree: Any, prefix: str = "") -> tuple[Any, dict[str, np.ndarray]]:
@@ -80,7 +90,7 @@ def model_files(ned: NedDir, mid: ModelId, config: EncodeConfig, cache: dict[str
         if ned.uri(rel) not in cache:
             cache[ned.uri(rel)] = ned.file_record(rel, known)
     files = [cache[ned.uri(rel)] for rel in (*entry.weights, entry.metadata)]
-    if mid.modality == "eeg":
+    if mid.family.uses_vit:
         vit = find_vit_weights(config.vit_weights, ned)
         if vit not in cache:
             cache[vit] = _vit_record(vit, ned, known)
@@ -97,17 +107,61 @@ def recorded_files(fs, root: str, mid: ModelId) -> list[dict[str, Any]] | None:
 
 
 def ned_shape(mid: ModelId, metadata: dict) -> tuple[int, ...]:
-    """A model's full per-image response shape, from its NED metadata: (V,) or (reps, channels, times)."""
-    if mid.modality == "fmri":
+    """A model's full per-image response shape, from its metadata: (V,) or (reps, channels, times)
+    for NED's models, BERG's shapes for BERG's (berg-spec §4-§8)."""
+    if mid.family.key == "fwrf":
         return (len(metadata["fmri"]["ncsnr"]),)
-    return tuple(np.shape(metadata["encoding_models"]["encoding_accuracy"]["correlation_single_repetitions"]))
+    if mid.family.key == "eeg":
+        models = metadata.get("encoding_models", {})
+        single = models.get("encoding_accuracy", models).get("correlation_single_repetitions")
+        if single is not None:
+            return tuple(np.shape(single))
+        return (4, len(metadata["eeg"]["ch_names"]), len(metadata["eeg"]["times"]))  # BERG: reg_param's 4 reps
+    return resolve_selection(mid.family.key, metadata).shapes[mid.variant if mid.family.key == "fsaverage" else ""]
+
+
+def berg_kept(mid: ModelId, metadata: dict, selection: dict[str, Any]) -> tuple[tuple[int, ...], dict[str, np.ndarray]]:
+    """(per-image shape, kept indexes per axis) of a BERG model under a BERG selection."""
+    rows = resolve_selection(mid.family.key, metadata, selection)
+    part = mid.variant if mid.family.key == "fsaverage" else ""
+    shape = rows.shapes[part]
+    kept = {k: (v[part] if isinstance(v, dict) else v) for k, v in rows.kept.items()}
+    if mid.family.key == "eeg":
+        shape = (ned_shape(mid, metadata)[0], *shape)
+    return shape, kept
+
+
+def coords(mid: ModelId, metadata: dict, shape: tuple[int, ...], resolved: Resolved,
+           kept: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+    """Labels of each response axis (``mid.family.dims``) after the selection: indexes into the
+    model's full axis (voxels, vertices, electrodes), names (channels, sensors), seconds (times)."""
+    key = mid.family.key
+    kept = kept or {}
+    if key == "fwrf":
+        return {"voxel": resolved.voxels if resolved.voxels is not None else np.arange(shape[0])}
+    if key == "eeg":
+        names, times = np.asarray(metadata["eeg"]["ch_names"]).astype(str), np.asarray(metadata["eeg"]["times"], float)
+        channels = kept.get("channels", resolved.channels)
+        t = kept.get("timepoints", resolved.times)
+        return {"repetition": np.arange(1, shape[0] + 1), "channel": names if channels is None else names[channels],
+                "time": times if t is None else times[t]}
+    if key == "fsaverage":
+        return {"vertex": kept.get("vertices", np.arange(shape[0]))}
+    if key == "things_fmri":
+        return {"voxel": kept.get("voxels", np.arange(shape[0]))}
+    if key == "meg":
+        names = np.asarray(metadata["sensors"]["sensor_names"]).astype(str)
+        times = np.asarray(metadata["meg"]["times"], float)
+        return {"sensor": names[kept["sensors"]], "time": times[kept["timepoints"]]}
+    times = np.asarray(metadata["utah-array"]["times"], float) / 1000  # TVSD's metadata gives milliseconds
+    return {"electrode": kept["electrodes"], "time": times[kept["timepoints"]]}
 
 
 def selection_record(mid: ModelId, metadata: dict, resolved: Resolved, asked: dict[str, Any]) -> tuple[dict, dict]:
     """(JSON part, npz arrays) describing what a selection kept, in NED's terms."""
     record: dict[str, Any] = {"asked": asked}
     arrays = {f"selection/{k}": v for k, v in resolved.to_arrays().items()}
-    if mid.modality == "fmri":
+    if mid.family.key == "fwrf":
         record["voxels"] = None if resolved.voxels is None else {"npz": "selection/voxels", "count": len(resolved.voxels)}
     else:
         names, times = list(metadata["eeg"]["ch_names"]), np.asarray(metadata["eeg"]["times"])
@@ -117,22 +171,34 @@ def selection_record(mid: ModelId, metadata: dict, resolved: Resolved, asked: di
 
 
 def write_model_metadata(fs, root: str, mid: ModelId, metadata: dict, config: EncodeConfig,
-                         files: list[dict[str, Any]], resolved: Resolved, format_name: str) -> None:
+                         files: list[dict[str, Any]], resolved: Resolved, format_name: str,
+                         berg_selection: dict[str, Any] | None = None) -> None:
     """Write ``OUT/<model_id>/metadata.json`` and ``metadata.npz`` (same content on a rerun)."""
     tree, arrays = split_arrays(metadata)
-    selection, selected = selection_record(mid, metadata, resolved, config.selection().to_json())
+    if mid.family.key in ("fwrf", "eeg") and berg_selection is None:
+        shape, kept = resolved.shape(ned_shape(mid, metadata)), None
+        selection, selected = selection_record(mid, metadata, resolved, config.selection().to_json())
+    else:
+        shape, kept = berg_kept(mid, metadata, berg_selection or {})
+        selection = {"berg": split_arrays(berg_selection)[0] if berg_selection else None,
+                     **{k: {"npz": f"selection/{k}", "count": len(v)} for k, v in kept.items()}}
+        selected = {f"selection/{k}": np.asarray(v) for k, v in kept.items()}
     arrays.update(selected)
+    labels = coords(mid, metadata, shape, resolved, kept)
+    arrays.update({f"coords/{dim}": np.asarray(v) for dim, v in labels.items()})
     document = {
         "model_id": str(mid),
-        "response_shape": list(resolved.shape(ned_shape(mid, metadata))),
+        "berg_model": {"id": mid.berg[0], "kwargs": mid.berg[1]} if mid.family.uses_vit else None,
+        "response_shape": list(shape),
+        "dims": list(labels),
         "selection": selection,
         "ned_metadata": tree,
         "provenance": {
             "ned_ray_version": __version__,
             "format": format_name,
             "files": files,
-            "preprocessing": PREPROCESSING[mid.modality],
-            "response_layout": RESPONSE_LAYOUT[mid.modality],
+            "preprocessing": PREPROCESSING["fwrf" if mid.family.key == "fwrf" else "vit"],
+            "response_layout": RESPONSE_LAYOUT[mid.family.key],
             "response_dtype": "float32",
             "job_options": config.to_json(),
         },

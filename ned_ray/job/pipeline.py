@@ -33,6 +33,7 @@ from ..ids import ModelId, UnknownModelError, select
 from ..models.group import DeviceError, ModelGroup, ModelLoadError, weights_bytes
 from ..nedfmt import MissingFileError, ModelFileError
 from ..safeload import UnsafePickleError
+from ..models.vit_heads import SelectionError, resolve_selection
 from ..selection import Resolved
 from ..storage import bucket_of, filesystem, is_local
 from .cluster import ClusterShape, ClusterSpecError
@@ -97,7 +98,7 @@ class GroupEncoder:
     and writes them (:class:`~.sink.PartWriter`); passes the rows on without the inputs no later pool
     reads."""
 
-    def __init__(self, config: EncodeConfig, pool: PoolPlan, selections: dict[str, dict[str, list[int]]],
+    def __init__(self, config: EncodeConfig, pool: PoolPlan, selections: dict[str, dict[str, Any]],
                  committed: dict[str, Ranges], n_images: int) -> None:
         import threading
 
@@ -106,7 +107,8 @@ class GroupEncoder:
         if self.device == "cpu":
             torch.set_num_threads(pool.cpu_threads)  # Ray starts workers with one thread
         self.group = ModelGroup(config.open_ned(), pool.models, self.device, config.vit_weights, config.precision,
-                                config.batch_size, memory_share=pool.memory_share if self.device == "cuda" else 1.0)
+                                config.batch_size, memory_share=pool.memory_share if self.device == "cuda" else 1.0,
+                                selections={m: s["berg"] for m, s in selections.items() if "berg" in s})
         log.info("pool %s on %s (%s): batch sizes %s", pool.name, self.node, self.group.device, self.group.batch_sizes)
         self.selections = {m: _resolved(selections.get(str(m), {})) for m in self.group.model_ids}
         shapes = {m: self.selections[m].shape(self.group.output_shape(m)) for m in self.group.model_ids}
@@ -155,8 +157,29 @@ def _actor_device(pool: PoolPlan, policy: str, node: str) -> str:
     return "cpu"
 
 
-def _resolved(indexes: dict[str, list[int]]) -> Resolved:
-    return Resolved(**{k: np.asarray(v, dtype=np.int64) for k, v in indexes.items()})
+def _resolved(indexes: dict[str, Any]) -> Resolved:
+    return Resolved(**{k: np.asarray(v, dtype=np.int64) for k, v in indexes.items() if k != "berg"})
+
+
+def resolve_selections(config: EncodeConfig, ned, models: list[ModelId], metadata: dict) -> dict[str, dict[str, Any]]:
+    """Per model id: the indexes ``--channels/--times/--min-ncsnr`` keep (NED's models), or under
+    ``"berg"`` its BERG selection (``--selection``; BERG's models), checked against its metadata
+    with BERG's rules so that a bad one fails before anything is written."""
+    selection = config.selection()
+    berg = config.berg_selections(models)
+    out: dict[str, dict[str, Any]] = {}
+    for mid in models:
+        if mid in berg:
+            if not mid.family.uses_vit or ned.entry(mid).format != "berg":
+                raise SelectionError(f"--selection: {mid} is one of NED's models; BERG's selections apply to BERG's "
+                                     "ViT-B/32 files (select NED's models with --channels/--times/--min-ncsnr)")
+            if mid.family.key == "eeg" and (config.channels or config.times):
+                raise SelectionError(f"{mid} has both --selection and --channels/--times; give one of them")
+            resolve_selection(mid.family.key, metadata[mid], berg[mid], f"--selection for {mid}")
+            out[str(mid)] = {"berg": berg[mid]}
+        else:
+            out[str(mid)] = {k: v.tolist() for k, v in selection.resolve(mid, metadata[mid]).to_arrays().items()}
+    return out
 
 
 # -- the output: checks, ownership, what is left to do ----------------------------------------------
@@ -381,10 +404,8 @@ def run_encode(config: EncodeConfig, progress: float | None = None, stream: Text
     stream = stream or sys.stderr
     ned = config.open_ned(cache=False)  # listings and metadata only: model files are read by the actors
     models = select(list(ned.catalogue), config.models)
-    selection = config.selection()  # a selection that keeps nothing fails here, before anything is written
     metadata = {m: ned.metadata(m) for m in models}
-    selections = {str(m): {k: v.tolist() for k, v in selection.resolve(m, metadata[m]).to_arrays().items()}
-                  for m in models}
+    selections = resolve_selections(config, ned, models, metadata)  # bad ones fail here, before anything is written
     with _storage("read images at", config.images):
         source = open_source(config.images, config.storage_options)
     if source.duplicates:
@@ -540,7 +561,7 @@ def _check_weights(config: EncodeConfig, ned, models: list[ModelId], fs, root: s
                                     "use another --output, or --overwrite to replace it")
         if recorded is None and metadata is not None:
             write_model_metadata(fs, root, mid, metadata[mid], config, files, _resolved(selections[str(mid)]),
-                                 ned.entry(mid).format)
+                                 ned.entry(mid).format, selections[str(mid)].get("berg"))
 
 
 def _same_file(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -580,7 +601,7 @@ def _warn_fallbacks(ledger: Ledger, stream: TextIO) -> None:
 
 
 def _run_pipeline(config: EncodeConfig, source: ImageSource, plan: Plan, work: _Work,
-                  selections: dict[str, dict[str, list[int]]], n_images: int) -> None:
+                  selections: dict[str, dict[str, Any]], n_images: int) -> None:
     """Execute the plan as one Ray Data graph."""
     _connect(config)
     kinds = tuple(k for k in ("fwrf", "vit") if any(k in p.inputs for p in plan.pools))
