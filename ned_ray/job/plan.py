@@ -8,8 +8,8 @@ The pipeline executes a plan as is; ``ned-ray encode --dry-run`` prints it (``--
   fsaverage, THINGS-fMRI, MEG and TVSD heads) shares one group: one ViT pass feeds them all (NED's
   EEG subjects also share one PCA code). fwrf models (one backbone each) share another, split by
   subject (then by model) only when their weights would not fit an actor's share of a device (half
-  of the share holds weights, the rest activations); ``--fmri-models-per-actor N`` fixes groups of
-  N instead. ViT models whose weights do not fit one actor are split the same way, by weight file
+  of the share holds fwrf weights, the rest their activations; ViT models' weights may take 85%: a
+  batch of their images needs < 1 GB); ``--fmri-models-per-actor N`` fixes groups of N instead. ViT models whose weights do not fit one actor are split the same way, by weight file
   (each group then runs its own ViT pass).
 * **GPU slots.** With G groups and N GPUs at most, each actor gets 1 GPU when N >= G, else 1/k of
   one (k = ceil(G/N)): groups share GPUs. Every group gets one actor; the other slots go to groups in
@@ -46,7 +46,8 @@ COST = {"vit": 1.0, "fwrf": 0.4}  # relative compute per image: ViT-B/32 (+ head
 VIT_FLOPS = 4.4e9  # multiply-adds x 2 of one ViT-B/32 image: a head's projection costs 2 per float32 weight
 DECODE_CPUS = 1.0  # Ray CPUs of one decode task
 WRITE_CPUS = 0.25  # Ray CPUs of one image-sink task (responses are written by the actors)
-WEIGHTS_SHARE = 0.5  # of an actor's device memory share, for its models' weights (the rest: activations)
+WEIGHTS_SHARE = 0.5  # of an actor's device memory share, for fwrf weights (the rest: their large activations)
+VIT_WEIGHTS_SHARE = 0.85  # for ViT models' weights: a batch of 64 images needs < 1 GB besides them
 CPU_ACTOR_CPUS = 0.5  # the most a CPU actor reserves (logical; its torch threads are set separately)
 GPU_ACTOR_CPUS = 1.0  # the most a GPU actor reserves (data movement, writing its parts)
 IN_FLIGHT = 2  # blocks per concurrent call sent to an actor: one computing (or writing), one arriving
@@ -130,7 +131,7 @@ def _models_label(models: Sequence[str]) -> str:
     parts = []
     for family in dict.fromkeys(m.family for m in sorted(ids, key=lambda m: m.family.key != "fwrf")):
         members = [m for m in ids if m.family == family]
-        subjects = sorted({m.subject for m in members}, key=str)
+        subjects = sorted({m.subject for m in members}, key=lambda v: (isinstance(v, str), v))
         parts.append(f"{len(members)} {family.title} (sub {_ranges(subjects)})")
     return ", ".join(parts)
 
@@ -242,8 +243,14 @@ def make_plan(config: EncodeConfig, models: Sequence[ModelId], cluster: ClusterS
     def weight(group: Sequence[ModelId]) -> int:
         return sum(sizes.get(m, 0) for m in group) + (shared_bytes if any(m.family.uses_vit for m in group) else 0)
 
+    def held(group: Sequence[ModelId]) -> float:
+        """Device memory a group's weights claim: their bytes over the share of memory weights may take."""
+        fwrf = [m for m in group if m.family.key == "fwrf"]
+        vit = [m for m in group if m.family.uses_vit]
+        return (weight(fwrf) / WEIGHTS_SHARE if fwrf else 0.0) + (weight(vit) / VIT_WEIGHTS_SHARE if vit else 0.0)
+
     def budget(share: float) -> float:
-        return WEIGHTS_SHARE * share * memory if memory else float("inf")
+        return share * memory if memory else float("inf")
 
     # -- model groups: EEG together, fMRI together unless their weights do not fit an actor ----------
     if config.fmri_models_per_actor > 0:
@@ -265,16 +272,17 @@ def make_plan(config: EncodeConfig, models: Sequence[ModelId], cluster: ClusterS
     vit_groups = [vit] if vit else []
     n_groups = len(fmri_groups) + len(vit_groups)
     share = share_for(n_groups)
-    capacity = WEIGHTS_SHARE * memory * (gpus if device == "cuda" else 1) if memory else float("inf")
-    if weight(models) > capacity:
+    capacity = memory * (gpus if device == "cuda" else 1) if memory else float("inf")
+    if held(fmri) + held(vit) > capacity:
         where = f"{gpus:g} GPU(s) of {_size(memory)}" if device == "cuda" else f"a node of {_size(memory)}"
         raise PlanError(f"the {len(models)} models need {_size(weight(models))} of weights with one actor per group, more "
-                        f"than the {_size(int(capacity))} that {where} hold for weights (half of the memory); "
+                        f"than {where} hold for weights ({WEIGHTS_SHARE:.0%} of the memory for fwrf models, "
+                        f"{VIT_WEIGHTS_SHARE:.0%} for ViT models); "
                         "run fewer models per job, or on more or larger GPUs")
     if config.fmri_models_per_actor <= 0 and fmri:
         n_subjects = len({m.subject for m in fmri})
         n = 1
-        while n < len(fmri) and any(weight(g) > budget(share) for g in fmri_groups):
+        while n < len(fmri) and any(held(g) > budget(share) for g in fmri_groups):
             n += 1  # by subject first, then by model
             fmri_groups = _fmri_groups(fmri, n, sizes)
             share = share_for(len(fmri_groups) + len(vit_groups))
@@ -286,7 +294,7 @@ def make_plan(config: EncodeConfig, models: Sequence[ModelId], cluster: ClusterS
         for m in vit:  # models read from one file (fsaverage's hemispheres) stay together
             files.setdefault(m.source, []).append(m)
         n = 1
-        while n < len(files) and any(weight(g) > budget(share) for g in vit_groups):
+        while n < len(files) and any(held(g) > budget(share) for g in vit_groups):
             n += 1
             vit_groups = [sorted(m for ms in bin_ for m in ms) for bin_ in
                           _balanced([(tuple(ms), float(sum(sizes.get(m, 0) for m in ms))) for ms in files.values()], n)]
@@ -296,10 +304,11 @@ def make_plan(config: EncodeConfig, models: Sequence[ModelId], cluster: ClusterS
                          "weight file (each runs its own ViT pass)")
     groups = fmri_groups + vit_groups
     share = share_for(len(groups))
-    too_big = next((g for g in groups if weight(g) > budget(share)), None)
+    too_big = next((g for g in groups if held(g) > budget(share)), None)
     if too_big is not None:
-        raise PlanError(f"{_models_label([str(m) for m in too_big])} need {_size(weight(too_big))} of weights, more than "
-                        f"an actor's budget of {_size(int(budget(share)))} ({share:g} of a {_size(memory)} device); give "
+        raise PlanError(f"{_models_label([str(m) for m in too_big])} need {_size(weight(too_big))} of weights "
+                        f"({_size(int(held(too_big)))} with their working memory), more than an actor's "
+                        f"{_size(int(budget(share)))} ({share:g} of a {_size(memory)} device); give "
                         "actors more memory (--gpus-per-actor 1, larger GPUs), fewer models per actor, or use the CPU")
 
     # -- actors: every group at least one, the other GPU slots by compute --------------------------------
@@ -350,8 +359,7 @@ def make_plan(config: EncodeConfig, models: Sequence[ModelId], cluster: ClusterS
         notes.append(f"{len(groups)} groups on {gpus:g} GPU(s): actors share GPUs ({share:g} GPU each) and size their "
                      "batches from their own share of the GPU's memory")
     if len(vit) > 1:
-        notes.append(f"the {len(vit)} ViT-B/32 models share one ViT pass per image" + (" per group" if len(vit_groups) > 1 else "")
-                     + ("; NED's EEG subjects also share one PCA code" if sum(m.family.key == "eeg" for m in vit) > 1 else ""))
+        notes.append(f"the {len(vit)} ViT-B/32 models share one ViT pass per image" + (" per group" if len(vit_groups) > 1 else ""))
     return Plan(device=device, device_reason=reason, cluster=cluster, pools=pools, decode_cpus=DECODE_CPUS,
                 decode_concurrency=decode_concurrency, write_cpus=WRITE_CPUS, shard_size=config.shard_size,
                 wait_for_gpus=device == "cuda" and not cluster.gpus_now, notes=notes)

@@ -107,7 +107,7 @@ def test_all_fmri_and_eeg_models_and_memory_splits():
     assert len(fmri) > 1 and all(q.weights_bytes <= 0.5 * q.memory_share * 6 * 1024 * MB for q in p.pools)
     assert all(len({ModelId.parse(m).subject for m in q.models}) * 23 == len(q.models) for q in fmri)  # whole subjects
     assert any("split" in n and "by subject" in n for n in p.notes)
-    with pytest.raises(PlanError, match="more than the .* that 1 GPU"):
+    with pytest.raises(PlanError, match=r"more than 1 GPU\(s\) of 4.0 GB hold"):
         plan("8cpu+1gpu:4GB")  # 4 GB of weights on one 4 GB GPU
 
 
