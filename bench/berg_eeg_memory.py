@@ -17,7 +17,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import psutil
+
+def rss() -> int:
+    """This process's resident set size, in bytes (Linux)."""
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmRSS:"))
+
 
 EEG = "encoding_models/modality-eeg/train_dataset-things_eeg_2/model-vit_b_32"
 
@@ -41,16 +46,16 @@ def main() -> None:
         for s in range(1, args.subjects + 1):
             (root / EEG / "encoding_models_weights" / f"weights_subject-{s:02d}.npy").symlink_to(args.eeg_file)
             (root / EEG / "metadata" / f"metadata_subject-{s:02d}.npy").symlink_to(args.metadata)
-        before = psutil.Process().memory_info().rss
+        before = rss()
         start = time.perf_counter()
         group = ModelGroup(str(root), [f"eeg/things_eeg_2/vit_b_32/sub-{s:02d}" for s in range(1, args.subjects + 1)], "cpu")
         seconds = time.perf_counter() - start
         held = sum(t.numel() * t.element_size() for t in [*group.vit.parameters(), *group.vit.buffers()])
-        rss = psutil.Process().memory_info().rss
+        loaded = rss()
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         out = group.encode(np.zeros((8, 3, 224, 224), np.uint8))
         assert len(out) == args.subjects
-        print(f"{args.subjects} EEG subjects: tensors {held / 2**30:.2f} GB, RSS loaded {rss / 2**30:.2f} GB "
+        print(f"{args.subjects} EEG subjects: tensors {held / 2**30:.2f} GB, RSS loaded {loaded / 2**30:.2f} GB "
               f"(process before: {before / 2**30:.2f} GB), peak while loading {peak / 2**30:.2f} GB, "
               f"load {seconds:.1f} s ({seconds / args.subjects:.1f} s per subject)")
 
