@@ -111,6 +111,24 @@ def test_all_fmri_and_eeg_models_and_memory_splits():
         plan("8cpu+1gpu:4GB")  # 4 GB of weights on one 4 GB GPU
 
 
+def test_real_size_berg_eeg_subjects_fit_a_24gb_gpu_and_split_over_two_smaller_ones():
+    """10 BERG EEG subjects (1.93 GB files) and one of each other BERG family, with the ViT."""
+    berg = [*EEG_ALL, ModelId("fmri", "nsd_fsaverage", "vit_b_32", 1, "lh"), ModelId("fmri", "nsd_fsaverage", "vit_b_32", 1, "rh"),
+            ModelId("meg", "things_meg_1", "vit_b_32", 1, "full"), ModelId("utah_array", "tvsd", "vit_b_32", "F")]
+    sizes = {**{m: 1930 * MB for m in EEG_ALL}, **{m: 40 * MB for m in berg[10:]}}
+    config = EncodeConfig("berg", "images", "all", "out")
+    one = make_plan(config, berg, ClusterShape.parse("8cpu+1gpu:24GB"), sizes, 350 * MB)
+    assert [p.name for p in one.pools] == ["vit"] and len(one.pools[0].models) == 14  # one ViT pass for all
+    two = make_plan(config, berg, ClusterShape.parse("8cpu+2gpu:16GB"), sizes, 350 * MB)
+    check_invariants(two, ClusterShape.parse("8cpu+2gpu:16GB"))
+    assert len(two.pools) == 2 and sorted(m for p in two.pools for m in p.models) == sorted(map(str, berg))
+    lh_rh = [p for p in two.pools if "fmri/nsd_fsaverage/vit_b_32/sub-01/lh" in p.models][0].models
+    assert "fmri/nsd_fsaverage/vit_b_32/sub-01/rh" in lh_rh  # one file's models stay together
+    assert any("split in 2 groups by weight file" in n for n in two.notes)
+    with pytest.raises(PlanError, match="more than 1 GPU"):
+        make_plan(config, berg, ClusterShape.parse("8cpu+1gpu:16GB"), sizes, 350 * MB)
+
+
 def test_user_choices_win():
     p = plan("2x16cpu+4gpu", actors_per_group=3, fmri_models_per_actor=46)
     check_invariants(p, ClusterShape.parse("2x16cpu+4gpu"))
