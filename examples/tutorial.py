@@ -79,7 +79,7 @@ def main() -> None:
     print("EEG subjects:", ned.which_subjects("eeg", "things_eeg_2"))
     for row in model_summary(ned.directory)[:4]:
         print(f"  {row['id']:38s} outputs {row['response_shape']}  mean noise-normalised accuracy "
-              f"{row['noise_normalized_accuracy']:.1f}%")
+              f"{row['accuracy']:.1f}%")
 
     step("2. Encode a folder of images with every model at once (NED: a loop of get_encoding_model + encode)")
     out = work / "out"
