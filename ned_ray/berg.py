@@ -19,7 +19,7 @@ import numpy as np
 
 from .ids import FAMILIES, Family, ModelId
 from .models.group import ModelGroup, resolve_device
-from .models.vit_heads import SelectionError
+from .models.vit_heads import SELECTION_KEYS, SelectionError
 from .nedfmt import MissingFileError, NedDir
 from .preprocess import check_images
 from .safeload import UnsafePickleError
@@ -48,14 +48,7 @@ class StimulusError(BERGError, ValueError):
     """Images that are not a uint8 (N, 3, H, W) array of 0-255 pixels."""
 
 
-_SELECTION_KEYS = {
-    "eeg": ("channels", "timepoints"),
-    "fsaverage": ("roi", "lh_vertices", "rh_vertices"),
-    "things_fmri": ("roi", "voxel_index"),
-    "meg": ("region", "sensors", "sensor_index", "timepoints"),
-    "tvsd": ("roi", "electrodes", "timepoints"),
-    "fwrf": (),
-}
+_SELECTION_KEYS = {**SELECTION_KEYS, "fwrf": ()}
 _OUTPUTS = {
     "fwrf": "(N, voxels) float32 for one ROI (pass roi=...)",
     "eeg": "(N, 4 repetitions, channels <= 63, times <= 140) float32",

@@ -14,6 +14,8 @@ from ned_ray.models.vit_heads import HeadStack, SelectionError, read_head
 from ned_ray.preprocess import vit_input, vit_normalise
 from ned_ray.safeload import load_npy_dict
 
+from ..conftest import berg_selection
+
 MODELS = "encoding_models/modality-{}/model-vit_b_32"
 FILES = {  # name -> (family, folder, weights, metadata)
     "fsaverage": ("fsaverage", "fmri/train_dataset-nsd_fsaverage", "weights_subject-01.npy", "metadata_subject-01.npy"),
@@ -41,16 +43,6 @@ def _files(berg_dir: Path, name: str):
     return family, _load(root / "encoding_models_weights" / weights), _load(root / "metadata" / metadata)
 
 
-def _selection(berg_fixtures: Path, case: str) -> dict:
-    """The selection BERG was given, as the fixture README says to rebuild it."""
-    path = berg_fixtures / "expected" / f"selection_{case}.npz"
-    if not path.exists():
-        return {}
-    stored = np.load(path)
-    return {k: str(a) if a.ndim == 0 else list(a) if a.dtype.kind == "U" else a.astype(int)
-            for k, a in ((k, stored[k]) for k in stored.files)}
-
-
 @pytest.fixture(scope="module")
 def features(berg_fixtures, vit_weights_file) -> dict[str, torch.Tensor]:
     vit = load_vit(str(vit_weights_file))
@@ -66,7 +58,7 @@ def vit_weights_file(torch_home) -> Path:
 
 def test_every_fixture_case_from_one_stack(berg_dir, berg_fixtures, features):
     loaded = {name: _files(berg_dir, name) for name in FILES}
-    heads = {case: read_head(loaded[files][0], loaded[files][1], loaded[files][2], _selection(berg_fixtures, case), case)
+    heads = {case: read_head(loaded[files][0], loaded[files][1], loaded[files][2], berg_selection(berg_fixtures, case), case)
              for case, (files, _) in CASES.items()}
     stack = HeadStack(heads)  # 9 heads of 4 families: one projection product for all
     # one projection per weight file (selections of one file share theirs), every head in one product
@@ -97,7 +89,7 @@ def test_eeg_cases_with_four_pcas_read_through_the_restricted_unpickler(berg_eeg
     weights = _load(berg_eeg_file)
     meta = _load(berg_eeg_file.parents[1] / "metadata" / "metadata_subject-01.npy")
     heads = {"eeg_sub-01": read_head("eeg", weights, meta, {}, berg_eeg_file.name),
-             "eeg_sub-01_sel": read_head("eeg", weights, meta, _selection(berg_fixtures, "eeg_sub-01_sel"), berg_eeg_file.name)}
+             "eeg_sub-01_sel": read_head("eeg", weights, meta, berg_selection(berg_fixtures, "eeg_sub-01_sel"), berg_eeg_file.name)}
     del weights
     stack = HeadStack(heads)
     assert stack.width == 4 * 250  # folded once for both heads
