@@ -182,7 +182,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if not images.is_dir():
         write_demo_images(images)
     config = EncodeConfig(ned_dir=str(ned_dir), images=str(images), models="all", output=str(out),
-                          device=args.device, formats=("parquet", "npy"), overwrite=True)
+                          device=args.device, formats=("parquet", "npy"), overwrite=True, executor="ray")
     summary = run_encode(config)
     print(format_summary(summary, str(out)))
     result = open_output(str(out))
@@ -205,7 +205,7 @@ def format_plan(info: dict) -> str:
     """What ``--dry-run`` prints: the work, then the plan."""
     head = (f"{len(info['models'])} models x {info['n_images']} images in {info['shards']} shard(s): "
             f"{info['to_encode']} to encode, {info['already_committed']} already committed")
-    return head + "\n" + info["plan"].describe()
+    return head + f"\nexecutor: {info['executor']} ({info['executor_reason']})\n" + info["plan"].describe()
 
 
 def plan_json(info: dict) -> str:
@@ -234,6 +234,8 @@ def format_summary(summary: dict, output: str) -> str:
              f"{len(summary['models'])} models",
              f"this run encoded {run['encoded_images']} images ({run['skipped_images']} were already committed) in "
              f"{run['seconds']:.1f}s = {run['images_per_second']:.2f} images/s"]
+    if run.get("executor") == "local":
+        lines.append(f"ran in this process, without Ray: {run['executor_reason']}")
     if images["error"]:
         lines.append(f"errors are listed in {output}/images.parquet (status='error')")
     return "\n".join(lines)

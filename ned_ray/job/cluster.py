@@ -163,6 +163,21 @@ class ClusterShape:
         return cls(tuple(types), f"described: {text}")
 
     @classmethod
+    def local(cls, device: str = "auto") -> "ClusterShape":
+        """This machine as a one-node cluster (the in-process executor): its CPUs, its RAM available
+        now, and (unless ``device`` is cpu) the GPUs torch sees."""
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        gpus, gpu_memory = 0, 0
+        if device != "cpu":
+            import torch
+
+            if torch.cuda.is_available():
+                gpus = torch.cuda.device_count()
+                gpu_memory = min(torch.cuda.get_device_properties(i).total_memory for i in range(gpus))
+        node = NodeType("this machine", float(cpus), float(gpus), gpu_memory, _available_memory(), 1, 1)
+        return cls((node,), "this machine (no Ray cluster)")
+
+    @classmethod
     def from_ray(cls) -> "ClusterShape":
         """The connected Ray cluster: its alive nodes, plus what its autoscaler may launch."""
         import ray
@@ -188,6 +203,20 @@ class ClusterShape:
                                  gpu_memory=memory))
         types += [t for t in autoscaler if (t.cpus, t.gpus) not in shapes and t.max_count > 0]
         return cls(tuple(types), "ray" + (f" + {source}" if source else " (no autoscaler found)"))
+
+
+def _available_memory() -> int:
+    """Bytes of RAM available now (Linux: MemAvailable), else the physical total."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
 
 
 _GROUP = re.compile(r"^(?:(\d+)(?:-(\d+))?x)?(.+)$")

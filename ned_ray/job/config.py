@@ -14,6 +14,7 @@ __all__ = ["EncodeConfig", "add_encode_arguments", "config_from_args"]
 FORMATS = ("parquet", "npy")
 NON_SQUARE = ("center-crop", "error", "shorter-side")
 PRECISIONS = ("fp32", "tf32", "bf16")
+EXECUTORS = ("auto", "ray", "local")
 
 
 @dataclass
@@ -47,6 +48,7 @@ class EncodeConfig:
     lease_ttl: float = 120.0  # seconds without renewal after which an output's lease is stale
     create_output_bucket: bool = False  # create a missing s3:// / gs:// output bucket (default: an error)
     ray_address: str | None = None  # None: $RAY_ADDRESS, else a new local cluster
+    executor: str = "auto"  # auto | ray | local (this process, no Ray: small jobs on one machine; job/local.py)
     cluster: str | None = None  # plan for this described cluster instead of asking Ray (see job/cluster.py)
     gpu_wait: float = 600.0  # seconds to wait for GPUs to join the cluster (--device cuda, or auto + autoscaler)
     storage_options: dict[str, Any] = field(default_factory=dict)
@@ -65,6 +67,8 @@ class EncodeConfig:
             raise ValueError(f"--format must be a comma-separated subset of {','.join(FORMATS)}, got {','.join(self.formats) or 'nothing'}")
         if self.non_square not in NON_SQUARE:
             raise ValueError(f"--non-square must be one of {', '.join(NON_SQUARE)}, got '{self.non_square}'")
+        if self.executor not in EXECUTORS:
+            raise ValueError(f"--executor must be one of {', '.join(EXECUTORS)}, got '{self.executor}'")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"--device must be auto, cpu or cuda, got '{self.device}'")
         self.selection()  # malformed --channels/--times fail here, before any work
@@ -178,6 +182,10 @@ def add_encode_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--create-output-bucket", action="store_true",
                         help="create the output's bucket if it does not exist (default: a missing bucket is an error)")
     parser.add_argument("--ray-address", default=None, help="Ray cluster to join (default: $RAY_ADDRESS or a new local one)")
+    parser.add_argument("--executor", default="auto", choices=EXECUTORS,
+                        help="ray: Ray Data (a new local Ray instance, or the cluster of --ray-address/$RAY_ADDRESS); "
+                             "local: this process, no Ray; auto (default): local for jobs of at most 2,000 images on "
+                             "one machine with at most one GPU and no Ray cluster given, else ray")
     parser.add_argument("--cluster", default=None,
                         help="plan for a described cluster instead of asking Ray: e.g. '16cpu,0-8x8cpu+1gpu:24GB' "
                              "(a head and 0-8 workers of one 24 GB GPU), '2x16cpu+4gpu', or a cluster launcher YAML")

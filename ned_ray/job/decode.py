@@ -18,6 +18,7 @@ import warnings
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import ray
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -89,7 +90,7 @@ def decode_image(item: bytes | np.ndarray | Skipped | Exception, non_square: str
             return None, f"non-square image {width}x{height} (rejected by --non-square error)", width, height
         if non_square == "center-crop":
             rgb = center_square(rgb.transpose(2, 0, 1)).transpose(1, 2, 0)
-    return np.ascontiguousarray(rgb), "", width, height
+    return np.require(rgb, requirements=["C", "W"]), "", width, height  # writable: torch.from_numpy needs it
 
 
 def center_square(chw):
@@ -104,15 +105,16 @@ class DecodeShard:
     """Ray Data UDF: one shard row (start, stop) -> one row per image, with the inputs ``kinds`` need.
 
     ``listing`` is the input's listing put once in Ray's object store: every task maps the same copy
-    (one per node) and slices its rows, so shards carry two integers, not their ids and URIs."""
+    (one per node) and slices its rows, so shards carry two integers, not their ids and URIs. (The
+    in-process executor passes the Arrow table itself.)"""
 
-    def __init__(self, source: ImageSource, listing: ray.ObjectRef, kinds: tuple[str, ...], non_square: str,
-                 max_pixels: int) -> None:
+    def __init__(self, source: ImageSource, listing: ray.ObjectRef | pa.Table, kinds: tuple[str, ...],
+                 non_square: str, max_pixels: int) -> None:
         self.source, self.listing, self.kinds = source, listing, kinds
         self.non_square, self.max_pixels = non_square, max_pixels
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        listing = ray.get(self.listing)
+        listing = ray.get(self.listing) if isinstance(self.listing, ray.ObjectRef) else self.listing
         columns: dict[str, list] = {k: [] for k in ("image_index", "image_id", "status", "error", "width", "height")}
         tensors: dict[str, list[np.ndarray]] = {k: [] for k in self.kinds}
         for start, stop in zip(batch["start"].tolist(), batch["stop"].tolist()):

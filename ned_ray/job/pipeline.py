@@ -42,6 +42,7 @@ from .commit import (COMMITS, IMAGE_PARTS, JOB_FILE, LEASE, LISTING, MANIFEST, L
                      read_listing, reconcile, write_bytes, write_listing)
 from .config import EncodeConfig
 from .decode import DecodeShard
+from .local import choose_executor, run_local
 from .metadata import model_files, recorded_files, write_model_metadata
 from .plan import Plan, PlanError, PoolPlan, make_plan
 from .progress import ProgressReporter
@@ -267,8 +268,14 @@ class _Work:
 
 # -- planning ---------------------------------------------------------------------------------------
 def _connect(config: EncodeConfig) -> None:
-    if not ray.is_initialized():
+    """Join the Ray cluster of ``--ray-address``/``$RAY_ADDRESS``, or start a local instance for this
+    job alone (without Ray's dashboard: ~0.35 GB and ~1 s that a job which stops with it never uses)."""
+    if ray.is_initialized():
+        return
+    if config.ray_address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=config.ray_address, ignore_reinit_error=True, log_to_driver=False)
+    else:
+        ray.init(ignore_reinit_error=True, log_to_driver=False, include_dashboard=False)
 
 
 def cluster_shape(config: EncodeConfig) -> ClusterShape:
@@ -295,9 +302,12 @@ def plan_encode(config: EncodeConfig) -> dict[str, Any]:
     fs, root = filesystem(config.output, config.storage_options)
     ledger = Ledger.read(fs, root) if fs.exists(root) else Ledger()
     work = _Work.of(ledger, models, len(source), config.shard_size)
-    plan = _plan(config, ned, models, cluster_shape(config), len(work.remaining))
+    executor, why = choose_executor(config, len(source))
+    cluster = ClusterShape.local(config.device) if executor == "local" else cluster_shape(config)
+    plan = _plan(config, ned, models, cluster, len(work.remaining))
     todo = sum(b - a for a, b in work.remaining)
-    return {"plan": plan, "n_images": len(source), "to_encode": todo, "already_committed": work.skipped,
+    return {"plan": plan, "executor": executor, "executor_reason": why, "n_images": len(source), "to_encode": todo,
+            "already_committed": work.skipped,
             "shards": -(-len(source) // config.shard_size), "models": [str(m) for m in models]}
 
 
@@ -423,12 +433,15 @@ def run_encode(config: EncodeConfig, progress: float | None = None, stream: Text
                                     "model_groups": [], "plan": "nothing to do"}}
     with _storage("write the output to", config.output):
         fs.makedirs(root, exist_ok=True)
-    _connect(config)
-    lease = Lease(fs, root, config.lease_ttl, _lease_record(config))
+    executor = choose_executor(config, len(source))
+    if executor[0] == "ray":
+        _connect(config)
+    lease = Lease(fs, root, config.lease_ttl, _lease_record(config, executor[0]))
     with _storage("take the lease of", config.output):
         lease.acquire(config.force)
     try:
-        return _run_owned(config, ned, models, metadata, selections, source, fs, root, progress, stream, started)
+        return _run_owned(config, ned, models, metadata, selections, source, fs, root, progress, stream, started,
+                          executor)
     except KeyboardInterrupt:
         if lease.lost:
             raise LeaseLostError(f"this job lost the output's lease: {lease.lost}; what it committed is kept") from None
@@ -437,10 +450,12 @@ def run_encode(config: EncodeConfig, progress: float | None = None, stream: Text
         lease.release()
 
 
-def _lease_record(config: EncodeConfig) -> dict[str, Any]:
-    context = ray.get_runtime_context()
-    return {"ray_job_id": context.get_job_id(), "ray_session": context.get_session_name(),
-            "output": config.output, "images": config.images, "models": config.models}
+def _lease_record(config: EncodeConfig, executor: str) -> dict[str, Any]:
+    record = {"executor": executor, "output": config.output, "images": config.images, "models": config.models}
+    if executor == "ray":
+        context = ray.get_runtime_context()
+        record.update(ray_job_id=context.get_job_id(), ray_session=context.get_session_name())
+    return record
 
 
 def _complete_manifest(config: EncodeConfig, fs, root: str, source: ImageSource) -> dict[str, Any] | None:
@@ -489,8 +504,9 @@ def _check_marker_ids(ledger: Ledger, source: ImageSource, output: str) -> None:
 
 def _run_owned(config: EncodeConfig, ned, models: list[ModelId], metadata: dict, selections: dict,
                source: ImageSource, fs, root: str, progress: float | None, stream: TextIO,
-               started: float) -> dict[str, Any]:
-    """Everything that writes the output: runs under its lease."""
+               started: float, executor: tuple[str, str]) -> dict[str, Any]:
+    """Everything that writes the output: runs under its lease, on Ray Data or in this process
+    (``executor``: see :func:`~.local.choose_executor`)."""
     _check_output(config, fs, root)
     ledger = Ledger.read(fs, root)
     source = _reconcile_listing(config, fs, root, source, ledger, stream)
@@ -517,31 +533,37 @@ def _run_owned(config: EncodeConfig, ned, models: list[ModelId], metadata: dict,
 
     plan = None
     encoded = sum(stop - start for start, stop in work.remaining)
+    local = executor[0] == "local"
     if work.remaining:
-        plan = _plan(config, ned, models, cluster_shape(config), len(work.remaining))
+        cluster = ClusterShape.local(config.device) if local else cluster_shape(config)
+        plan = _plan(config, ned, models, cluster, len(work.remaining))
+        run = run_local if local else _run_pipeline
         try:
-            plan = _await_devices(plan, config, ned, models, len(work.remaining), stream)
-            with _storage("check paths on the cluster's nodes for", config.output):
-                check_paths_on_nodes(config, source, fs, root, plan, stream)
+            if not local:
+                plan = _await_devices(plan, config, ned, models, len(work.remaining), stream)
+                with _storage("check paths on the cluster's nodes for", config.output):
+                    check_paths_on_nodes(config, source, fs, root, plan, stream)
             if progress:
                 with ProgressReporter(fs, root, encoded, progress, stream=stream):
-                    _run_pipeline(config, source, plan, work, selections, n_images)
+                    run(config, source, plan, work, selections, n_images)
             else:
-                _run_pipeline(config, source, plan, work, selections, n_images)
+                run(config, source, plan, work, selections, n_images)
         except Exception as exc:
             ours = _job_error(exc)
             if ours is None:
                 raise
             raise ours from None
         finally:
-            if plan.wait_for_gpus:
+            if plan.wait_for_gpus and not local:
                 _release_request()
     ledger = Ledger.read(fs, root)
     _warn_fallbacks(ledger, stream)
     manifest = finalize(fs, root, config.output, models, config.formats, n_images,
-                        {**job, "plan": plan.to_json() if plan else None}, ledger)
+                        {**job, "plan": plan.to_json() if plan else None,
+                         "executor": {"name": executor[0], "reason": executor[1]}}, ledger)
     elapsed = time.perf_counter() - started
     return {**manifest, "run": {"encoded_images": encoded, "skipped_images": work.skipped, "seconds": elapsed,
+                                "executor": executor[0], "executor_reason": executor[1],
                                 "images_per_second": encoded / elapsed if elapsed > 0 else 0.0,
                                 "model_groups": [p.models for p in plan.pools] if plan else [],
                                 "plan": plan.describe() if plan else "nothing to do"}}

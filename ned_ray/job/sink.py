@@ -132,30 +132,32 @@ class ImagesSink(Datasink[list]):
         return "NedRayImages"
 
     def write(self, blocks: Iterable[Any], ctx: Any) -> list:
+        return [name for block in blocks for name in self.write_batch(BlockAccessor.for_block(block).to_numpy())]
+
+    def write_batch(self, batch: Mapping[str, np.ndarray]) -> list[str]:
+        """Write and commit the images' status of one batch of rows; returns the pieces' names."""
         fs, root = filesystem(self.output, self.storage_options)
         pieces = []
-        for block in blocks:
-            batch = BlockAccessor.for_block(block).to_numpy()
-            index = np.asarray(batch["image_index"], np.int64)
-            rows = np.flatnonzero(~self.committed.contains(index))
-            for piece in split_pieces(index[rows], self.shard_size):
-                prows = rows[piece]
-                name = piece_name(int(index[prows[0]]), len(prows), self.shard_size, self.n_images)
-                status = [str(s) for s in batch["status"][prows]]
-                table = pa.table({
-                    "image_index": pa.array(index[prows], pa.int64()),
-                    "image_id": pa.array([str(x) for x in batch["image_id"][prows]], pa.string()),
-                    "status": pa.array(status, pa.string()),
-                    "error": pa.array([str(e) for e in batch["error"][prows]], pa.string()),
-                    "width": pa.array(batch["width"][prows], pa.int32()),
-                    "height": pa.array(batch["height"][prows], pa.int32()),
-                })
-                data = parquet_bytes(table)
-                rel = f"{IMAGE_PARTS}/{name}.parquet"
-                write_bytes(fs, posixpath.join(root, rel), data)
-                write_marker(fs, root, IMAGES_WRITER, name, {
-                    "image_index": index[prows].tolist(), "image_id": table.column("image_id").to_pylist(),
-                    "ok": status.count("ok"), "error": status.count("error"), "skipped": status.count("skipped"),
-                    "rows": len(status), "files": {rel: len(data)}})
-                pieces.append(name)
+        index = np.asarray(batch["image_index"], np.int64)
+        rows = np.flatnonzero(~self.committed.contains(index))
+        for piece in split_pieces(index[rows], self.shard_size):
+            prows = rows[piece]
+            name = piece_name(int(index[prows[0]]), len(prows), self.shard_size, self.n_images)
+            status = [str(s) for s in batch["status"][prows]]
+            table = pa.table({
+                "image_index": pa.array(index[prows], pa.int64()),
+                "image_id": pa.array([str(x) for x in batch["image_id"][prows]], pa.string()),
+                "status": pa.array(status, pa.string()),
+                "error": pa.array([str(e) for e in batch["error"][prows]], pa.string()),
+                "width": pa.array(batch["width"][prows], pa.int32()),
+                "height": pa.array(batch["height"][prows], pa.int32()),
+            })
+            data = parquet_bytes(table)
+            rel = f"{IMAGE_PARTS}/{name}.parquet"
+            write_bytes(fs, posixpath.join(root, rel), data)
+            write_marker(fs, root, IMAGES_WRITER, name, {
+                "image_index": index[prows].tolist(), "image_id": table.column("image_id").to_pylist(),
+                "ok": status.count("ok"), "error": status.count("error"), "skipped": status.count("skipped"),
+                "rows": len(status), "files": {rel: len(data)}})
+            pieces.append(name)
         return pieces
