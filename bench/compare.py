@@ -16,6 +16,9 @@ Modes alternate within each repeat; medians of --repeats. Real model sizes, rand
 
     python bench/compare.py --suite eeg --images 200 --repeats 3 --steady
     python bench/compare.py --suite fmri --images 100 --repeats 3
+    python bench/compare.py --suite eeg --images 200 --repeats 3 --steady --executor local --no-baseline
+
+``--executor local``: the job in this process (job/local.py) instead of Ray Data (Ray is then not started).
 """
 
 from __future__ import annotations
@@ -77,9 +80,10 @@ def baseline(ned_dir: Path, ids: list[str], images: np.ndarray, device: str) -> 
     return time.perf_counter() - start
 
 
-def job(ned_dir: Path, spec: str, folder: Path, out: Path, device: str) -> float:
+def job(ned_dir: Path, spec: str, folder: Path, out: Path, device: str, executor: str = "ray") -> float:
     start = time.perf_counter()
-    summary = run_encode(EncodeConfig(ned_dir=str(ned_dir), images=str(folder), models=spec, output=str(out), device=device))
+    summary = run_encode(EncodeConfig(ned_dir=str(ned_dir), images=str(folder), models=spec, output=str(out), device=device,
+                                      executor=executor))
     assert summary["images"]["error"] == 0
     return time.perf_counter() - start
 
@@ -99,6 +103,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steady", action="store_true", help="also run the job on 5x the images")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--executor", default="ray", choices=["ray", "local"], help="the job's executor")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the NED API loop")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -112,29 +118,34 @@ def main() -> None:
         images = make_images(root / "images", args.images)
         if args.steady:
             make_images(root / "images5", 5 * args.images)
-        ray.init(include_dashboard=False, log_to_driver=False)
+        if args.executor == "ray":
+            ray.init(include_dashboard=False, log_to_driver=False)
         group = ModelGroup(ned, ids, args.device, batch_size=100)
         inputs = group.preprocess(images)
-        modes = ["baseline", "job", "model-only", "model-only bf16"] + (["job x5"] if args.steady else [])
+        modes = (["baseline"] if not args.no_baseline else []) + ["job", "model-only", "model-only bf16"] + (
+            ["job x5"] if args.steady else [])
         times: dict[str, list[float]] = {k: [] for k in modes}
         deviation: dict[str, float] = {}
         for r in range(args.repeats):
-            times["baseline"].append(baseline(root / "ned", ids, images, args.device))
-            times["job"].append(job(root / "ned", spec, root / "images", root / f"out{r}", args.device))
+            if not args.no_baseline:
+                times["baseline"].append(baseline(root / "ned", ids, images, args.device))
+            times["job"].append(job(root / "ned", spec, root / "images", root / f"out{r}", args.device, args.executor))
             elapsed, exact = model_only(group, inputs)
             times["model-only"].append(elapsed)
             elapsed, reduced = model_only(group, inputs, "bf16")
             times["model-only bf16"].append(elapsed)
             deviation = {m: float(np.abs(reduced[m] - exact[m]).max() / exact[m].std()) for m in exact}
             if args.steady:
-                times["job x5"].append(job(root / "ned", spec, root / "images5", root / f"out5-{r}", args.device))
+                times["job x5"].append(job(root / "ned", spec, root / "images5", root / f"out5-{r}", args.device,
+                                           args.executor))
             print(f"repeat {r}: " + ", ".join(f"{k} {v[-1]:.1f}s" for k, v in times.items()), flush=True)
         med = {k: statistics.median(v) for k, v in times.items()}
         print(f"suite {args.suite}: {len(ids)} models, {args.images} images of 425 px, torch threads {torch.get_num_threads()}")
         for k, v in times.items():
             n = 5 * args.images if k == "job x5" else args.images
             print(f"  {k:16s} median {med[k]:7.1f}s  ({n / med[k]:6.2f} images/s)  runs {[round(x, 1) for x in v]}")
-        print(f"  job speed-up over baseline: {med['baseline'] / med['job']:.2f}x")
+        if "baseline" in med:
+            print(f"  job speed-up over baseline: {med['baseline'] / med['job']:.2f}x")
         print(f"  job throughput / model-only throughput: {med['model-only'] / med['job']:.2f}")
         print(f"  bf16 speed-up (model-only): {med['model-only'] / med['model-only bf16']:.2f}x; max |bf16 - fp32| / std "
               f"over all images: worst model {max(deviation.values()):.2e}, median model {statistics.median(deviation.values()):.2e}")

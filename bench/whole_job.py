@@ -3,7 +3,7 @@ vs NED's API once per model (run by hand; issue 13).
 
 Each mode is a fresh process started by this script, timed from its start to its exit (imports, Ray's
 start, model loading, decoding the files and writing the responses included), while a sampler reads
-the memory of the process and of everything it started (Ray's GCS, raylet, workers) every 0.2 s:
+the memory of the process and of everything it started (Ray's GCS, raylet, workers) every 0.5 s:
 
 * PSS (proportional set size): each page divided among the processes that map it, so Ray's object
   store (shared memory) and shared libraries count once. This is the job's real footprint.
@@ -13,7 +13,8 @@ Modes (alternating within each repeat; medians of --repeats):
 
 * ``job``: ``ned-ray encode --ned-dir D --images F --models M --output O`` (a fresh output each run),
   as a user runs it (``--executor auto``: in this process for small jobs on one machine).
-* ``job-ray``: the same with ``--executor ray`` (Ray Data on a local Ray instance it starts).
+* ``job-ray``: the same with ``--executor ray`` (Ray Data on a local Ray instance it starts);
+  ``job-local``: with ``--executor local`` (in this process whatever the size).
 * ``in-process``: one Python process: ``ModelGroup`` over the models, the files decoded and resized by
   ned-ray's own functions in batches of 100, each batch's responses saved as .npy (streamed, never all
   held): what a user would write by hand with the library.
@@ -22,7 +23,7 @@ Modes (alternating within each repeat; medians of --repeats):
 
     python bench/whole_job.py --suite eeg --images 200 --repeats 3 --api
     python bench/whole_job.py --suite fmri --images 100 --repeats 3
-    python bench/whole_job.py --suite eeg --images 5000 --repeats 1 --modes job in-process
+    python bench/whole_job.py --suite fmri-v1 --images 5000 --repeats 1
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SUITES = {"eeg": "eeg/*", "fmri": "fmri/nsd/fwrf/sub-01/*"}
+SUITES = {"eeg": ("eeg", "eeg/*"), "fmri": ("fmri", "fmri/nsd/fwrf/sub-01/*"),
+          "fmri-v1": ("fmri", "fmri/nsd/fwrf/sub-01/V1")}  # suite: (model folder, --models)
 
 
 # -- memory of a process tree (Linux /proc; no psutil needed) ---------------------------------------
@@ -79,7 +81,7 @@ def _rollup(pid: int) -> tuple[int, int]:
 
 
 class TreeMemory(threading.Thread):
-    """Peak PSS and summed RSS of a process and all its descendants, sampled every 0.2 s."""
+    """Peak PSS and summed RSS of a process and all its descendants, sampled every 0.5 s."""
 
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
@@ -92,7 +94,7 @@ class TreeMemory(threading.Thread):
             self.pss = max(self.pss, sum(s[0] for s in sizes))
             self.rss = max(self.rss, sum(s[1] for s in sizes))
             self.processes = max(self.processes, len(pids))
-            time.sleep(0.2)
+            time.sleep(0.5)  # reading smaps of GB-sized processes costs CPU: keep it rare
 
 
 def measure(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, int, int, int]:
@@ -158,16 +160,18 @@ def api(ned_dir: str, models: str, folder: str, out: str) -> None:
 # -- the comparison -----------------------------------------------------------------------------------
 def build(root: Path, suite: str, images: int) -> tuple[Path, Path]:
     """Real-size models (random weights) and ``images`` photographs of 425 px, reused when present."""
+    ned, folder = root / SUITES[suite][0], root / f"images{images}"
     sys.path.insert(0, str(HERE))
-    from compare import make_images
-    from realsize import build_eeg, build_fmri
-
-    ned, folder = root / suite, root / f"images{images}"
     if not (ned / ".complete").exists():
+        from realsize import build_eeg, build_fmri  # imports torch: only when building
+
+
         shutil.rmtree(ned, ignore_errors=True)
-        build_eeg(ned, 10) if suite == "eeg" else build_fmri(ned, 1)
+        build_eeg(ned, 10) if SUITES[suite][0] == "eeg" else build_fmri(ned, 1)
         (ned / ".complete").touch()
     if not folder.is_dir() or len(list(folder.iterdir())) != images:
+        from compare import make_images
+
         shutil.rmtree(folder, ignore_errors=True)
         make_images(folder, images)
     return ned, folder
@@ -179,7 +183,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--modes", nargs="+", default=["job", "job-ray", "in-process"],
-                        choices=["job", "job-ray", "in-process", "api"])
+                        choices=["job", "job-ray", "job-local", "in-process", "api"])
     parser.add_argument("--api", action="store_true", help="also run NED's API once per model")
     parser.add_argument("--root", default="/tmp/ned-ray-bench", help="where models and images are built (kept)")
     parser.add_argument("--job-args", default="", help="extra arguments for ned-ray encode")
@@ -200,10 +204,10 @@ def main() -> None:
             out = root / "out" / f"{mode}-{r}"
             shutil.rmtree(out, ignore_errors=True)
             if mode.startswith("job"):
-                cmd = [cli, "encode", "--ned-dir", str(ned), "--images", str(folder), "--models", SUITES[args.suite],
-                       "--output", str(out), "--quiet", *args.job_args.split()] + (["--executor", "ray"] if mode == "job-ray" else [])
+                cmd = [cli, "encode", "--ned-dir", str(ned), "--images", str(folder), "--models", SUITES[args.suite][1],
+                       "--output", str(out), "--quiet", *args.job_args.split()] + (["--executor", mode[4:]] if mode != "job" else [])
             else:
-                cmd = [python, __file__, "--child", mode, "--child-args", str(ned), SUITES[args.suite], str(folder), str(out)]
+                cmd = [python, __file__, "--child", mode, "--child-args", str(ned), SUITES[args.suite][1], str(folder), str(out)]
             results[mode].append(measure(cmd, env))
             shutil.rmtree(out, ignore_errors=True)
             t, pss, rss, n = results[mode][-1]
@@ -215,7 +219,7 @@ def main() -> None:
         runs = ", ".join(f"{x[0]:.1f}" for x in results[mode])
         print(f"  {mode:10s} {t:7.1f}s ({args.images / t:6.2f} images/s)  runs {runs}  peak PSS {pss / 2**30:.2f} GiB  "
               f"summed RSS {rss / 2**30:.2f} GiB  processes {n:.0f}")
-    for job in ("job", "job-ray"):
+    for job in ("job", "job-ray", "job-local"):
         if job in med and "in-process" in med:
             print(f"  {job} / in-process: time {med[job][0] / med['in-process'][0]:.2f}x, peak PSS "
                   f"{med[job][1] / med['in-process'][1]:.2f}x, summed RSS {med[job][2] / med['in-process'][2]:.2f}x")

@@ -97,7 +97,7 @@ def test_pinned_inputs_give_the_same_numbers(groups, fixture_images):
 
 
 def test_the_job_runs_on_the_gpu(demo_dir, tmp_path):
-    """The whole Ray Data job on demo models (they carry their own small ViT): needs Ray, no fixtures."""
+    """The whole job on demo models (they carry their own small ViT), on Ray Data and in process: needs Ray, no fixtures."""
     ray = pytest.importorskip("ray", reason="the job test needs Ray on the GPU machine (DEVELOPERS.md)")
     from PIL import Image
 
@@ -111,16 +111,18 @@ def test_the_job_runs_on_the_gpu(demo_dir, tmp_path):
     if not ray.is_initialized():
         ray.init(include_dashboard=False, log_to_driver=False)
     results = {}
-    for device in ("cuda", "cpu"):
-        summary = run_encode(EncodeConfig(str(demo_dir), str(tmp_path), "all", str(tmp_path / device), device=device,
-                                          shard_size=8))
-        assert summary["job"]["plan"]["device"] == device
+    for device, executor in (("cuda", "ray"), ("cuda", "local"), ("cpu", "ray")):
+        out_dir = tmp_path / f"{device}-{executor}"
+        summary = run_encode(EncodeConfig(str(demo_dir), str(tmp_path), "all", str(out_dir), device=device,
+                                          shard_size=8, executor=executor))
+        assert summary["job"]["plan"]["device"] == device and summary["run"]["executor"] == executor
         assert all(d["ran_on"] == {device: 16} for d in summary["devices"])
-        out = open_output(str(tmp_path / device))
-        results[device] = {m: out.responses(m)[1] for m in out.models}
-    for mid, values in results["cuda"].items():  # fp32 on the GPU: the CPU's numbers
-        reference = results["cpu"][mid]
-        assert np.abs(values - reference).max() <= 1e-4 * reference.std(), mid
+        out = open_output(str(out_dir))
+        results[device, executor] = {m: out.responses(m)[1] for m in out.models}
+    for key in (("cuda", "ray"), ("cuda", "local")):  # fp32 on the GPU: the CPU's numbers, either executor
+        for mid, values in results[key].items():
+            reference = results["cpu", "ray"][mid]
+            assert np.abs(values - reference).max() <= 1e-4 * reference.std(), (key, mid)
 
 
 def teardown_module(module):  # noqa: ARG001

@@ -14,6 +14,7 @@ import pytest
 
 from ned_ray.job import local
 from ned_ray.job.commit import Ledger
+from ned_ray.job.cluster import ClusterShape, NodeType
 from ned_ray.job.config import EncodeConfig
 from ned_ray.job.local import LOCAL_MAX_IMAGES, choose_executor
 from ned_ray.job.pipeline import run_encode
@@ -44,9 +45,20 @@ def test_auto_runs_small_jobs_on_one_machine_in_process(monkeypatch, tmp_path):
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     config = EncodeConfig("ned", "imgs", "all", str(tmp_path / "o"), device="cpu")
     assert choose_executor(config, 200)[0] == "local"
-    assert choose_executor(config, LOCAL_MAX_IMAGES)[0] == "local"
-    assert choose_executor(config, LOCAL_MAX_IMAGES + 1) == (
-        "ray", f"{LOCAL_MAX_IMAGES + 1} images (more than {LOCAL_MAX_IMAGES}: Ray Data's start-up is worth it)")
+    assert choose_executor(config, 10**6)[0] == "local"  # on CPU, at any size (measured: bench/RESULTS.md)
+    one_gpu = ClusterShape((NodeType("this machine", 8, 1, 24 << 30, 64 << 30),), "this machine")
+    monkeypatch.setattr(ClusterShape, "local", classmethod(lambda cls, device="auto": one_gpu))
+    gpu = EncodeConfig("ned", "imgs", "all", str(tmp_path / "o"))
+    assert choose_executor(gpu, LOCAL_MAX_IMAGES) == ("local", f"{LOCAL_MAX_IMAGES} images on this machine's GPU, one "
+                                                      "machine, no Ray cluster: encoded in this process, where it costs "
+                                                      "less time and memory than on Ray Data (--executor ray to use it)")
+    assert choose_executor(gpu, LOCAL_MAX_IMAGES + 1)[0] == "ray"  # Ray Data decodes in parallel for the GPU
+    two_gpus = ClusterShape((NodeType("this machine", 8, 2, 24 << 30, 64 << 30),), "this machine")
+    monkeypatch.setattr(ClusterShape, "local", classmethod(lambda cls, device="auto": two_gpus))
+    assert choose_executor(gpu, 10) == ("ray", "2 GPUs on this machine (Ray Data uses them all)")
+    monkeypatch.undo()
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
     assert choose_executor(EncodeConfig("ned", "imgs", "all", "o", executor="ray"), 10)[0] == "ray"
     assert choose_executor(EncodeConfig("ned", "imgs", "all", "o", executor="local"), 10**6)[0] == "local"
     assert "--ray-address" in choose_executor(EncodeConfig("ned", "imgs", "all", "o", ray_address="auto"), 10)[1]
@@ -66,8 +78,9 @@ def _pieces(out: Path) -> set[tuple[str, str, tuple[int, ...]]]:
     return {(key, m["piece"], tuple(m["image_index"])) for key, m in Ledger.read(fs, root).entries()}
 
 
-def test_local_writes_what_ray_data_writes(ray_cluster, demo_dir, images, tmp_path):
+def test_local_writes_what_ray_data_writes(ray_cluster, demo_dir, images, tmp_path, monkeypatch):
     on_ray = run_encode(_config(demo_dir, images, tmp_path / "ray", executor="ray"))
+    monkeypatch.setattr(local, "decode_threads", lambda cpus: 3)  # 4 shards, 3 decoding at once: order kept
     here = run_encode(_config(demo_dir, images, tmp_path / "local", executor="local"))
     assert on_ray["run"]["executor"] == "ray" and here["run"]["executor"] == "local"
     manifest = json.loads((tmp_path / "local" / "_manifest.json").read_text())
@@ -122,13 +135,13 @@ def test_cli_says_where_it_ran(demo_dir, images, tmp_path):
                              str(images), "--models", "fmri/nsd/fwrf/sub-01/V1", "--output", str(tmp_path / "o"),
                              "--device", "cpu", "--quiet"], capture_output=True, text=True, env=_env(), timeout=300)
     assert result.returncode == 0, result.stderr
-    assert "ran in this process, without Ray: 15 images on one machine" in result.stdout
+    assert "ran in this process, without Ray: 15 images on CPU, one machine, no Ray cluster" in result.stdout
     assert "Started a local Ray instance" not in result.stderr
     dry = subprocess.run([sys.executable, "-m", "ned_ray.cli", "encode", "--ned-dir", str(demo_dir), "--images",
                           str(images), "--models", "all", "--output", str(tmp_path / "o2"), "--dry-run"],
                          capture_output=True, text=True, env=_env(), timeout=300)
     assert dry.returncode == 0, dry.stderr
-    assert "executor: local (15 images on one machine" in dry.stdout and "this machine (no Ray cluster)" in dry.stdout
+    assert "executor: local (15 images on CPU, one machine" in dry.stdout and "this machine (no Ray cluster)" in dry.stdout
 
 
 def _env() -> dict[str, str]:
@@ -137,3 +150,15 @@ def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
     return env
+
+
+def test_this_machine_as_a_cluster_shape():
+    import os
+
+    from ned_ray.job.cluster import ClusterShape
+
+    shape = ClusterShape.local("cpu")
+    (node,) = shape.node_types
+    assert node.cpus == len(os.sched_getaffinity(0)) and node.gpus == 0 and node.memory > 2**28
+    assert shape.nodes_max == 1 and not shape.autoscaling and "no Ray cluster" in shape.describe()
+    assert [local.decode_threads(n) for n in (1, 2, 8, 16, 64, 256)] == [1, 1, 1, 2, 8, 8]
