@@ -24,11 +24,11 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..models.group import INPUTS
+from .plan import INPUT_SHAPES
 from .sources import ImageSource, Skipped
 
 __all__ = ["decode_image", "DecodeShard", "INPUT_SHAPES"]
 
-INPUT_SHAPES = {"fwrf": (3, 227, 227), "vit": (3, 224, 224)}
 
 
 def _to_rgb(image: Image.Image) -> np.ndarray:

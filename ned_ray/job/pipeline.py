@@ -628,6 +628,9 @@ def _run_pipeline(config: EncodeConfig, source: ImageSource, plan: Plan, work: _
     _connect(config)
     kinds = tuple(k for k in ("fwrf", "vit") if any(k in p.inputs for p in plan.pools))
     shards = [{"start": start, "stop": stop} for start, stop in work.remaining]
+    context = ray.data.DataContext.get_current()
+    context.execution_options.resource_limits = context.execution_options.resource_limits.copy(
+        object_store_memory=plan.queued_bytes)  # decoding runs ahead of the actors by a few blocks, no more
     ds = ray.data.from_items(shards, override_num_blocks=len(shards))
     listing = ray.put(source.listing.select(["image_id", "uri", "skip"]))  # once, shared by every decode task
     ds = ds.map_batches(DecodeShard(source.description(), listing, kinds, config.non_square, config.max_pixels),

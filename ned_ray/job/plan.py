@@ -33,6 +33,8 @@ The pipeline executes a plan as is; ``ned-ray encode --dry-run`` prints it (``--
 from __future__ import annotations
 
 import math
+
+import numpy as np
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -51,6 +53,7 @@ VIT_WEIGHTS_SHARE = 0.85  # for ViT models' weights: a batch of 64 images needs 
 CPU_ACTOR_CPUS = 0.5  # the most a CPU actor reserves (logical; its torch threads are set separately)
 GPU_ACTOR_CPUS = 1.0  # the most a GPU actor reserves (data movement, writing its parts)
 IN_FLIGHT = 2  # blocks per concurrent call sent to an actor: one computing (or writing), one arriving
+INPUT_SHAPES = {"fwrf": (3, 227, 227), "vit": (3, 224, 224)}  # uint8 inputs decoded per image, per model kind
 
 
 class PlanError(ValueError):
@@ -98,6 +101,7 @@ class Plan:
     write_cpus: float
     shard_size: int
     wait_for_gpus: bool  # no GPU now: the job waits for the autoscaler before it starts
+    queued_bytes: int = 0  # Ray Data's object-store budget: the decoded blocks that may wait for actors
     notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -110,7 +114,8 @@ class Plan:
         lines = [f"cluster: {self.cluster.describe()}",
                  f"device: {self.device} ({self.device_reason})",
                  f"decode: tasks of {self.decode_cpus:g} CPU, up to {self.decode_concurrency} at once; "
-                 f"image sink: {self.write_cpus:g} CPU per task; {self.shard_size} images per shard (commit unit)"]
+                 f"image sink: {self.write_cpus:g} CPU per task; {self.shard_size} images per shard (commit unit); "
+                 f"decoded blocks in Ray's object store: at most ~{_size(self.queued_bytes)}"]
         header = ("pool", "models", "inputs", "device", "actors", "GPU/actor", "CPU/actor", "threads", "rows/call",
                   "weights")
         rows = [header] + [(p.name, _models_label(p.models), ",".join(p.inputs), p.device, p.actors,
@@ -360,6 +365,11 @@ def make_plan(config: EncodeConfig, models: Sequence[ModelId], cluster: ClusterS
                      "batches from their own share of the GPU's memory")
     if len(vit) > 1:
         notes.append(f"the {len(vit)} ViT-B/32 models share one ViT pass per image" + (" per group" if len(vit_groups) > 1 else ""))
+    # decoded blocks that may wait in the object store: what the actors hold in flight, one more per
+    # actor, and what the decode tasks are producing; without this budget Ray Data lets decoding run
+    # up to half the object store ahead of slow (CPU) actors (1.4 GB at 5,000 images, bench/RESULTS.md)
+    block = config.shard_size * sum(int(np.prod(INPUT_SHAPES[k])) for k in {k for p in pools for k in p.inputs})
+    blocks = sum(p.max_actors * (p.max_tasks_in_flight + 1) for p in pools) + 2 * decode_concurrency
     return Plan(device=device, device_reason=reason, cluster=cluster, pools=pools, decode_cpus=DECODE_CPUS,
                 decode_concurrency=decode_concurrency, write_cpus=WRITE_CPUS, shard_size=config.shard_size,
-                wait_for_gpus=device == "cuda" and not cluster.gpus_now, notes=notes)
+                wait_for_gpus=device == "cuda" and not cluster.gpus_now, queued_bytes=block * blocks, notes=notes)

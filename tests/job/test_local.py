@@ -80,6 +80,8 @@ def _pieces(out: Path) -> set[tuple[str, str, tuple[int, ...]]]:
 
 def test_local_writes_what_ray_data_writes(ray_cluster, demo_dir, images, tmp_path, monkeypatch):
     on_ray = run_encode(_config(demo_dir, images, tmp_path / "ray", executor="ray"))
+    budget = ray_cluster.data.DataContext.get_current().execution_options.resource_limits.object_store_memory
+    assert budget == on_ray["job"]["plan"]["queued_bytes"] > 0  # Ray Data may queue this much decoded input
     monkeypatch.setattr(local, "decode_threads", lambda cpus: 3)  # 4 shards, 3 decoding at once: order kept
     here = run_encode(_config(demo_dir, images, tmp_path / "local", executor="local"))
     assert on_ray["run"]["executor"] == "ray" and here["run"]["executor"] == "local"

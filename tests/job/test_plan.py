@@ -37,6 +37,12 @@ def check_invariants(p, cluster: ClusterShape) -> None:
         assert all(pool.gpus_per_actor > 0 and pool.batch_rows >= 1 for pool in p.pools)
     else:
         assert all(pool.gpus_per_actor == 0 for pool in p.pools)
+    # decoded blocks queued in the object store: at least what every actor holds in flight, plus one
+    # per actor and what decode tasks produce; never unbounded
+    block = p.shard_size * sum(3 * 227 * 227 if k == "fwrf" else 3 * 224 * 224 for k in {k for q in p.pools for k in q.inputs})
+    in_flight = sum(q.max_actors * q.max_tasks_in_flight for q in p.pools)
+    assert (in_flight + 1) * block <= p.queued_bytes <= (in_flight + sum(q.max_actors for q in p.pools)
+                                                        + 2 * p.decode_concurrency) * block
     # only the columns a pool reads travel to it: each input is dropped by its last reader
     for i, pool in enumerate(p.pools):
         later = {k for q in p.pools[i + 1:] for k in q.inputs}
