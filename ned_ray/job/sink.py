@@ -104,7 +104,7 @@ class PartWriter:
                     values = results[mid][position[good]] if len(good) else np.zeros((0, *self.shapes[mid]), np.float32)
                     parts = {}
                     if "parquet" in self.formats:
-                        parts[f"{mid}/{name}.parquet"] = parquet_bytes(response_table(index[good], ids, values))
+                        parts[f"{mid}/{name}.parquet"] = parquet_bytes(response_table(index[good], ids, values), plain=("response",))
                     if "npy" in self.formats:
                         parts[f"{mid}/{name}.npy"] = _npy_bytes(values)
                         parts[f"{mid}/{name}.image_index.npy"] = _npy_bytes(index[good])

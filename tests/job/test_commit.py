@@ -232,3 +232,22 @@ def test_a_resumed_job_does_not_hash_unchanged_model_files_again(ray_cluster, de
     assert run_encode(config)["run"]["encoded_images"] == 2  # a resume
     run_encode(EncodeConfig(**{**config.__dict__, "output": str(tmp_path / "other")}))  # another output
     assert len(hashed) == 2  # neither hashed anything again
+
+
+def test_response_columns_are_written_plain():
+    """Float responses: no dictionary, no statistics (cost, no gain); the id columns keep both."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ned_ray.job.commit import parquet_bytes
+    from ned_ray.job.sink import response_table
+
+    values = np.random.default_rng(0).normal(size=(6, 4, 5)).astype(np.float32)
+    table = response_table(np.arange(6), pa.array([f"i{k}" for k in range(6)]), values)
+    meta = pq.ParquetFile(io.BytesIO(parquet_bytes(table, plain=("response",)))).metadata.row_group(0)
+    columns = {meta.column(i).path_in_schema.split(".")[0]: meta.column(i) for i in range(meta.num_columns)}
+    assert columns["response"].statistics is None and not columns["response"].has_dictionary_page
+    assert columns["image_id"].statistics is not None and columns["image_id"].has_dictionary_page
+    assert pq.read_table(io.BytesIO(parquet_bytes(table, plain=("response",)))).equals(table)
