@@ -43,7 +43,26 @@ def _check_bool(name: str, value: Any) -> None:
         raise TypeError(f"'{name}' must be of type bool!")
 
 
-class NED:
+class DirectoryFacade:
+    """What NED's and BERG's facades share: a model directory opened on first use (their constructors
+    only store the path), its storage options, and the ViT-B/32 weight file the user names."""
+
+    def __init__(self, path: str | os.PathLike, vit_weights: str | None = None,
+                 storage_options: dict | None = None) -> None:
+        self._path = str(path)
+        self.vit_weights = vit_weights
+        self._storage_options = storage_options or {}
+        self._dir: NedDir | None = None
+
+    @property
+    def directory(self) -> NedDir:
+        """The :class:`NedDir`, opened on first use."""
+        if self._dir is None:
+            self._dir = NedDir(self._path, self._storage_options)
+        return self._dir
+
+
+class NED(DirectoryFacade):
     """A NED directory (local path or fsspec URL such as ``s3://bucket/neural_encoding_dataset``).
 
     ``vit_weights`` optionally names the ViT-B/32 weight file for the EEG models (otherwise see
@@ -52,17 +71,8 @@ class NED:
 
     def __init__(self, ned_dir: str | os.PathLike, vit_weights: str | None = None,
                  storage_options: dict | None = None) -> None:
-        self.ned_dir = str(ned_dir)
-        self.vit_weights = vit_weights
-        self._storage_options = storage_options or {}
-        self._dir: NedDir | None = None
-
-    @property
-    def directory(self) -> NedDir:
-        """The :class:`NedDir`, opened on first use (NED's constructor only stores the path)."""
-        if self._dir is None:
-            self._dir = NedDir(self.ned_dir, self._storage_options)
-        return self._dir
+        super().__init__(ned_dir, vit_weights, storage_options)
+        self.ned_dir = self._path
 
     # -- browsing (NED's published catalogue) --------------------------------------------------
     def which_modalities(self) -> list[str]:

@@ -17,10 +17,11 @@ from typing import Any
 
 import numpy as np
 
+from .api import DirectoryFacade
 from .ids import FAMILIES, Family, ModelId
 from .models.group import ModelGroup, resolve_device
 from .models.vit_heads import SELECTION_KEYS, SelectionError
-from .nedfmt import MissingFileError, NedDir
+from .nedfmt import MissingFileError
 from .preprocess import check_images
 from .safeload import UnsafePickleError
 
@@ -80,7 +81,7 @@ class BergModel:
         return self.ids[0].family
 
 
-class BERG:
+class BERG(DirectoryFacade):
     """A BERG directory (``brain-encoding-response-generator``; local path or fsspec URL such as
     ``s3://bucket/brain-encoding-response-generator``).
 
@@ -90,16 +91,8 @@ class BERG:
 
     def __init__(self, berg_dir: str | os.PathLike, vit_weights: str | None = None,
                  storage_options: dict | None = None) -> None:
-        self.berg_dir = str(berg_dir)
-        self.vit_weights = vit_weights
-        self._storage_options = storage_options or {}
-        self._dir: NedDir | None = None
-
-    @property
-    def directory(self) -> NedDir:
-        if self._dir is None:
-            self._dir = NedDir(self.berg_dir, self._storage_options)
-        return self._dir
+        super().__init__(berg_dir, vit_weights, storage_options)
+        self.berg_dir = self._path
 
     # -- the catalogue -------------------------------------------------------------------------
     def list_models(self) -> list[str]:
