@@ -14,9 +14,9 @@ same files, commit markers and manifest; resuming works across executors.
 ``--executor auto`` chooses this executor on one machine with no Ray cluster given, for CPU jobs of
 any size and single-GPU jobs of up to ``LOCAL_MAX_IMAGES`` images. Measured on 2 CPUs
 (bench/RESULTS.md): Ray Data took 1.5x the time and 1.5x the memory of this executor for 10 EEG
-subjects x 200 images, and 1.35x the time and 2.2x the memory for an fMRI model x 5,000 images (a CPU plan is one actor per
-model group either way; Ray adds its processes, Ray Data's actors and decoded blocks queued in its
-object store). Jobs that join a Ray cluster (``--ray-address``, ``$RAY_ADDRESS``, ``ray job
+subjects x 200 images, and 1.35x the time and 2.2x the memory for an fMRI model x 5,000 images (a
+CPU plan is one actor per model group either way; Ray adds its processes, Ray Data's actors and
+decoded blocks queued in its object store). Jobs that join a Ray cluster (``--ray-address``, ``$RAY_ADDRESS``, ``ray job
 submit``, a driver that started Ray), plan for a described cluster (``--cluster``), use several
 GPUs, or feed one GPU more than ``LOCAL_MAX_IMAGES`` images (Ray Data decodes in parallel
 processes to keep a GPU fed) run on Ray Data (:func:`~.pipeline._run_pipeline`).

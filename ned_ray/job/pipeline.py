@@ -278,8 +278,11 @@ def _connect(config: EncodeConfig) -> None:
         ray.init(ignore_reinit_error=True, log_to_driver=False, include_dashboard=False)
 
 
-def cluster_shape(config: EncodeConfig) -> ClusterShape:
-    """The described cluster (``--cluster``), or the connected one with what its autoscaler may add."""
+def cluster_shape(config: EncodeConfig, executor: str = "ray") -> ClusterShape:
+    """The described cluster (``--cluster``), this machine (the in-process executor), or the
+    connected Ray cluster with what its autoscaler may add."""
+    if executor == "local":
+        return ClusterShape.local(config.device)
     if config.cluster:
         return ClusterShape.parse(config.cluster)
     _connect(config)
@@ -303,8 +306,7 @@ def plan_encode(config: EncodeConfig) -> dict[str, Any]:
     ledger = Ledger.read(fs, root) if fs.exists(root) else Ledger()
     work = _Work.of(ledger, models, len(source), config.shard_size)
     executor, why = choose_executor(config, len(source))
-    cluster = ClusterShape.local(config.device) if executor == "local" else cluster_shape(config)
-    plan = _plan(config, ned, models, cluster, len(work.remaining))
+    plan = _plan(config, ned, models, cluster_shape(config, executor), len(work.remaining))
     todo = sum(b - a for a, b in work.remaining)
     return {"plan": plan, "executor": executor, "executor_reason": why, "n_images": len(source), "to_encode": todo,
             "already_committed": work.skipped,
@@ -535,8 +537,7 @@ def _run_owned(config: EncodeConfig, ned, models: list[ModelId], metadata: dict,
     encoded = sum(stop - start for start, stop in work.remaining)
     local = executor[0] == "local"
     if work.remaining:
-        cluster = ClusterShape.local(config.device) if local else cluster_shape(config)
-        plan = _plan(config, ned, models, cluster, len(work.remaining))
+        plan = _plan(config, ned, models, cluster_shape(config, executor[0]), len(work.remaining))
         run = run_local if local else _run_pipeline
         try:
             if not local:
