@@ -531,7 +531,7 @@ def _run_owned(config: EncodeConfig, ned, models: list[ModelId], metadata: dict,
     if fresh_exists(fs, manifest_path):
         fs.rm(manifest_path)
 
-    _check_weights(config, ned, models, fs, root, metadata, selections)
+    _check_weights(config, ned, models, fs, root, metadata, selections, ledger)
 
     plan = None
     encoded = sum(stop - start for start, stop in work.remaining)
@@ -571,12 +571,16 @@ def _run_owned(config: EncodeConfig, ned, models: list[ModelId], metadata: dict,
 
 
 def _check_weights(config: EncodeConfig, ned, models: list[ModelId], fs, root: str, metadata: dict | None = None,
-                   selections: dict | None = None) -> None:
+                   selections: dict | None = None, ledger: Ledger | None = None) -> None:
     """Identify every model file once (no download; local files hashed once per version) and refuse
-    weights other than those the output was made with; with ``metadata``, write what is missing."""
+    weights other than those the output was made with; with ``metadata``, write what is missing.
+    A model with nothing committed (``ledger``) is bound to no weights yet: a file repaired after a
+    failed load replaces the recorded one."""
     files_seen: dict[str, dict[str, Any]] = {}
     for mid in models:
         recorded = recorded_files(fs, root, mid)
+        if recorded is not None and ledger is not None and not ledger.model_markers(mid):
+            recorded = None  # nothing of this model was written with the recorded weights
         files = model_files(ned, mid, config, files_seen, recorded)
         if recorded is not None and not all(_same_file(f, g) for f, g in zip(files, recorded + [{}] * len(files))):
             changed = next(f["file"] for f, g in zip(files, recorded + [{}] * len(files)) if not _same_file(f, g))

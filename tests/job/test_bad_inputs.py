@@ -2,7 +2,8 @@
 
 Damaged model directories (weights of another ROI under a model's name, truncated files, metadata that
 is not NED's), empty inputs of every kind and malformed options, each tried through the CLI on a real
-local Ray cluster. Nothing is written to the output before the error.
+local Ray cluster (and one in process). Nothing is committed before the error, and the same command
+runs once the file is repaired.
 """
 
 from __future__ import annotations
@@ -64,6 +65,19 @@ def test_a_damaged_model_file_is_one_line_naming_it(ray_cluster, demo_dir, fixtu
     line = _last_line(capsys)
     assert line.startswith("ned-ray encode: error:") and Path(relative).name in line and message in line, line
     assert not (tmp_path / "out" / "_manifest.json").exists()
+    shutil.copy(demo_dir / relative, ned / relative)  # repaired: the same command now runs on that output
+    assert _encode(ned, str(fixture_image_folder), tmp_path / "out", model) == 0, capsys.readouterr().err
+    assert (tmp_path / "out" / "_manifest.json").exists()
+
+
+def test_a_damaged_model_file_in_process_is_one_line_too(demo_dir, fixture_image_folder, tmp_path, capsys):
+    ned = tmp_path / "ned"
+    shutil.copytree(demo_dir, ned)
+    _truncate(ned / FWRF / "encoding_models_weights/weights_sub-01_roi-V1.pt")
+    assert _encode(ned, str(fixture_image_folder), tmp_path / "out", FMRI, "--executor", "local") == 2
+    line = _last_line(capsys)
+    assert line.startswith("ned-ray encode: error: model fmri/nsd/fwrf/sub-01/V1 failed to load") and \
+        "weights_sub-01_roi-V1.pt: not a readable torch checkpoint" in line, line
 
 
 EMPTY = {
