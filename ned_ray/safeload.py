@@ -23,6 +23,8 @@ import codecs
 import io
 import pickle
 import re
+import struct
+import threading
 from typing import IO, Any
 
 import numpy as np
@@ -127,16 +129,26 @@ class RestrictedUnpickler(pickle.Unpickler):
         raise UnsafePickleError(f"{self._source}: persistent ids are not allowed in a .npy dict")
 
 
+# numpy parses .npy headers with ast.literal_eval, which is not thread-safe in CPython 3.11 before
+# 3.11.9 ("AST constructor recursion depth mismatch" when threads parse at once, as the commit
+# verification's reader threads do): headers are read concurrently, parsed one at a time.
+_HEADER_PARSE = threading.Lock()
+_HEADER_LENGTH = {(1, 0): "<H", (2, 0): "<I"}
+
+
 def read_npy_header(file: IO[bytes], source: str = "<npy>") -> tuple[tuple[int, ...], bool, np.dtype]:
     """(shape, fortran_order, dtype) of a ``.npy`` file; leaves ``file`` at the start of the data."""
     try:
         version = np.lib.format.read_magic(file)
-        if version == (1, 0):
-            return np.lib.format.read_array_header_1_0(file)
-        if version == (2, 0):
-            return np.lib.format.read_array_header_2_0(file)
-        raise ValueError(f"unsupported .npy format version {version}")
-    except ValueError as exc:
+        if version not in _HEADER_LENGTH:
+            raise ValueError(f"unsupported .npy format version {version}")
+        prefix = file.read(struct.calcsize(_HEADER_LENGTH[version]))
+        header = file.read(struct.unpack(_HEADER_LENGTH[version], prefix)[0]) if len(prefix) == len(
+            struct.pack(_HEADER_LENGTH[version], 0)) else b""
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        with _HEADER_PARSE:
+            return read(io.BytesIO(prefix + header))
+    except (ValueError, struct.error) as exc:
         raise ValueError(f"{source}: not a valid .npy file ({exc})") from None
 
 
