@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the working dir, when ned-ray is not installed
 
-from ned_ray.cli import EXPECTED_ERRORS, format_plan, format_summary  # noqa: E402
+from ned_ray.cli import format_plan, format_summary, run_command  # noqa: E402
 from ned_ray.job.config import add_encode_arguments, config_from_args  # noqa: E402
 from ned_ray.job.pipeline import plan_encode, run_encode  # noqa: E402
 
@@ -27,14 +27,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--progress-every", type=float, default=30.0,
                         help="seconds between progress lines in the job's log (0: none)")
     args = parser.parse_args(argv)
-    try:
-        if args.dry_run:
-            print(format_plan(plan_encode(config_from_args(args))))
-            return 0
-        summary = run_encode(config_from_args(args), progress=args.progress_every or None)
-    except EXPECTED_ERRORS as exc:
-        print(f"encode: error: {exc}", file=sys.stderr)
-        return 2
+    return run_command("encode", _run, args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        print(format_plan(plan_encode(config_from_args(args))))
+        return 0
+    summary = run_encode(config_from_args(args), progress=args.progress_every or None)
     print(json.dumps(summary, indent=2, default=str) if args.summary_json else format_summary(summary, args.output))
     return 0
 

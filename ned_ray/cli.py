@@ -21,13 +21,14 @@ from typing import Sequence
 import numpy as np
 import pyarrow.compute as pc
 
+from .errors import JobInterrupted, NedRayError
 from .ids import UnknownModelError
 from .models.group import DeviceError, ModelLoadError
 from .job.config import add_encode_arguments
 from .nedfmt import MissingFileError, NedDir
 from .safeload import UnsafePickleError
 
-EXPECTED_ERRORS = (MissingFileError, UnknownModelError, UnsafePickleError, ValueError, TypeError, OSError, ModelLoadError,
+EXPECTED_ERRORS = (NedRayError, MissingFileError, UnknownModelError, UnsafePickleError, ValueError, TypeError, OSError, ModelLoadError,
                    ImportError, KeyError, DeviceError)
 
 
@@ -81,8 +82,14 @@ def model_summary(ned: NedDir) -> list[dict]:
         rows.append({"id": str(mid), "berg_id": mid.berg[0], "family": mid.family.key, "modality": mid.modality,
                      "subject": mid.subject, "variant": mid.variant, "roi": mid.roi,
                      "voxels": shape[0] if mid.family.key == "fwrf" else None, "response_shape": shape,
-                     "accuracy": score, "accuracy_is": what, "format": entry.format, "files": list(entry.weights)})
-    return rows
+                     "accuracy": score, "accuracy_is": what, "format": entry.format, "files": list(entry.weights),
+                     "status": "ok", "missing": None})
+    for mid, damage in ned.damaged.items():  # listed, so that a missing file is found before a job asks for it
+        rows.append({"id": str(mid), "berg_id": mid.berg[0], "family": mid.family.key, "modality": mid.modality,
+                     "subject": mid.subject, "variant": mid.variant, "roi": mid.roi, "voxels": None,
+                     "response_shape": None, "accuracy": None, "accuracy_is": None, "format": damage.entry.format,
+                     "files": list(damage.entry.weights), "status": "damaged", "missing": damage.missing})
+    return sorted(rows, key=lambda r: r["id"])
 
 
 def _table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
@@ -99,14 +106,17 @@ def _cmd_models(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     for row in rows:
-        row["outputs"] = "x".join(map(str, row["response_shape"]))
+        row["outputs"] = "x".join(map(str, row["response_shape"])) if row["response_shape"] else "-"
         row["acc"] = "-" if row["accuracy"] is None else (
             f"{row['accuracy']:.1f}%" if row["format"] == "ned" else f"r={row['accuracy']:.3f}")
+        row["state"] = "ok" if row["status"] == "ok" else f"damaged: {Path(row['missing']).name} missing"
     print(_table(rows, [("id", "model"), ("berg_id", "BERG id"), ("subject", "subject"), ("variant", "roi/hemi/split"),
-                        ("outputs", "outputs per image"), ("acc", "accuracy")]))
+                        ("outputs", "outputs per image"), ("acc", "accuracy"), ("state", "files")]))
     print("accuracy: NED's models: mean noise-normalised accuracy (% of explainable variance); BERG's: mean test "
           "correlation r (TVSD: oracle r)", file=sys.stderr)
-    print(f"{len(rows)} models in {args.ned_dir}", file=sys.stderr)
+    damaged = sum(r["status"] != "ok" for r in rows)
+    print(f"{len(rows) - damaged} models in {args.ned_dir}" + (
+        f", {damaged} damaged (a file missing: restore it from the release)" if damaged else ""), file=sys.stderr)
     return 0
 
 
@@ -302,13 +312,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run_command(name: str, command, *args) -> int:
+    """Run a command as the command line does: expected failures are one line and exit 2; Ctrl-C and
+    SIGTERM one line and 130/143 (a job says what it committed)."""
+    from .job.interrupts import sigterm_interrupts
+
+    try:
+        with sigterm_interrupts():
+            return command(*args)
+    except JobInterrupted as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted", file=sys.stderr)
+        return 130
+    except EXPECTED_ERRORS as exc:
+        print(f"{name}: error: {exc}", file=sys.stderr)
+        return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except EXPECTED_ERRORS as exc:
-        print(f"ned-ray {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    return run_command(f"ned-ray {args.command}", args.func, args)
 
 
 if __name__ == "__main__":

@@ -21,9 +21,9 @@ import fsspec
 
 from . import safeload
 from .storage import cached_copy, file_identity, is_local, local_file_record, sha256_file
-from .ids import FAMILIES, MODELS, ROIS, SPLIT_ROIS, SUBJECTS, TRAIN_DATASETS, Family, ModelId, UnknownModelError
+from .ids import FAMILIES, MODELS, ROIS, SPLIT_ROIS, SUBJECTS, TRAIN_DATASETS, Family, ModelId, UnknownModelError, select
 
-__all__ = ["NedDir", "ModelEntry", "MissingFileError", "FMRI_ROOT", "EEG_ROOT", "VIT_IN_NED_DIR"]
+__all__ = ["NedDir", "ModelEntry", "DamagedModel", "MissingFileError", "FMRI_ROOT", "EEG_ROOT", "VIT_IN_NED_DIR"]
 
 FMRI_ROOT = "encoding_models/modality-fmri/train_dataset-nsd/model-fwrf"
 EEG_ROOT = "encoding_models/modality-eeg/train_dataset-things_eeg_2/model-vit_b_32"
@@ -32,8 +32,11 @@ EEG_ROOT = "encoding_models/modality-eeg/train_dataset-things_eeg_2/model-vit_b_
 VIT_IN_NED_DIR = f"{EEG_ROOT}/backbone/vit_b_32.pth"
 
 _FWRF_WEIGHTS = re.compile(r"^weights_sub-(\d{2})_roi-([A-Za-z0-9.\-]+?)(?:_split-([12]))?\.pt$")
+_FWRF_METADATA = re.compile(r"^metadata_sub-(\d{2})_roi-([A-Za-z0-9.\-]+)\.npy$")
 _EEG_REGRESSION = re.compile(r"^LinearRegression_param_sub-(\d{2})\.npy$")
+_EEG_METADATA = re.compile(r"^metadata_sub-(\d{2})\.npy$")
 _BERG_EEG_WEIGHTS = re.compile(r"^weights_subject-(\d{2})\.npy$")
+_BERG_EEG_METADATA = re.compile(r"^metadata_subject-(\d{2})\.npy$")
 
 # BERG's ViT-B/32 families other than EEG (berg-spec §1): weight-file pattern -> (subject, variant),
 # and the metadata file of a subject. MEG's metadata does not depend on the train split.
@@ -43,6 +46,9 @@ _BERG_FILES: dict[str, tuple[re.Pattern, str]] = {
     "meg": (re.compile(r"^weights_P(\d+)_(full|split[1-4])\.npy$"), "metadata_P{s}.npy"),
     "tvsd": (re.compile(r"^weights_monkey([A-Z])\.npy$"), "metadata_monkey{s}.npy"),
 }
+_BERG_METADATA = {"fsaverage": re.compile(r"^metadata_subject-(\d{2})\.npy$"),
+                  "things_fmri": re.compile(r"^metadata_sub-0(\d)\.npy$"),
+                  "meg": re.compile(r"^metadata_P(\d+)\.npy$"), "tvsd": re.compile(r"^metadata_monkey([A-Z])\.npy$")}
 _BERG_WEIGHTS = {"fsaverage": "weights_subject-{s:02d}.npy", "things_fmri": "weights_sub-0{s}.npy",
                  "meg": "weights_P{s}_{v}.npy", "tvsd": "weights_monkey{s}.npy"}
 
@@ -85,6 +91,14 @@ class ModelEntry:
     format: str  # "ned" (NED 0.2 files) or "berg" (BERG's per-subject ViT-B/32 files)
     weights: tuple[str, ...]  # paths relative to the NED directory
     metadata: str
+
+
+@dataclass(frozen=True)
+class DamagedModel:
+    """A model of which some files are in the directory and one (at least) is missing."""
+
+    entry: ModelEntry  # what the model would be read from
+    missing: str  # the first file missing, relative to the directory
 
 
 @dataclass
@@ -230,65 +244,111 @@ class NedDir:
 
     # -- catalogue ---------------------------------------------------------------------------
     @cached_property
-    def catalogue(self) -> dict[ModelId, ModelEntry]:
-        """Every complete model the directory holds (weights and metadata present)."""
-        entries: dict[ModelId, ModelEntry] = {}
-        names = set(self._listdir(f"{FMRI_ROOT}/encoding_models_weights"))
-        metas = set(self._listdir(f"{FMRI_ROOT}/metadata"))
-        for name in sorted(names):
-            m = _FWRF_WEIGHTS.match(name)
-            if not m:
-                continue
-            subject, roi = int(m.group(1)), m.group(2)
-            if (m.group(3) is not None) != (roi in SPLIT_ROIS):
-                continue
-            mid = ModelId("fmri", "nsd", "fwrf", subject, roi)
-            weights = self.fwrf_weights(subject, roi)
-            meta = self.fwrf_metadata(subject, roi)
-            if all(posixpath.basename(w) in names for w in weights) and posixpath.basename(meta) in metas:
-                entries[mid] = ModelEntry(mid, "ned", weights, meta)
+    def _scan(self) -> tuple[dict[ModelId, ModelEntry], dict[ModelId, "DamagedModel"]]:
+        """(complete models, damaged models -> the first file missing), from one listing per folder."""
+        found: list[tuple[ModelId, list[ModelEntry]]] = []  # each model: its possible entries, preferred first
+        present: set[str] = set()  # relative paths of the files listed
 
-        names = set(self._listdir(f"{EEG_ROOT}/encoding_models_weights"))
-        metas = set(self._listdir(f"{EEG_ROOT}/metadata"))
-        shared = {posixpath.basename(self.EEG_SCALER), posixpath.basename(self.EEG_PCA)} <= names
-        for name in sorted(names):
-            m = _EEG_REGRESSION.match(name) or _BERG_EEG_WEIGHTS.match(name)
-            if not m:
-                continue
-            subject = int(m.group(1))
+        def listed(folder: str) -> list[str]:
+            names = self._listdir(folder)
+            present.update(f"{folder}/{n}" for n in names)
+            return names
+
+        weights_dir, meta_dir = f"{FMRI_ROOT}/encoding_models_weights", f"{FMRI_ROOT}/metadata"
+        rois: set[tuple[int, str]] = set()
+        for name in listed(weights_dir):
+            m = _FWRF_WEIGHTS.match(name)
+            if m and (m.group(3) is not None) == (m.group(2) in SPLIT_ROIS):
+                rois.add((int(m.group(1)), m.group(2)))
+        for name in listed(meta_dir):
+            m = _FWRF_METADATA.match(name)
+            if m and m.group(2) in ROIS:
+                rois.add((int(m.group(1)), m.group(2)))
+        for subject, roi in sorted(rois):
+            mid = ModelId("fmri", "nsd", "fwrf", subject, roi)
+            found.append((mid, [ModelEntry(mid, "ned", self.fwrf_weights(subject, roi), self.fwrf_metadata(subject, roi))]))
+
+        subjects: dict[int, set[str]] = {}  # EEG subject -> formats with a file of it
+        for name in listed(f"{EEG_ROOT}/encoding_models_weights") + listed(f"{EEG_ROOT}/metadata"):
+            for pattern, format in ((_EEG_REGRESSION, "ned"), (_EEG_METADATA, "ned"), (_BERG_EEG_WEIGHTS, "berg"),
+                                    (_BERG_EEG_METADATA, "berg")):
+                m = pattern.match(name)
+                if m:
+                    subjects.setdefault(int(m.group(1)), set()).add(format)
+        for subject, formats in sorted(subjects.items()):
             mid = ModelId("eeg", "things_eeg_2", "vit_b_32", subject)
-            if name.startswith("LinearRegression") and shared:
-                entry = ModelEntry(mid, "ned", (self.EEG_SCALER, self.EEG_PCA, self.eeg_regression(subject)),
-                                   self.eeg_metadata(subject))
-            elif name.startswith("weights_subject"):
-                entry = ModelEntry(mid, "berg", (self.berg_eeg_weights(subject),), self.berg_eeg_metadata(subject))
-            else:
-                continue
-            if posixpath.basename(entry.metadata) in metas and mid not in entries:
-                entries[mid] = entry  # NED's files win over BERG's when both are present
+            ned = ModelEntry(mid, "ned", (self.EEG_SCALER, self.EEG_PCA, self.eeg_regression(subject)),
+                             self.eeg_metadata(subject))
+            berg = ModelEntry(mid, "berg", (self.berg_eeg_weights(subject),), self.berg_eeg_metadata(subject))
+            found.append((mid, [ned, berg] if "ned" in formats else [berg, ned]))  # NED's files win when both are whole
 
         for key, (pattern, _) in _BERG_FILES.items():
             family = next(f for f in FAMILIES.values() if f.key == key)
             root = family_root(family)
-            metas = set(self._listdir(f"{root}/metadata"))
-            for name in self._listdir(f"{root}/encoding_models_weights"):
+            models: dict[tuple, None] = {}
+            for name in listed(f"{root}/encoding_models_weights"):
                 m = pattern.match(name)
-                if not m:
-                    continue
-                subject = int(m.group(1)) if m.group(1).isdigit() else m.group(1)
-                variants = family.variants if key == "fsaverage" else ((m.group(2),) if key == "meg" else (None,))
-                for variant in variants:
-                    mid = ModelId(family.modality, family.train_dataset, family.model, subject, variant)
-                    weights, meta = berg_files(mid)
-                    if posixpath.basename(meta) in metas:
-                        entries[mid] = ModelEntry(mid, "berg", (weights,), meta)
-        return dict(sorted(entries.items()))
+                if m:
+                    subject = int(m.group(1)) if m.group(1).isdigit() else m.group(1)
+                    variants = family.variants if key == "fsaverage" else ((m.group(2),) if key == "meg" else (None,))
+                    models.update({(subject, v): None for v in variants})
+            for name in listed(f"{root}/metadata"):
+                m = _BERG_METADATA[key].match(name)
+                if m:
+                    subject = int(m.group(1)) if m.group(1).isdigit() else m.group(1)
+                    variants = family.variants if key == "fsaverage" else (("full",) if key == "meg" else (None,))
+                    if key != "meg" or not any(s == subject for s, _ in models):  # MEG: splits come from weights
+                        models.update({(subject, v): None for v in variants})
+            for subject, variant in models:
+                mid = ModelId(family.modality, family.train_dataset, family.model, subject, variant)
+                weights, meta = berg_files(mid)
+                found.append((mid, [ModelEntry(mid, "berg", (weights,), meta)]))
+
+        entries: dict[ModelId, ModelEntry] = {}
+        damaged: dict[ModelId, DamagedModel] = {}
+        for mid, options in found:
+            whole = next((e for e in options if all(f in present for f in (*e.weights, e.metadata))), None)
+            if whole is not None:
+                entries[mid] = whole
+            else:
+                first = options[0]
+                damaged[mid] = DamagedModel(first, next(f for f in (*first.weights, first.metadata) if f not in present))
+        return dict(sorted(entries.items())), dict(sorted(damaged.items()))
+
+    @property
+    def catalogue(self) -> dict[ModelId, ModelEntry]:
+        """Every complete model the directory holds (weights and metadata present)."""
+        return self._scan[0]
+
+    @property
+    def damaged(self) -> dict[ModelId, "DamagedModel"]:
+        """Models of which some files are here but not all: the file missing, per model."""
+        return self._scan[1]
+
+    def damaged_message(self, mid: ModelId) -> str:
+        """One line: which file of a damaged model is missing, where, and what to do."""
+        damage = self.damaged[mid]
+        folder, name = posixpath.split(damage.missing)
+        release = "NED" if damage.entry.format == "ned" else "BERG"
+        return (f"model '{mid}' is damaged: {name} is missing from '{self.uri(folder)}'; download it from the "
+                f"{release} release into that folder, or leave the model out of --models")
+
+    def select(self, spec: str) -> list[ModelId]:
+        """The models ``spec`` names (ids, globs, BERG ids or ``all``: :func:`~ned_ray.ids.select`),
+        refusing in one line a damaged one (naming its missing file)."""
+        chosen = select([*self.catalogue, *self.damaged], spec)
+        for mid in chosen:
+            if mid in self.damaged:
+                raise MissingFileError(self.damaged_message(mid))
+        return chosen
 
     def entry(self, model_id: ModelId | str) -> ModelEntry:
         """The catalogue entry of one model; an unknown id lists the valid ones."""
         mid = ModelId.parse(model_id) if isinstance(model_id, str) else model_id
         if mid in self.catalogue:
             return self.catalogue[mid]
+        if mid in self.damaged:
+            raise MissingFileError(self.damaged_message(mid))
         listing = "\n  ".join(map(str, self.catalogue)) or "(none)"
         if _published(mid):  # a real NED/BERG model whose files are not (all) here
             key = mid.family.key

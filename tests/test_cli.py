@@ -84,8 +84,25 @@ def test_models_table_and_json_give_voxels_and_accuracy(demo_dir, capsys):
     table = capsys.readouterr().out.splitlines()
     assert table[0].split()[:6] == ["model", "BERG", "id", "subject", "roi/hemi/split", "outputs"]
     line = next(t for t in table if t.startswith("fmri/nsd/fwrf/sub-01/V1 "))
-    assert line.split()[1:5] == ["fmri-nsd-fwrf", "1", "V1", "48"] and line.split()[-1] == f"{v1['accuracy']:.1f}%"
+    assert line.split()[1:5] == ["fmri-nsd-fwrf", "1", "V1", "48"] and line.split()[-2:] == [f"{v1['accuracy']:.1f}%", "ok"]
     assert next(t for t in table if t.startswith("eeg/things_eeg_2/vit_b_32/sub-01 ")).split()[3:5] == ["-", "4x63x140"]
+
+
+def test_models_lists_a_damaged_model_with_its_missing_file(demo_dir, tmp_path, capsys):
+    import shutil
+
+    ned = tmp_path / "ned"
+    shutil.copytree(demo_dir, ned)
+    weights = ned / "encoding_models/modality-fmri/train_dataset-nsd/model-fwrf/encoding_models_weights/weights_sub-01_roi-V1.pt"
+    weights.unlink()
+    assert main(["models", str(ned), "--json"]) == 0
+    rows = {r["id"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["fmri/nsd/fwrf/sub-01/V1"]["status"] == "damaged" and rows["fmri/nsd/fwrf/sub-02/V1"]["status"] == "ok"
+    assert rows["fmri/nsd/fwrf/sub-01/V1"]["missing"].endswith("encoding_models_weights/weights_sub-01_roi-V1.pt")
+    assert main(["models", str(ned)]) == 0
+    out, err = capsys.readouterr()
+    line = next(t for t in out.splitlines() if t.startswith("fmri/nsd/fwrf/sub-01/V1 "))
+    assert line.endswith("damaged: weights_sub-01_roi-V1.pt missing") and "1 damaged" in err
 
 
 def test_models_lists_berg_families_with_their_shapes(berg_dir, capsys):
@@ -96,7 +113,9 @@ def test_models_lists_berg_families_with_their_shapes(berg_dir, capsys):
     assert rows["meg/things_meg_1/vit_b_32/sub-01/split2"]["response_shape"] == [271, 281]
     assert rows["utah_array/tvsd/vit_b_32/sub-F"]["response_shape"] == [1024, 300]
     assert rows["meg/things_meg_1/vit_b_32/sub-01/full"]["berg_id"] == "meg-things_meg_1-vit_b_32"
-    assert all(r["format"] == "berg" and r["accuracy"] is not None for r in rows.values())
+    assert all(r["format"] == "berg" and r["accuracy"] is not None for r in rows.values() if r["status"] == "ok")
+    damaged = {i: r["missing"].rsplit("/", 1)[1] for i, r in rows.items() if r["status"] != "ok"}
+    assert damaged in ({}, {"eeg/things_eeg_2/vit_b_32/sub-01": "weights_subject-01.npy"})  # its 1.9 GB file: built or not yet
     assert main(["models", str(berg_dir)]) == 0
     line = next(t for t in capsys.readouterr().out.splitlines() if t.startswith("utah_array/tvsd/vit_b_32/sub-F "))
     assert line.split()[1:4] == ["utah_array-tvsd-vit_b_32", "F", "-"] and "1024x300" in line

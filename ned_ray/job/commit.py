@@ -23,7 +23,7 @@ Invariants
    another size, or hold another number of rows is damaged: a run drops it (and re-encodes those
    rows) before it starts, and ``finalize`` refuses to declare an output with one complete.
 6. One job writes an output at a time: it holds ``_lease.json`` (created exclusively, renewed while
-   it runs); every write, clean-up and ``--overwrite`` happens under the lease (:class:`Lease`).
+   it runs); every write, clean-up and ``--overwrite`` happens under the lease (:mod:`.lease`).
 7. The images an output holds are its recorded listing, ``_listing.parquet`` (image_index order;
    fingerprint in ``_job.json``); markers carry the image ids they hold. A rerun whose input lost or
    changed images is refused; images added to the input are appended (new indexes, old ones kept).
@@ -32,9 +32,11 @@ Invariants
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
+import os
 import posixpath
 import time
 import uuid
@@ -45,6 +47,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..errors import storage_error
 from ..ids import ModelId
 from ..storage import is_local
 
@@ -57,7 +60,9 @@ COMMITS = "_commits"
 IMAGE_PARTS = "_images"
 IMAGES = "images.parquet"
 IMAGES_WRITER = "images"
+LEASE = "_lease.json"  # who writes the output now (invariant 6, job/lease.py)
 FORMAT_VERSION = 1  # of what readers see (parts, images.parquet, manifest); markers are internal
+TMP_PREFIX = ".tmp-"  # files being written (local disks); finalize deletes any left by a killed run
 
 
 def writer_key(models: Iterable[ModelId | str]) -> str:
@@ -83,16 +88,31 @@ def split_pieces(index: np.ndarray, shard_size: int) -> list[np.ndarray]:
 
 
 def write_bytes(fs, path: str, data: bytes) -> None:
-    """Write a whole file so that readers never see half of it (rename on local disks)."""
+    """Write a whole file so that readers never see half of it (rename on local disks). A failure
+    (a full disk, no permission) is a :class:`~ned_ray.errors.StorageError` naming the file, and
+    leaves no temporary file behind."""
     parent = posixpath.dirname(path)
-    if is_local(fs):
-        fs.makedirs(parent, exist_ok=True)
-        tmp = posixpath.join(parent, f".tmp-{uuid.uuid4().hex}-{posixpath.basename(path)}")
-        with fs.open(tmp, "wb") as fh:
-            fh.write(data)
-        fs.mv(tmp, path)  # atomic rename on one filesystem
-    else:
-        fs.pipe_file(path, data)  # object stores: the upload is all-or-nothing
+    try:
+        if is_local(fs):
+            fs.makedirs(parent, exist_ok=True)
+            tmp = posixpath.join(parent, f"{TMP_PREFIX}{uuid.uuid4().hex}-{posixpath.basename(path)}")
+            try:
+                with fs.open(tmp, "wb") as fh:
+                    fh.write(data)
+                fs.mv(tmp, path)  # atomic rename on one filesystem
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.remove(tmp)
+                raise
+        else:
+            fs.pipe_file(path, data)  # object stores: the upload is all-or-nothing
+    except Exception as exc:  # noqa: BLE001 - OS, botocore and gcsfs errors alike
+        raise storage_error("write", _uri(fs, path), exc) from exc
+
+
+def _uri(fs, path: str) -> str:
+    """A path as the user wrote it (with its protocol on object stores), for messages."""
+    return path if is_local(fs) else fs.unstrip_protocol(path)
 
 
 def parquet_bytes(table: pa.Table, plain: Sequence[str] = ()) -> bytes:
@@ -277,16 +297,23 @@ def _check_complete(ledger: Ledger, output: str, models: Sequence[ModelId], n_im
 
 
 def _remove_orphans(fs, root: str, models: Sequence[ModelId], ledger: Ledger) -> None:
-    """Delete files a crashed run left behind (uncommitted pieces, temp files): readers never see them."""
-    folders = {posixpath.join(root, IMAGE_PARTS): {m["piece"] for m in ledger.images()}}
+    """Delete files a crashed run left behind (uncommitted pieces, temporary files in any of the
+    output's folders): readers never see them."""
+    folders: dict[str, set[str] | None] = {posixpath.join(root, IMAGE_PARTS): {m["piece"] for m in ledger.images()}}
     for mid in models:
         folders[posixpath.join(root, str(mid))] = {m["piece"] for m in ledger.model_markers(mid)}
+    commits = posixpath.join(root, COMMITS)
+    for folder in [root] + (fresh_ls(fs, commits, detail=False) if fresh_exists(fs, commits) else []):
+        folders.setdefault(folder, None)  # only temporary files are removed here
     for folder, committed in folders.items():
         if not fresh_exists(fs, folder):
             continue
         for path in fresh_ls(fs, folder, detail=False):
             name = posixpath.basename(path.rstrip("/"))
-            if name.startswith(".tmp-") or (name.startswith("part-") and name.split(".", 1)[0] not in committed):
+            if name.endswith(f"-{LEASE}"):
+                continue  # the lease's own temporary files are the lease's to remove (Lease.release)
+            if name.startswith(TMP_PREFIX) or (committed is not None and name.startswith("part-")
+                                               and name.split(".", 1)[0] not in committed):
                 fs.rm(path)
 
 
@@ -356,174 +383,6 @@ def finalize(fs, root: str, output: str, models: Sequence[ModelId], formats: Seq
         manifest["precision"] = _precision_summary(precision, ledger, models)
     write_bytes(fs, posixpath.join(root, MANIFEST), json.dumps(manifest, indent=2).encode())
     return manifest
-
-
-# -- the lease: one job writes an output at a time (invariant 6) -------------------------------------
-LEASE = "_lease.json"
-LEASE_TTL = 120.0  # seconds after its last renewal a lease is stale
-
-
-class LeaseHeldError(ValueError):
-    """Another job holds the output's lease."""
-
-
-class LeaseLostError(RuntimeError):
-    """This job's lease was taken over while it ran (another job writes the output now)."""
-
-
-def _create_exclusive(fs, path: str, data: bytes) -> None:
-    """Create ``path`` only if it does not exist (FileExistsError otherwise): exclusive create on local
-    disks, ``If-None-Match: *`` on S3, ``ifGenerationMatch=0`` on GCS (stores that ignore the
-    precondition are caught by reading the lease back, see :class:`Lease`)."""
-    if is_local(fs):
-        fs.makedirs(posixpath.dirname(path), exist_ok=True)
-        with open(path, "xb") as fh:
-            fh.write(data)
-        return
-    fs.pipe_file(path, data, mode="create")
-
-
-class Lease:
-    """The output's lease, ``OUT/_lease.json``: who writes it, renewed every ttl/4 seconds.
-
-    Acquire: create it exclusively. If it exists, it is taken over only when stale (not renewed for
-    ``ttl`` seconds, by the reader's clock), when the Ray job that holds it is provably gone (same
-    Ray cluster session, job dead, none of its actors alive), or with ``force``; the lease is then
-    replaced (on S3 conditionally on the stale lease's ETag). Every acquisition and renewal reads the
-    lease back: a job that does not find its own token there has lost it and stops (this is the
-    documented check on stores that ignore write preconditions, such as some GCS emulators).
-    """
-
-    def __init__(self, fs, root: str, ttl: float = LEASE_TTL, describe: dict[str, Any] | None = None) -> None:
-        import os
-        import socket
-        import threading
-
-        self.fs, self.path, self.ttl = fs, posixpath.join(root, LEASE), float(ttl)
-        self.token = uuid.uuid4().hex
-        self.record = {"token": self.token, "host": socket.gethostname(), "pid": os.getpid(), "ttl": self.ttl,
-                       "started": time.time(), **(describe or {})}
-        self.lost: str | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def _data(self) -> bytes:
-        return json.dumps({**self.record, "renewed": time.time()}).encode()
-
-    def read(self) -> dict[str, Any] | None:
-        try:
-            if hasattr(self.fs, "invalidate_cache"):
-                self.fs.invalidate_cache(self.path)
-            return json.loads(self.fs.cat_file(self.path))
-        except FileNotFoundError:
-            return None
-        except (ValueError, OSError):
-            return {}  # unreadable: treated as stale
-
-    def acquire(self, force: bool = False) -> "Lease":
-        try:
-            _create_exclusive(self.fs, self.path, self._data())
-        except FileExistsError:
-            current = self.read() or {}
-            stale, why = _stale(current, self.ttl)
-            if not (stale or force):
-                raise LeaseHeldError(describe_holder(current, self.path) + "; wait for that job, or if it is dead "
-                                     f"and its tasks stopped, take over with --force") from None
-            self._replace(current)
-        if (self.read() or {}).get("token") != self.token:
-            holder = self.read() or {}
-            raise LeaseHeldError(describe_holder(holder, self.path) + " (it took the lease at the same time)")
-        self._thread = __import__("threading").Thread(target=self._renew_loop, name="ned-ray-lease", daemon=True)
-        self._thread.start()
-        return self
-
-    def _replace(self, current: dict[str, Any]) -> None:
-        data = self._data()
-        if is_local(self.fs):
-            tmp = f"{self.path}.{self.token}"
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-            __import__("os").replace(tmp, self.path)
-        elif "s3" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)):
-            etag = self.fs.info(self.path).get("ETag")  # only if nobody replaced it since we read it
-            try:
-                self.fs.pipe_file(self.path, data, IfMatch=etag)
-            except OSError:
-                raise LeaseHeldError(describe_holder(self.read() or {}, self.path) + " (taken over just now)") from None
-        else:
-            self.fs.pipe_file(self.path, data)
-
-    def renew(self) -> None:
-        current = self.read() or {}
-        if current.get("token") != self.token:
-            self.lost = describe_holder(current, self.path) if current else f"{self.path} was deleted"
-            return
-        self._replace(current)
-
-    def _renew_loop(self) -> None:
-        import _thread
-
-        while not self._stop.wait(self.ttl / 4):
-            try:
-                self.renew()
-            except Exception as exc:  # noqa: BLE001 - a failed renewal is retried; the lease goes stale otherwise
-                log_warning(f"could not renew the lease {self.path}: {exc}")
-            if self.lost:
-                _thread.interrupt_main()  # stop the job: another one writes this output now
-                return
-
-    def release(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        if not self.lost and (self.read() or {}).get("token") == self.token:
-            self.fs.rm(self.path)
-
-
-def _stale(lease: dict[str, Any], ttl: float) -> tuple[bool, str]:
-    if not lease:
-        return True, "unreadable"
-    if time.time() - float(lease.get("renewed", 0)) > float(lease.get("ttl", ttl)):
-        return True, "not renewed"
-    return _ray_job_gone(lease), "its Ray job is gone"
-
-
-def _ray_job_gone(lease: dict[str, Any]) -> bool:
-    """The lease's Ray job is dead and none of its actors is alive, on the cluster this process joined.
-
-    Detached actors are left out: Ray Data creates its bookkeeping singletons (stats, autoscaling
-    coordinator, location tracker) detached under the first job that uses them, and they outlive it;
-    they never write an output's files. Our encoders and writers are never detached.
-    """
-    try:
-        import ray
-
-        if not ray.is_initialized() or lease.get("ray_session") != ray.get_runtime_context().get_session_name():
-            return False
-        from ray._private import state
-
-        jobs = {j["JobID"]: j for j in state.jobs()}
-        job = jobs.get(lease.get("ray_job_id"))
-        if job is None or not job.get("IsDead"):
-            return False
-        actors = state.actors().values()
-        return not any(a.get("JobID") == lease["ray_job_id"] and a.get("State") != "DEAD" and not a.get("IsDetached")
-                       for a in actors)
-    except Exception:  # noqa: BLE001 - unknown means not provably gone
-        return False
-
-
-def describe_holder(lease: dict[str, Any], path: str) -> str:
-    age = time.time() - float(lease.get("renewed", 0)) if lease.get("renewed") else float("nan")
-    return (f"output '{posixpath.dirname(path)}' is being written by another job (host {lease.get('host', '?')}, "
-            f"pid {lease.get('pid', '?')}, Ray job {lease.get('ray_job_id', '?')}), lease renewed {age:.0f}s ago "
-            f"(stale after {float(lease.get('ttl', LEASE_TTL)):.0f}s)")
-
-
-def log_warning(message: str) -> None:
-    import logging
-
-    logging.getLogger("ned_ray").warning(message)
 
 
 # -- the listing an output holds (invariant 7) --------------------------------------------------------

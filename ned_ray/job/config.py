@@ -51,6 +51,7 @@ class EncodeConfig:
     executor: str = "auto"  # auto | ray | local (this process, no Ray: small jobs on one machine; job/local.py)
     cluster: str | None = None  # plan for this described cluster instead of asking Ray (see job/cluster.py)
     gpu_wait: float = 600.0  # seconds to wait for GPUs to join the cluster (--device cuda, or auto + autoscaler)
+    image_column: str | None = None  # a Parquet input's image column (bytes or paths); None: found by name
     storage_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -138,6 +139,9 @@ def add_encode_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ned-dir", required=True, help="NED's neural_encoding_dataset folder (path or s3://, gs://, ...)")
     parser.add_argument("--images", required=True,
                         help="a folder, a glob, a .txt list of image URIs, a (N,3,H,W) uint8 .npy, or a Parquet file with image bytes")
+    parser.add_argument("--image-column", default=None,
+                        help="a Parquet input's image column: image bytes, or image paths/URIs read like a .txt list "
+                             "(default: found by name; needed when several columns could hold paths)")
     parser.add_argument("--models", required=True,
                         help="comma-separated model ids or globs, e.g. 'fmri/nsd/fwrf/sub-0*/V1,eeg/*', or 'all'")
     parser.add_argument("--output", required=True, help="output folder (path or s3://, gs://, ...)")

@@ -55,7 +55,8 @@ def decode_threads(cpus: int) -> int:
 
 
 def choose_executor(config: EncodeConfig, n_images: int) -> tuple[str, str]:
-    """("local" or "ray", why) for this job (``--executor auto``; ``ray`` or ``local`` are kept)."""
+    """("local" or "ray", why) for this job (``--executor auto``; ``ray`` or ``local`` are kept).
+    ``--device cuda`` on one machine without a GPU fails here: nothing could give it one."""
     import ray
 
     if config.executor != "auto":
@@ -70,7 +71,11 @@ def choose_executor(config: EncodeConfig, n_images: int) -> tuple[str, str]:
     if gpus > 1:
         return "ray", f"{gpus:g} GPUs on this machine (Ray Data uses them all)"
     if config.device == "cuda" and not gpus:
-        return "ray", "--device cuda and this machine has no GPU (Ray waits for one to join)"
+        from ..models.group import DeviceError
+
+        raise DeviceError("--device cuda: this machine has no GPU that torch can use, and no Ray cluster was given "
+                          "that could provide one (--ray-address or $RAY_ADDRESS); run on a GPU machine or join a "
+                          "GPU cluster, or use --device auto/cpu")
     if gpus and n_images > LOCAL_MAX_IMAGES:
         return "ray", f"{n_images} images on a GPU (more than {LOCAL_MAX_IMAGES}: Ray Data's parallel decoding is worth its start-up)"
     where = "on this machine's GPU" if gpus else "on CPU"
@@ -99,14 +104,15 @@ def run_local(config: EncodeConfig, source: "ImageSource", plan: "Plan", work: "
     shards = deque((start, stop) for start, stop in work.remaining)
     sink = ImagesSink(config.output, config.storage_options, config.shard_size, n_images, work.images_committed)
     threads = decode_threads(int(plan.cluster.cpus_now))
-    with ThreadPoolExecutor(threads, thread_name_prefix="ned-ray-decode") as reader:
-        pending: deque[Future] = deque()  # in shard order: parts and commits follow the listing
+    reader = ThreadPoolExecutor(threads, thread_name_prefix="ned-ray-decode")
+    pending: deque[Future] = deque()  # in shard order: parts and commits follow the listing
 
-        def read_ahead() -> None:
-            while shards and len(pending) < threads + 1:  # each thread busy, one shard ready
-                start, stop = shards.popleft()
-                pending.append(reader.submit(decode, {"start": np.array([start]), "stop": np.array([stop])}))
+    def read_ahead() -> None:
+        while shards and len(pending) < threads + 1:  # each thread busy, one shard ready
+            start, stop = shards.popleft()
+            pending.append(reader.submit(decode, {"start": np.array([start]), "stop": np.array([stop])}))
 
+    try:
         read_ahead()  # the first shards decode while the models load
         encoders = [(GroupEncoder(config, pool, {m: selections[m] for m in pool.models},
                                   {m: work.committed[m] for m in pool.models}, n_images), pool.batch_rows)
@@ -117,3 +123,5 @@ def run_local(config: EncodeConfig, source: "ImageSource", plan: "Plan", work: "
             for encoder, rows in encoders:
                 batch = _split(encoder, batch, rows)
             sink.write_batch(batch)
+    finally:  # stopped (an error, Ctrl-C, SIGTERM): shards not started are dropped, running ones finish
+        reader.shutdown(wait=True, cancel_futures=True)

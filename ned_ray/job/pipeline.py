@@ -17,6 +17,7 @@ import logging
 import os
 import posixpath
 import re
+import signal
 import sys
 import time
 import uuid
@@ -29,7 +30,8 @@ import ray
 import torch
 
 from .. import __version__
-from ..ids import ModelId, UnknownModelError, select
+from ..errors import JobInterrupted, NedRayError, StorageError, storage_error
+from ..ids import ModelId, UnknownModelError
 from ..models.group import DeviceError, ModelGroup, ModelLoadError, weights_bytes
 from ..nedfmt import MissingFileError, ModelFileError
 from ..safeload import UnsafePickleError
@@ -37,11 +39,13 @@ from ..models.vit_heads import SelectionError, resolve_selection
 from ..selection import Resolved
 from ..storage import bucket_of, filesystem, is_local
 from .cluster import ClusterShape, ClusterSpecError
-from .commit import (COMMITS, IMAGE_PARTS, JOB_FILE, LEASE, LISTING, MANIFEST, Lease, LeaseHeldError, LeaseLostError,
-                     Ledger, ListingChangedError, Ranges, finalize, fresh_exists, fresh_ls, listing_fingerprint,
-                     read_listing, reconcile, write_bytes, write_listing)
+from .commit import (COMMITS, IMAGE_PARTS, JOB_FILE, LEASE, LISTING, MANIFEST, Ledger, ListingChangedError, Ranges,
+                     finalize, fresh_exists, fresh_ls, listing_fingerprint, read_listing, reconcile, write_bytes,
+                     write_listing)
 from .config import EncodeConfig
 from .decode import DecodeShard
+from .interrupts import shielded, sigterm_interrupts
+from .lease import Lease, LeaseHeldError, LeaseLostError, local_ray_processes, ray_job_actors_alive
 from .local import choose_executor, run_local
 from .metadata import model_files, recorded_files, write_model_metadata
 from .plan import Plan, PlanError, PoolPlan, make_plan
@@ -63,12 +67,8 @@ class MissingBucketError(ValueError):
     """The output's bucket does not exist (and the job was not asked to create it)."""
 
 
-class StorageError(OSError):
-    """An input, model or output location cannot be reached, read or written."""
-
-
-EXPECTED = (NoImagesError, MissingFileError, OutputExistsError, UnknownModelError, PlanError, ClusterSpecError,
-            DeviceError, LeaseHeldError, ListingChangedError, ValueError)
+EXPECTED = (NedRayError, NoImagesError, MissingFileError, OutputExistsError, UnknownModelError, PlanError,
+            ClusterSpecError, DeviceError, LeaseHeldError, ListingChangedError, ValueError)
 
 
 @contextmanager
@@ -79,14 +79,27 @@ def _storage(what: str, uri: str):
     except EXPECTED:
         raise
     except Exception as exc:  # botocore, gcsfs, aiohttp and OS errors alike
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise StorageError(f"cannot {what} '{uri}': {type(exc).__name__}: {reason}") from exc
+        raise storage_error(what, uri, exc) from exc
+
+
+_OURS = (StorageError, DeviceError, ModelLoadError, UnsafePickleError, MissingFileError, ModelFileError)
 
 
 def _job_error(exc: BaseException) -> Exception | None:
-    """Our own error inside a Ray failure (an actor that could not load its models), as one line."""
+    """Our own error inside a Ray failure (a full disk under an actor, a model that could not load),
+    as one line: the original exception where Ray kept it (``raise_original_map_exception``), else
+    recognised in Ray's message (an actor's constructor)."""
+    seen: BaseException | None = exc
+    for _ in range(10):  # the exception, its Ray cause, their chained causes
+        if seen is None:
+            break
+        cause = getattr(seen, "cause", None)
+        for candidate in (cause, seen):
+            if isinstance(candidate, _OURS) and not isinstance(candidate, ray.exceptions.RayError):
+                return candidate
+        seen = cause if isinstance(cause, BaseException) else (seen.__cause__ or seen.__context__)
     text = str(exc)
-    for cls in (DeviceError, ModelLoadError, UnsafePickleError, MissingFileError, ModelFileError):
+    for cls in _OURS:
         found = re.search(rf"{cls.__name__}: (.+)", text)
         if found:
             return cls(found.group(1).strip())
@@ -267,15 +280,17 @@ class _Work:
 
 
 # -- planning ---------------------------------------------------------------------------------------
-def _connect(config: EncodeConfig) -> None:
+def _connect(config: EncodeConfig) -> bool:
     """Join the Ray cluster of ``--ray-address``/``$RAY_ADDRESS``, or start a local instance for this
-    job alone (without Ray's dashboard: ~0.35 GB and ~1 s that a job which stops with it never uses)."""
+    job alone (without Ray's dashboard: ~0.35 GB and ~1 s that a job which stops with it never uses).
+    Returns whether this call started a Ray instance."""
     if ray.is_initialized():
-        return
+        return False
     if config.ray_address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=config.ray_address, ignore_reinit_error=True, log_to_driver=False)
-    else:
-        ray.init(ignore_reinit_error=True, log_to_driver=False, include_dashboard=False)
+        return False
+    ray.init(ignore_reinit_error=True, log_to_driver=False, include_dashboard=False)
+    return True
 
 
 def cluster_shape(config: EncodeConfig, executor: str = "ray") -> ClusterShape:
@@ -298,10 +313,9 @@ def plan_encode(config: EncodeConfig) -> dict[str, Any]:
     """What ``run_encode`` would do, without doing it (``--dry-run``): the plan, the images and what
     an existing output already holds. Reads listings only; writes nothing."""
     ned = config.open_ned(cache=False)
-    models = select(list(ned.catalogue), config.models)
+    models = ned.select(config.models)
     config.selection()
-    with _storage("read images at", config.images):
-        source = open_source(config.images, config.storage_options)
+    source = _open_source(config)
     fs, root = filesystem(config.output, config.storage_options)
     ledger = Ledger.read(fs, root) if fs.exists(root) else Ledger()
     work = _Work.of(ledger, models, len(source), config.shard_size)
@@ -415,11 +429,12 @@ def run_encode(config: EncodeConfig, progress: float | None = None, stream: Text
     started = time.perf_counter()
     stream = stream or sys.stderr
     ned = config.open_ned(cache=False)  # listings and metadata only: model files are read by the actors
-    models = select(list(ned.catalogue), config.models)
+    models = ned.select(config.models)
     metadata = {m: ned.metadata(m) for m in models}
     selections = resolve_selections(config, ned, models, metadata)  # bad ones fail here, before anything is written
-    with _storage("read images at", config.images):
-        source = open_source(config.images, config.storage_options)
+    source = _open_source(config)
+    for note in source.notes:
+        print(note, file=stream, flush=True)
     if source.duplicates:
         first = source.duplicates[0]
         print(f"warning: {config.images} lists {len(source.duplicates)} URI(s) more than once (e.g. {first['uri']} on "
@@ -436,27 +451,66 @@ def run_encode(config: EncodeConfig, progress: float | None = None, stream: Text
     with _storage("write the output to", config.output):
         fs.makedirs(root, exist_ok=True)
     executor = choose_executor(config, len(source))
-    if executor[0] == "ray":
-        _connect(config)
-    lease = Lease(fs, root, config.lease_ttl, _lease_record(config, executor[0]))
-    with _storage("take the lease of", config.output):
-        lease.acquire(config.force)
+    started_ray = executor[0] == "ray" and _connect(config)
+    with sigterm_interrupts():  # after connecting: ray.init installs a SIGTERM handler of its own
+        lease = Lease(fs, root, config.lease_ttl, _lease_record(config, executor[0]))
+        with _storage("take the lease of", config.output):
+            lease.acquire(config.force, notify=lambda line: print(line, file=stream, flush=True))
+        try:
+            return _run_owned(config, ned, models, metadata, selections, source, fs, root, progress, stream, started,
+                              executor)
+        except KeyboardInterrupt as exc:
+            if lease.lost:
+                raise LeaseLostError(f"this job lost the output's lease: {lease.lost}; what it committed is kept") from None
+            with shielded():
+                if executor[0] == "ray":
+                    _stop_ray_writers(started_ray, stream)
+                raise _interrupted(exc, fs, root, config.output, len(source)) from None
+        finally:
+            with shielded():
+                lease.release()
+
+
+def _open_source(config: EncodeConfig) -> ImageSource:
+    """The job's input listing (the output's own files left out when it lies inside the input)."""
+    with _storage("read images at", config.images):
+        return open_source(config.images, config.storage_options, column=config.image_column, exclude=config.output)
+
+
+def _interrupted(exc: KeyboardInterrupt, fs, root: str, output: str, n_images: int) -> JobInterrupted:
+    """The line an interrupted job ends with: what is committed, and how to go on."""
+    signum = exc.signum if isinstance(exc, JobInterrupted) else signal.SIGINT
     try:
-        return _run_owned(config, ned, models, metadata, selections, source, fs, root, progress, stream, started,
-                          executor)
-    except KeyboardInterrupt:
-        if lease.lost:
-            raise LeaseLostError(f"this job lost the output's lease: {lease.lost}; what it committed is kept") from None
-        raise
-    finally:
-        lease.release()
+        committed = f"{Ledger.read(fs, root).images_committed()} of {n_images} images committed"
+    except Exception:  # noqa: BLE001 - the count is for the message only
+        committed = "what was committed is kept"
+    return JobInterrupted(signum, f"interrupted ({signal.Signals(signum).name}): {committed} in '{output}'; rerun "
+                                  "the same command to resume")
+
+
+def _stop_ray_writers(started_ray: bool, stream: TextIO, timeout: float = 30.0) -> None:
+    """Before the lease is released: no actor of this job may still write. Ray Data kills its actors
+    when its execution is interrupted; wait until Ray reports them dead (and stop a Ray instance this
+    job started itself)."""
+    job = ray.get_runtime_context().get_job_id()
+    deadline = time.monotonic() + timeout
+    try:
+        while ray_job_actors_alive(job) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    except Exception as exc:  # noqa: BLE001 - Ray itself may be going down with the interrupt
+        log.info("could not list this job's actors: %s", exc)
+    if started_ray:
+        ray.shutdown()
 
 
 def _lease_record(config: EncodeConfig, executor: str) -> dict[str, Any]:
+    """Who writes the output: the job's options, its executor and (Ray Data) its Ray job; the process
+    itself is added by :class:`~.lease.Lease`."""
     record = {"executor": executor, "output": config.output, "images": config.images, "models": config.models}
     if executor == "ray":
         context = ray.get_runtime_context()
-        record.update(ray_job_id=context.get_job_id(), ray_session=context.get_session_name())
+        record.update(ray_job_id=context.get_job_id(), ray_session=context.get_session_name(),
+                      ray_raylets=local_ray_processes())
     return record
 
 
@@ -509,16 +563,17 @@ def _run_owned(config: EncodeConfig, ned, models: list[ModelId], metadata: dict,
                started: float, executor: tuple[str, str]) -> dict[str, Any]:
     """Everything that writes the output: runs under its lease, on Ray Data or in this process
     (``executor``: see :func:`~.local.choose_executor`)."""
-    _check_output(config, fs, root)
-    ledger = Ledger.read(fs, root)
-    source = _reconcile_listing(config, fs, root, source, ledger, stream)
-    n_images = len(source)
-    _check_marker_ids(ledger, source, config.output)
-    damaged = ledger.damaged(fs, root)
-    if damaged:
-        print(f"warning: {len(damaged)} committed piece(s) of {config.output} are damaged (e.g. {damaged[0][2]}); "
-              "encoding them again", file=stream, flush=True)
-        ledger = ledger.drop(fs, root, damaged)
+    with _storage("read the output at", config.output):
+        _check_output(config, fs, root)
+        ledger = Ledger.read(fs, root)
+        source = _reconcile_listing(config, fs, root, source, ledger, stream)
+        n_images = len(source)
+        _check_marker_ids(ledger, source, config.output)
+        damaged = ledger.damaged(fs, root)
+        if damaged:
+            print(f"warning: {len(damaged)} committed piece(s) of {config.output} are damaged (e.g. {damaged[0][2]}); "
+                  "encoding them again", file=stream, flush=True)
+            ledger = ledger.drop(fs, root, damaged)
     work = _Work.of(ledger, models, n_images, config.shard_size)
     job = {"ned_ray_version": __version__, "identity": config.identity(), "options": config.to_json(),
            "models": [str(m) for m in models], "n_images": n_images,
@@ -531,7 +586,8 @@ def _run_owned(config: EncodeConfig, ned, models: list[ModelId], metadata: dict,
     if fresh_exists(fs, manifest_path):
         fs.rm(manifest_path)
 
-    _check_weights(config, ned, models, fs, root, metadata, selections, ledger)
+    with _storage("write the output to", config.output):
+        _check_weights(config, ned, models, fs, root, metadata, selections, ledger)
 
     plan = None
     encoded = sum(stop - start for start, stop in work.remaining)
@@ -557,11 +613,12 @@ def _run_owned(config: EncodeConfig, ned, models: list[ModelId], metadata: dict,
         finally:
             if plan.wait_for_gpus and not local:
                 _release_request()
-    ledger = Ledger.read(fs, root)
-    _warn_fallbacks(ledger, stream)
-    manifest = finalize(fs, root, config.output, models, config.formats, n_images,
-                        {**job, "plan": plan.to_json() if plan else None,
-                         "executor": {"name": executor[0], "reason": executor[1]}}, ledger)
+    with _storage("finish the output", config.output):
+        ledger = Ledger.read(fs, root)
+        _warn_fallbacks(ledger, stream)
+        manifest = finalize(fs, root, config.output, models, config.formats, n_images,
+                            {**job, "plan": plan.to_json() if plan else None,
+                             "executor": {"name": executor[0], "reason": executor[1]}}, ledger)
     elapsed = time.perf_counter() - started
     return {**manifest, "run": {"encoded_images": encoded, "skipped_images": work.skipped, "seconds": elapsed,
                                 "executor": executor[0], "executor_reason": executor[1],
@@ -604,6 +661,14 @@ def _await_devices(plan: Plan, config: EncodeConfig, ned, models: list[ModelId],
     """Wait for GPUs when the plan needs some the cluster does not have yet."""
     if not plan.wait_for_gpus:
         return plan
+    if not plan.cluster.gpus_max:  # no GPU now, and none can come: waiting would only delay the error
+        source = plan.cluster.source
+        why = ("it has no autoscaler" if "no autoscaler" in source else
+               "--cluster describes no GPU node" if source.startswith("described") else
+               "its autoscaler launches no GPU node type")
+        raise DeviceError(f"--device cuda: the Ray cluster has no GPU and cannot get one ({why}): "
+                          f"{plan.cluster.describe()}; add GPU nodes, join a cluster that has them (--ray-address), "
+                          "or use --device auto/cpu")
     if wait_for_gpus(plan, config, stream):
         return plan  # planned for what the cluster can launch: the first GPU is enough to start
     message = (f"no GPU joined the Ray cluster within --gpu-wait {config.gpu_wait:g}s; "
@@ -636,6 +701,7 @@ def _run_pipeline(config: EncodeConfig, source: ImageSource, plan: Plan, work: _
     context = ray.data.DataContext.get_current()
     context.execution_options.resource_limits = context.execution_options.resource_limits.copy(
         object_store_memory=plan.queued_bytes)  # decoding runs ahead of the actors by a few blocks, no more
+    context.raise_original_map_exception = True  # our errors (a full disk) reach the driver as themselves
     ds = ray.data.from_items(shards, override_num_blocks=len(shards))
     listing = ray.put(source.listing.select(["image_id", "uri", "skip"]))  # once, shared by every decode task
     ds = ds.map_batches(DecodeShard(source.description(), listing, kinds, config.non_square, config.max_pixels),

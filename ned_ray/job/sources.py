@@ -9,7 +9,12 @@ reading images by shard.
 * a ``.npy`` array (N, 3, H, W) uint8: read by byte ranges, one request per shard.
 * a Parquet file with an image-bytes column (``image``, ``bytes``, ``image_bytes``, ``content``, or a
   Hugging Face-style struct with ``bytes``) and an optional ``image_id``/``id``/``path`` column; a
-  shard reads only the row groups that hold its rows.
+  shard reads only the row groups that hold its rows. A Parquet file whose image column holds paths
+  or URIs instead (a metadata table: ``path``, ``uri``, ``file``, ...) is read like a ``.txt`` list;
+  ``column`` (``--image-column``) picks the column where several fit.
+
+The job's own output is never an input: when ``exclude`` (the output) lies inside a folder or glob
+being listed, its files are left out (and a note says so).
 
 The listing is an Arrow table (compact at millions of entries): ``image_id`` (the URI relative to the
 input root, the id column, or the row number), ``uri``, ``bytes`` and ``version`` (the store's
@@ -44,6 +49,8 @@ READABLE = tuple([".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".webp", ".
                  + ([".avif"] if features.check("avif") else []))
 BYTES_COLUMNS = ("image", "bytes", "image_bytes", "content", "img")
 ID_COLUMNS = ("image_id", "id", "path", "filename", "file_name")
+PATH_COLUMNS = ("image", "img", "image_path", "image_uri", "image_url", "path", "uri", "url", "file", "filepath",
+                "file_path", "filename", "file_name")  # string columns that may hold image paths or URIs
 LISTING_SCHEMA = pa.schema([("image_id", pa.string()), ("uri", pa.string()), ("bytes", pa.int64()),
                             ("version", pa.string()), ("skip", pa.string())])
 
@@ -77,6 +84,7 @@ class ImageSource:
     npy_shape: tuple[int, ...] = ()
     parquet_column: str = ""
     duplicates: list[dict[str, Any]] = field(default_factory=list)  # .txt lines naming a URI listed before
+    notes: list[str] = field(default_factory=list)  # what a person should know about the listing (printed once)
 
     def __len__(self) -> int:
         return self.listing.num_rows
@@ -95,7 +103,7 @@ class ImageSource:
 
     def description(self) -> "ImageSource":
         """A copy without the per-image listing: what a decode task needs besides its shard item."""
-        return replace(self, listing=self.listing.slice(0, 0), duplicates=[])
+        return replace(self, listing=self.listing.slice(0, 0), duplicates=[], notes=[])
 
     def read(self, start: int, stop: int, uris: list[str] | None = None,
              skip: list[str] | None = None) -> list[bytes | np.ndarray | Skipped | Exception]:
@@ -160,8 +168,15 @@ def _read_list(fh, root: str) -> tuple[pa.StringArray, list[dict[str, Any]]]:
                            convert_options=pacsv.ConvertOptions(column_types={"line": pa.string()},
                                                                 strings_can_be_null=False))
     lines = pc.utf8_trim_whitespace(table.column("line").combine_chunks())
+    keep = pc.invert(pc.starts_with(lines, "#"))
+    return _uris_of(lines, keep, root)
+
+
+def _uris_of(lines: pa.StringArray, keep: pa.BooleanArray, root: str) -> tuple[pa.StringArray, list[dict[str, Any]]]:
+    """The URIs of a list's entries (``keep``, non-empty), absolute, sorted, each once; the repeated
+    ones with their entry numbers (1-based: lines of a .txt, rows of a Parquet file)."""
     numbers = pa.array(np.arange(1, len(lines) + 1, dtype=np.int64))
-    keep = pc.and_(pc.not_equal(lines, ""), pc.invert(pc.starts_with(lines, "#")))
+    keep = pc.and_(keep, pc.not_equal(lines, ""))
     lines, numbers = lines.filter(keep), numbers.filter(keep)
     absolute = pc.or_(pc.match_substring(lines, "://"), pc.starts_with(lines, "/"))
     uris = pc.if_else(absolute, lines, pc.binary_join_element_wise(root.rstrip("/"), lines, "/"))
@@ -219,14 +234,16 @@ def _skip_reason(path: str) -> str:
     return ""
 
 
-def _walk_local(root: str) -> list[tuple[str, int, str]]:
-    """Every file under ``root`` (path, size, mtime), following symlinked folders once each (loops cut)."""
+def _walk_local(root: str, exclude: str | None = None) -> list[tuple[str, int, str]]:
+    """Every file under ``root`` (path, size, mtime), following symlinked folders once each (loops cut);
+    the folder ``exclude`` (the job's output) is not entered."""
     found = []
     seen: set[tuple[int, int]] = set()
+    skip = _stat_key(exclude) if exclude else None
     for folder, dirs, files in os.walk(root, followlinks=True):
         stat = os.stat(folder)
-        if (stat.st_dev, stat.st_ino) in seen:  # a symlink back up the tree, or a folder linked twice
-            dirs[:] = []
+        if (stat.st_dev, stat.st_ino) in seen or (stat.st_dev, stat.st_ino) == skip:
+            dirs[:] = []  # a symlink back up the tree, a folder linked twice, or the output
             continue
         seen.add((stat.st_dev, stat.st_ino))
         dirs.sort()
@@ -241,16 +258,124 @@ def _walk_local(root: str) -> list[tuple[str, int, str]]:
     return found
 
 
-def _list_folder(fs, path: str) -> list[tuple[str, int, str]]:
+def _stat_key(path: str) -> tuple[int, int] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def _list_folder(fs, path: str, exclude: str | None = None) -> list[tuple[str, int, str]]:
     if is_local(fs):
-        return _walk_local(path)
+        return [e for e in _walk_local(path, exclude) if not _under(e[0], exclude)]
     return [(name, int(info.get("size") or 0), _version(info))
-            for name, info in sorted(fs.find(path, detail=True).items()) if info.get("type") != "directory"]
+            for name, info in sorted(fs.find(path, detail=True).items())
+            if info.get("type") != "directory" and not _under(name, exclude)]
+
+
+def _under(path: str, folder: str | None) -> bool:
+    return bool(folder) and (path == folder or path.startswith(folder.rstrip("/") + "/"))
+
+
+def _output_inside(fs, root: str, output: str | None, storage_options: dict[str, Any]) -> str | None:
+    """The output's path on ``fs`` when it lies inside the listed folder ``root``, else None."""
+    if not output:
+        return None
+    try:
+        out_fs, out_path = filesystem(output, storage_options)
+    except (ImportError, ValueError):
+        return None
+    if is_local(fs) != is_local(out_fs) or (not is_local(fs) and out_fs.protocol != fs.protocol):
+        return None
+    if is_local(fs):
+        out_path, root = os.path.realpath(out_path), os.path.realpath(root)
+    out_path = out_path.rstrip("/")
+    return out_path if _under(out_path, root) and out_path != root.rstrip("/") else None
+
+
+def _excluded(source: ImageSource, inside: str | None, output: str | None) -> ImageSource:
+    if inside:
+        source.notes.append(f"note: the output '{output}' lies inside the input '{source.uri}': its files are not "
+                            "inputs (left out of the listing)")
+    return source
 
 
 def _version(info: dict[str, Any]) -> str:
     identity = file_identity(info)
     return next((str(v) for k, v in identity.items() if k != "bytes"), "")
+
+
+def _listed(uri: str, uris: pa.StringArray, duplicates: list[dict[str, Any]], root: str,
+            storage_options: dict[str, Any]) -> ImageSource:
+    """A list's URIs (a .txt file, a Parquet column of paths) as a files input."""
+    if len(uris) == 0:
+        raise NoImagesError(f"no images found: '{uri}' lists no image URIs")
+    sizes, versions = _local_identities(uris)
+    listing = pa.table([_relative_ids(uris, root), uris, sizes, versions, pa.repeat(pa.scalar("", pa.string()), len(uris))],
+                       schema=LISTING_SCHEMA)
+    return ImageSource(uri, "files", listing, storage_options, duplicates=duplicates)
+
+
+def _list_source(uri: str, lines: pa.StringArray, keep: pa.BooleanArray, root: str, storage_options: dict[str, Any],
+                 what: str) -> ImageSource:
+    """A Parquet column of paths or URIs, read as a .txt list is (relative ones against ``root``)."""
+    blank = len(lines) - int(pc.sum(pc.and_(keep, pc.not_equal(pc.fill_null(lines, ""), ""))).as_py() or 0)
+    uris, duplicates = _uris_of(pc.fill_null(lines, ""), pc.fill_null(keep, False), root)
+    source = _listed(uri, uris, duplicates, root, storage_options)  # duplicates' "lines" are 1-based rows here
+    if blank:
+        source.notes.append(f"note: '{uri}': {blank} {what} are empty or null: no image there, nothing listed for them")
+    return source
+
+
+def _is_binary(kind: pa.DataType) -> bool:
+    return pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_fixed_size_binary(kind)
+
+
+def _is_string(kind: pa.DataType) -> bool:
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+
+
+def _holds(kind: pa.DataType) -> str | None:
+    """What an image column of this type holds: "bytes", "paths", or None (not an image column)."""
+    if _is_binary(kind) or (pa.types.is_struct(kind) and kind.get_field_index("bytes") >= 0
+                            and _is_binary(kind.field("bytes").type)):
+        return "bytes"
+    return "paths" if _is_string(kind) else None
+
+
+ACCEPTED = ("image bytes (binary, or a struct with a binary 'bytes' field, as Hugging Face datasets store them) or "
+            "image paths/URIs (string; relative paths are read against the Parquet file's folder)")
+
+
+def _image_column(uri: str, schema: pa.Schema, chosen: str | None) -> tuple[str, str]:
+    """(column, "bytes" | "paths"): the Parquet input's image column, as chosen (``--image-column``),
+    else the first bytes column of :data:`BYTES_COLUMNS`, else the only string column of
+    :data:`PATH_COLUMNS`. One line naming the column and the types accepted otherwise."""
+    names = schema.names
+    if chosen:
+        if chosen not in names:
+            raise NoImagesError(f"'{uri}': --image-column '{chosen}' is not a column (columns: {', '.join(names)})")
+        holds = _holds(schema.field(chosen).type)
+        if holds is None:
+            raise NoImagesError(f"'{uri}': column '{chosen}' holds {schema.field(chosen).type}; an image column holds "
+                                f"{ACCEPTED}")
+        return chosen, holds
+    for name in BYTES_COLUMNS:
+        if name in names and _holds(schema.field(name).type) == "bytes":
+            return name, "bytes"
+    paths = [c for c in PATH_COLUMNS if c in names and _holds(schema.field(c).type) == "paths"]
+    if len(paths) == 1:
+        return paths[0], "paths"
+    if len(paths) > 1:
+        raise NoImagesError(f"'{uri}': several columns could hold image paths ({', '.join(paths)}); choose one with "
+                            "--image-column")
+    wrong = [c for c in dict.fromkeys(BYTES_COLUMNS + PATH_COLUMNS) if c in names]
+    if wrong:
+        raise NoImagesError(f"'{uri}': column '{wrong[0]}' holds {schema.field(wrong[0]).type}; an image column holds "
+                            f"{ACCEPTED}")
+    raise NoImagesError(f"'{uri}': no image column (looked for image bytes in {', '.join(BYTES_COLUMNS)} and image "
+                        f"paths in {', '.join(PATH_COLUMNS)}; found {', '.join(names)}); name it with --image-column")
 
 
 def _files_source(uri: str, entries: list[tuple[str, int, str]], root: str, protocol: str,
@@ -270,8 +395,10 @@ def _no_readable(uri: str, listing: pa.Table) -> None:
                             f"(e.g. {names[0]}); it reads {', '.join(READABLE)}")
 
 
-def open_source(uri: str, storage_options: dict[str, Any] | None = None) -> ImageSource:
-    """List an input (on the driver: cheap, no image is read)."""
+def open_source(uri: str, storage_options: dict[str, Any] | None = None, column: str | None = None,
+                exclude: str | None = None) -> ImageSource:
+    """List an input (on the driver: cheap, no image is read). ``column``: a Parquet input's image
+    column (bytes or paths); ``exclude``: the job's output, never listed as an input."""
     storage_options = storage_options or {}
     try:
         fs, path = filesystem(uri, storage_options)
@@ -298,9 +425,11 @@ def open_source(uri: str, storage_options: dict[str, Any] | None = None) -> Imag
         with fs.open(path, "rb") as fh:
             pfile = pq.ParquetFile(fh)
             names = pfile.schema_arrow.names
-            column = next((c for c in BYTES_COLUMNS if c in names), None)
-            if column is None:
-                raise NoImagesError(f"'{uri}': no image-bytes column (looked for {', '.join(BYTES_COLUMNS)}; found {', '.join(names)})")
+            column, holds = _image_column(uri, pfile.schema_arrow, column)
+            if holds == "paths":
+                root = posixpath.dirname(uri if protocol else path)
+                lines = pc.utf8_trim_whitespace(pfile.read(columns=[column]).column(0).combine_chunks())
+                return _list_source(uri, lines, pc.is_valid(lines), root, storage_options, f"row(s) of column '{column}'")
             n = pfile.metadata.num_rows
             if n == 0:
                 raise NoImagesError(f"no images found: '{uri}' has 0 rows")
@@ -325,28 +454,26 @@ def open_source(uri: str, storage_options: dict[str, Any] | None = None) -> Imag
             except pa.ArrowInvalid as exc:
                 raise NoImagesError(f"'{uri}' is not a list of image URIs (one per line, UTF-8 text): "
                                     f"{str(exc).splitlines()[0]}") from None
-        if len(uris) == 0:
-            raise NoImagesError(f"no images found: '{uri}' lists no image URIs")
-        sizes, versions = _local_identities(uris)
-        listing = pa.table([_relative_ids(uris, root), uris, sizes, versions, pa.repeat(pa.scalar("", pa.string()), len(uris))],
-                           schema=LISTING_SCHEMA)
-        return ImageSource(uri, "files", listing, storage_options, duplicates=duplicates)
+        return _listed(uri, uris, duplicates, root, storage_options)
 
     if literal_dir:
-        entries = _list_folder(fs, path)
+        inside = _output_inside(fs, path, exclude, storage_options)
+        entries = _list_folder(fs, path, inside)
         if not entries:
             raise NoImagesError(f"no images found in '{uri}': the folder is empty")
         source = _files_source(uri, entries, path, protocol, storage_options)
         _no_readable(uri, source.listing)
-        return source
+        return _excluded(source, inside, exclude)
     if any(ch in path for ch in "*?["):
-        matches = {name: info for name, info in fs.glob(path, detail=True).items() if info.get("type") != "directory"}
+        root_path = path.split("*")[0].split("?")[0].split("[")[0].rsplit("/", 1)[0]
+        inside = _output_inside(fs, root_path, exclude, storage_options)
+        matches = {name: info for name, info in fs.glob(path, detail=True).items()
+                   if info.get("type") != "directory" and not _under(os.path.realpath(name) if is_local(fs) else name, inside)}
         if not matches:
             raise NoImagesError(f"no images found: the pattern '{uri}' matches no file")
-        root_path = path.split("*")[0].split("?")[0].split("[")[0].rsplit("/", 1)[0]
         entries = [(name, int(info.get("size") or 0), _version(info)) for name, info in matches.items()]
         source = _files_source(uri, entries, root_path, protocol, storage_options)
         _no_readable(uri, source.listing)
-        return source
+        return _excluded(source, inside, exclude)
     what = "does not exist" if not fs.exists(path) else "is not a folder, glob, .txt list, .npy or .parquet"
     raise NoImagesError(f"no images found: '{uri}' {what}")

@@ -5,8 +5,10 @@ Each scenario checks what was lost (nothing), duplicated (nothing) and the one l
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -16,7 +18,8 @@ import pytest
 from PIL import Image
 
 from ned_ray.cli import main as cli_main
-from ned_ray.job.commit import LEASE, Lease, LeaseHeldError, Ledger, ListingChangedError, listing_fingerprint
+from ned_ray.job.commit import LEASE, Ledger, ListingChangedError, listing_fingerprint
+from ned_ray.job.lease import Lease, LeaseHeldError
 from ned_ray.job.config import EncodeConfig
 from ned_ray.job.pipeline import run_encode
 from ned_ray.output import open_output
@@ -107,8 +110,28 @@ def test_a_crash_then_a_changed_input(ray_cluster, demo_dir, tmp_path):
 
 def _live_lease(out: Path, **fields) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / LEASE).write_text(json.dumps({"token": "other", "host": "elsewhere", "pid": 4242, "ttl": 120,
-                                         "renewed": time.time(), "ray_job_id": "0a000000", **fields}))
+    (out / "tmp-lease").write_text(json.dumps({"token": "other", "host": "elsewhere", "pid": 4242, "ttl": 120,
+                                               "renewed": time.time(), "ray_job_id": "0a000000", **fields}))
+    os.replace(out / "tmp-lease", out / LEASE)  # whole or not at all, as a job writes it
+
+
+@contextlib.contextmanager
+def _renewing(out: Path, every: float = 0.3):
+    """A live job on another host: its lease renewed every ``every`` seconds until the block ends."""
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(every):
+            _live_lease(out)
+
+    _live_lease(out)
+    thread = threading.Thread(target=renew, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def test_a_live_lease_refuses_a_second_job_and_overwrite(ray_cluster, demo_dir, tmp_path, capsys):
@@ -116,13 +139,15 @@ def test_a_live_lease_refuses_a_second_job_and_overwrite(ray_cluster, demo_dir, 
     for i in range(3):
         _png(images / f"a{i}.png", i)
     out = tmp_path / "out"
-    _live_lease(out)
     args = ["encode", "--ned-dir", str(demo_dir), "--images", str(images), "--models", FMRI, "--output", str(out),
-            "--device", "cpu"]
-    for extra in ([], ["--overwrite"]):
-        assert cli_main(args + extra) == 2
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and "being written by another job (host elsewhere, pid 4242" in err[0] and "--force" in err[0]
+            "--device", "cpu", "--lease-ttl", "4"]
+    with _renewing(out):
+        for extra in ([], ["--overwrite"]):
+            assert cli_main(args + extra) == 2
+            err = capsys.readouterr().err.strip().splitlines()
+            assert "it may be alive: waiting up to" in err[0]  # another host: it waited to see whether the job lives
+            assert len(err) == 2 and "being written by another job (host elsewhere, pid 4242" in err[1], err
+            assert "it is alive (it renewed the lease while this job waited)" in err[1] and "--force" in err[1]
     assert sorted(p.name for p in out.iterdir()) == [LEASE]  # nothing written, nothing removed
     assert cli_main(args + ["--force"]) == 0  # the user says that job is dead
     assert not (out / LEASE).exists() and (out / "_manifest.json").exists()  # released at the end
@@ -147,12 +172,13 @@ def test_the_fingerprint_sees_ids_sizes_versions_and_order_but_not_chunking(tmp_
 
 
 def test_two_concurrent_leases_on_one_output(tmp_path):
-    """Exclusive create: of two jobs starting together, exactly one gets the lease."""
+    """Exclusive create: of two jobs starting together, exactly one gets the lease (the other sees it
+    renewed, so alive, and is refused)."""
     fs, root = filesystem(str(tmp_path / "out"))
-    first = Lease(fs, root, ttl=60).acquire()
+    first = Lease(fs, root, ttl=2).acquire()
     try:
-        with pytest.raises(LeaseHeldError, match=f"pid {os.getpid()}"):
-            Lease(fs, root, ttl=60).acquire()
+        with pytest.raises(LeaseHeldError, match=f"pid {os.getpid()}.*it is alive"):
+            Lease(fs, root, ttl=2).acquire()
         first.renew()
         assert first.lost is None
     finally:

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ned_ray.job.commit import LEASE, LeaseHeldError, _ray_job_gone
+from ned_ray.job.lease import LEASE, LeaseHeldError, _ray_job_gone
 from ned_ray.job.config import EncodeConfig
 from ned_ray.job.pipeline import run_encode
 from ned_ray.output import open_output

@@ -131,7 +131,7 @@ def test_a_shard_of_a_parquet_input_reads_only_its_row_groups(tmp_path, monkeypa
     (lambda p: p / "*.png", "matches no file"),
     (lambda p: np.save(p / "f.npy", np.zeros((2, 3, 4, 4), np.float32)) or p / "f.npy", "must be a C-ordered uint8 array"),
     (lambda p: np.save(p / "z.npy", np.zeros((0, 3, 4, 4), np.uint8)) or p / "z.npy", "holds 0 images"),
-    (lambda p: pq.write_table(pa.table({"x": [1]}), p / "t.parquet") or p / "t.parquet", "no image-bytes column"),
+    (lambda p: pq.write_table(pa.table({"x": [1]}), p / "t.parquet") or p / "t.parquet", "no image column .looked for image bytes"),
     (lambda p: pq.write_table(pa.table({"image": pa.array([], pa.binary())}), p / "e.parquet") or p / "e.parquet",
      "has 0 rows"),
     (lambda p: pq.write_table(pa.table({"id": ["a", "a"], "image": [b"1", b"2"]}), p / "d.parquet") or p / "d.parquet",
