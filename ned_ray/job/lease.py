@@ -200,8 +200,10 @@ class Lease:
     """The output's lease, ``OUT/_lease.json``: who writes it, renewed every ttl/4 seconds (see the
     module's docstring for when another job's lease is taken over)."""
 
-    def __init__(self, fs, root: str, ttl: float = LEASE_TTL, describe: dict[str, Any] | None = None) -> None:
+    def __init__(self, fs, root: str, ttl: float = LEASE_TTL, describe: dict[str, Any] | None = None,
+                 label: str | None = None) -> None:
         self.fs, self.root, self.path, self.ttl = fs, root, posixpath.join(root, LEASE), float(ttl)
+        self.label = label or root  # the output as the user named it, for messages
         self.token = uuid.uuid4().hex
         process = this_process()
         self.record = {"token": self.token, "host": process["host"], "pid": process["pid"], "ttl": self.ttl,
@@ -232,6 +234,7 @@ class Lease:
         notify = notify or (lambda line: None)
         poll = poll if poll is not None else max(0.2, min(5.0, self.ttl / 8))
         waiting: dict[str, Any] | None = None  # the lease as first seen, while waiting for it to go stale
+        begun = time.monotonic()
         while True:
             try:
                 _create_exclusive(self.fs, self.path, self._data())
@@ -246,7 +249,9 @@ class Lease:
                 self._replace(current)
                 self.took_over = reason
                 holder = f"host {current.get('host', '?')}, pid {current.get('pid', '?')}"
-                notify(f"{self.root}: took over the output's lease from the job that held it ({holder}): {reason}")
+                waited = f" (after waiting {time.monotonic() - begun:.0f}s)" if waiting is not None else ""
+                notify(f"output '{self.label}': took over its lease from the job that held it ({holder}): {reason}"
+                       + waited)
                 break
             if waiting is None:
                 waiting = current

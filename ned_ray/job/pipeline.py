@@ -83,6 +83,29 @@ def _storage(what: str, uri: str):
 
 
 _OURS = (StorageError, DeviceError, ModelLoadError, UnsafePickleError, MissingFileError, ModelFileError)
+_RAY_RETRY_NOTE = re.compile(r"\nFailed to .*? after \d+/\d+ attempts.*", re.DOTALL)  # Ray Data appends it to errors
+
+
+class _HideErrors(logging.Filter):
+    """Ray Data logs a task's failure with its traceback before raising it to the driver; the job
+    reports that failure itself, in one line (the traceback stays in Ray Data's log file)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR
+
+
+@contextmanager
+def _ray_data_errors_quiet():
+    handlers = [h for h in logging.getLogger("ray.data").handlers if not isinstance(h, logging.FileHandler)
+                and type(h).__name__ != "SessionFileHandler"]
+    hide = _HideErrors()
+    for handler in handlers:
+        handler.addFilter(hide)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(hide)
 
 
 def _job_error(exc: BaseException) -> Exception | None:
@@ -96,7 +119,7 @@ def _job_error(exc: BaseException) -> Exception | None:
         cause = getattr(seen, "cause", None)
         for candidate in (cause, seen):
             if isinstance(candidate, _OURS) and not isinstance(candidate, ray.exceptions.RayError):
-                return candidate
+                return type(candidate)(_RAY_RETRY_NOTE.sub("", str(candidate)))
         seen = cause if isinstance(cause, BaseException) else (seen.__cause__ or seen.__context__)
     text = str(exc)
     for cls in _OURS:
@@ -453,7 +476,7 @@ def run_encode(config: EncodeConfig, progress: float | None = None, stream: Text
     executor = choose_executor(config, len(source))
     started_ray = executor[0] == "ray" and _connect(config)
     with sigterm_interrupts():  # after connecting: ray.init installs a SIGTERM handler of its own
-        lease = Lease(fs, root, config.lease_ttl, _lease_record(config, executor[0]))
+        lease = Lease(fs, root, config.lease_ttl, _lease_record(config, executor[0]), label=config.output)
         with _storage("take the lease of", config.output):
             lease.acquire(config.force, notify=lambda line: print(line, file=stream, flush=True))
         try:
@@ -721,5 +744,6 @@ def _run_pipeline(config: EncodeConfig, source: ImageSource, plan: Plan, work: _
             num_gpus=pool.gpus_per_actor or None,
             num_cpus=pool.cpus_per_actor,
         )
-    ds.write_datasink(ImagesSink(config.output, config.storage_options, config.shard_size, n_images,
-                                 work.images_committed), ray_remote_args={"num_cpus": plan.write_cpus})
+    with _ray_data_errors_quiet():
+        ds.write_datasink(ImagesSink(config.output, config.storage_options, config.shard_size, n_images,
+                                     work.images_committed), ray_remote_args={"num_cpus": plan.write_cpus})

@@ -74,7 +74,7 @@ def test_acquire_takes_a_dead_holders_lease_at_once_and_says_so(tmp_path):
     lease = Lease(fs, root, ttl=120).acquire(notify=lines.append)
     try:
         assert time.monotonic() - begun < 5 and lease.took_over and len(lines) == 1
-        assert f"took over the output's lease from the job that held it (host {this_process()['host']}, pid {pid})" in lines[0]
+        assert f"took over its lease from the job that held it (host {this_process()['host']}, pid {pid})" in lines[0]
         assert json.loads((tmp_path / "out" / LEASE).read_text())["token"] == lease.token
     finally:
         lease.release()
