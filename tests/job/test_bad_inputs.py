@@ -8,6 +8,7 @@ runs once the file is repaired.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -106,3 +107,72 @@ def test_malformed_storage_options_are_one_line(demo_dir, fixture_image_folder, 
     assert _encode(demo_dir, str(fixture_image_folder), tmp_path / "out", FMRI, "--storage-options", options) == 2
     line = _last_line(capsys)
     assert "--storage-options" in line and message in line, line
+
+
+BERG_MEG = "encoding_models/modality-meg/train_dataset-things_meg_1/model-vit_b_32"
+BERG_THINGS = "encoding_models/modality-fmri/train_dataset-things_fmri_1/model-vit_b_32"
+MISSING = {  # a file deleted from a model directory -> (the model asked for, the file)
+    "fMRI weights": (FMRI, f"{FWRF}/encoding_models_weights/weights_sub-01_roi-V1.pt"),
+    "half of a split ROI": ("fmri/nsd/fwrf/sub-01/lateral", f"{FWRF}/encoding_models_weights/weights_sub-01_roi-lateral_split-2.pt"),
+    "fMRI metadata": (FMRI, f"{FWRF}/metadata/metadata_sub-01_roi-V1.npy"),
+    "EEG regression": (EEG, f"{VIT}/encoding_models_weights/LinearRegression_param_sub-01.npy"),
+    "EEG scaler (shared)": (EEG, f"{VIT}/encoding_models_weights/StandardScaler_param.npy"),
+    "EEG PCA (shared)": (EEG, f"{VIT}/encoding_models_weights/pca_param.npy"),
+    "EEG metadata": (EEG, f"{VIT}/metadata/metadata_sub-01.npy"),
+    "BERG EEG weights": ("eeg/things_eeg_2/vit_b_32/sub-04", f"{VIT}/encoding_models_weights/weights_subject-04.npy"),
+    "BERG MEG weights": ("meg/things_meg_1/vit_b_32/sub-01/full", f"{BERG_MEG}/encoding_models_weights/weights_P1_full.npy"),
+    "BERG THINGS-fMRI metadata": ("fmri/things_fmri_1/vit_b_32/sub-01", f"{BERG_THINGS}/metadata/metadata_sub-01.npy"),
+}
+
+
+@pytest.fixture(scope="module")
+def berg_demo_dir(tmp_path_factory) -> Path:
+    from ned_ray.demo import make_demo_models
+
+    path = tmp_path_factory.mktemp("berg_demo") / "ned"
+    make_demo_models(str(path), berg=True)
+    return path
+
+
+@pytest.mark.parametrize("case", MISSING)
+def test_a_missing_model_file_is_named_not_an_unknown_model(berg_demo_dir, fixture_image_folder, tmp_path, capsys, case):
+    from ned_ray.ids import ModelId
+    from ned_ray.nedfmt import MissingFileError, NedDir
+
+    model, relative = MISSING[case]
+    ned = tmp_path / "ned"
+    shutil.copytree(berg_demo_dir, ned, copy_function=os.link)  # hard links: cheap, and the original stays whole
+    (ned / relative).unlink()
+    directory = NedDir(str(ned))
+    mid = ModelId.parse(model)
+    assert mid not in directory.catalogue and directory.damaged[mid].missing == relative  # listed as damaged
+    with pytest.raises(MissingFileError, match=f"{Path(relative).name} is missing from"):
+        directory.entry(mid)  # what NED's and BERG's APIs ask
+    folder = str(ned / Path(relative).parent)
+    for models in (model, "all"):  # asked for by name, or as one of all
+        assert _encode(ned, str(fixture_image_folder), tmp_path / "out", models) == 2
+        line = _last_line(capsys)
+        assert line == (f"ned-ray encode: error: model '{model}' is damaged: {Path(relative).name} is missing from "
+                        f"'{folder}'; download it from the {'NED' if directory.damaged[mid].entry.format == 'ned' else 'BERG'} "
+                        "release into that folder, or leave the model out of --models"), line
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_model_file_on_s3_is_named(s3_server, demo_dir, fixture_image_folder, tmp_path, capsys):
+    import json
+
+    from ned_ray.storage import filesystem
+
+    fs, _ = filesystem("s3://ned-ray-missing", s3_server)
+    fs.mkdir("ned-ray-missing")
+    for path in demo_dir.rglob("*"):
+        if path.is_file():
+            fs.pipe_file(f"ned-ray-missing/ned/{path.relative_to(demo_dir)}", path.read_bytes())
+    for model, relative in (MISSING["fMRI weights"], MISSING["EEG scaler (shared)"]):
+        fs.rm(f"ned-ray-missing/ned/{relative}")
+        code = cli_main(["encode", "--ned-dir", "s3://ned-ray-missing/ned", "--images", str(fixture_image_folder),
+                         "--models", model, "--output", str(tmp_path / "out"), "--device", "cpu", "--quiet",
+                         "--storage-options", json.dumps(s3_server)])
+        line = _last_line(capsys)
+        assert code == 2 and f"model '{model}' is damaged: {Path(relative).name} is missing from " \
+            f"'s3://ned-ray-missing/ned/{Path(relative).parent}'" in line, line

@@ -148,3 +148,49 @@ def test_bad_and_empty_inputs_say_what_is_wrong(tmp_path, make, message):
 def test_decode_reports_skipped_files_without_reading_them():
     assert decode_image(Skipped("hidden file")) == (None, "hidden file", 0, 0)
     assert decode_image(io.BytesIO(b"x").getvalue())[1].startswith("not an image")
+
+
+def test_a_parquet_column_of_paths_is_read_like_a_txt_list(folder, tmp_path):
+    table = pa.table({"nsd_id": [7, 3, 5, 9, 4], "label": ["cat", "dog", "x", "y", "z"],
+                      "path": ["imgs/b/2.png", "imgs/a/1.jpg", None, str(folder / "c.bmp"), "imgs/a/1.jpg"]})
+    pq.write_table(table, tmp_path / "meta.parquet")
+    source = open_source(str(tmp_path / "meta.parquet"))
+    assert source.kind == "files" and source.ids == ["imgs/a/1.jpg", "imgs/b/2.png", "imgs/c.bmp"]  # relative to its folder
+    assert source.uris == [str(folder / r) for r in ("a/1.jpg", "b/2.png", "c.bmp")]
+    assert source.duplicates == [{"uri": str(folder / "a" / "1.jpg"), "lines": [2, 5]}]  # rows, 1-based
+    assert source.notes == [f"note: '{tmp_path / 'meta.parquet'}': 1 row(s) of column 'path' are empty or null: no "
+                            "image there, nothing listed for them"]
+    assert [len(b) > 0 for b in source.read(0, 3)] == [True] * 3 and all(isinstance(b, bytes) for b in source.read(0, 3))
+
+
+def test_a_parquet_image_column_is_chosen_or_refused_in_one_line(tmp_path):
+    pq.write_table(pa.table({"path": ["a.png"], "uri": ["b.png"]}), tmp_path / "two.parquet")
+    with pytest.raises(NoImagesError, match=r"several columns could hold image paths \(path, uri\); choose one with "
+                                            "--image-column"):
+        open_source(str(tmp_path / "two.parquet"))
+    assert open_source(str(tmp_path / "two.parquet"), column="uri").ids == ["b.png"]
+    with pytest.raises(NoImagesError, match="--image-column 'pth' is not a column .columns: path, uri."):
+        open_source(str(tmp_path / "two.parquet"), column="pth")
+    pq.write_table(pa.table({"image": [1, 2]}), tmp_path / "ints.parquet")
+    with pytest.raises(NoImagesError, match="column 'image' holds int64; an image column holds image bytes .binary"):
+        open_source(str(tmp_path / "ints.parquet"))
+    pq.write_table(pa.table({"image": [b"x"], "path": ["a.png"]}), tmp_path / "both.parquet")
+    assert open_source(str(tmp_path / "both.parquet")).kind == "parquet"  # bytes win; the paths are their ids
+    assert open_source(str(tmp_path / "both.parquet"), column="path").kind == "files"
+
+
+def test_the_output_inside_the_input_folder_is_not_listed(folder):
+    out = folder / "responses"
+    (out / "_commits" / "images").mkdir(parents=True)
+    (out / "_commits" / "images" / "part-00000.json").write_text("{}")
+    (out / "fmri" / "part-00000.npy").parent.mkdir(parents=True)
+    np.save(out / "fmri" / "part-00000.npy", np.zeros(3))
+    _image(out / "plots" / "heatmap.png")
+    source = open_source(str(folder), exclude=str(out))
+    assert not any(i.startswith("responses") for i in source.ids) and len(source) == 7
+    assert source.notes == [f"note: the output '{out}' lies inside the input '{folder}': its files are not inputs "
+                            "(left out of the listing)"]
+    assert "responses/plots/heatmap.png" in open_source(str(folder)).ids  # what it would have listed
+    glob = open_source(str(folder) + "/**/*.png", exclude=str(out))
+    assert glob.ids == ["b/2.png"] and len(glob.notes) == 1
+    assert open_source(str(folder), exclude=str(folder.parent / "elsewhere")).notes == []
