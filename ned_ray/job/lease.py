@@ -232,7 +232,6 @@ class Lease:
         that may be alive neither renews nor releases it. ``notify`` gets one line when this job
         waits or takes over."""
         notify = notify or (lambda line: None)
-        poll = poll if poll is not None else max(0.2, min(5.0, self.ttl / 8))
         waiting: dict[str, Any] | None = None  # the lease as first seen, while waiting for it to go stale
         begun = time.monotonic()
         while True:
@@ -253,6 +252,9 @@ class Lease:
                 notify(f"output '{self.label}': took over its lease from the job that held it ({holder}): {reason}"
                        + waited)
                 break
+            # look often enough to see the holder renew (every ttl/4 of its own ttl), at most every 5 s
+            holder_ttl = float(current.get("ttl", self.ttl)) if current else self.ttl
+            every = poll if poll is not None else max(0.2, min(5.0, self.ttl / 8, holder_ttl / 8))
             if waiting is None:
                 waiting = current
                 left = float(current.get("ttl", self.ttl)) - (time.time() - float(current.get("renewed", 0)))
@@ -262,7 +264,7 @@ class Lease:
                 raise LeaseHeldError(describe_holder(current, self.path) + ": it is alive (it renewed the lease while "
                                      "this job waited); wait for that job or use another --output (--force takes "
                                      "the output over: only if that job is dead and its tasks stopped)") from None
-            time.sleep(poll)
+            time.sleep(every)
         if (self.read() or {}).get("token") != self.token:
             holder = self.read() or {}
             raise LeaseHeldError(describe_holder(holder, self.path) + " (it took the lease at the same time)")

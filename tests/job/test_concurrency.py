@@ -56,7 +56,7 @@ def store(request, tmp_path):
 def _driver(ray_cluster, demo_dir, images: str, out: str, options: dict, *extra: str) -> subprocess.Popen:
     args = ["--ned-dir", str(demo_dir), "--images", images, "--models", FMRI, "--output", out, "--device", "cpu",
             "--shard-size", "16", "--cpu-threads", "1", "--storage-options", json.dumps(options),
-            "--ray-address", ray_cluster.get_runtime_context().gcs_address, *extra]
+            "--ray-address", ray_cluster.get_runtime_context().gcs_address, "--lease-ttl", "8", *extra]
     return subprocess.Popen([sys.executable, str(REPO / "jobs" / "encode.py"), *args], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, start_new_session=True, text=True)
 
@@ -127,18 +127,25 @@ def test_sigkill_then_rerun_loses_and_duplicates_nothing(store, ray_cluster, dem
 def test_a_second_job_on_a_busy_output_is_refused_in_one_line(store, ray_cluster, demo_dir):
     images, out, options, fs = store
     out_root = filesystem(out, options)[1]
+    images_root = filesystem(images, options)[1]
+    total = 3 * N  # a longer job: the second one watches the first renew its lease (every 2 s) before it is refused
+    for i in range(N, total):
+        fs.pipe_file(f"{images_root}/img_{i:04d}.png", _png(i))
     first = _running_driver(ray_cluster, demo_dir, store, commits=1)
     try:
         for overwrite in (False, True):
+            begun = time.monotonic()
             with pytest.raises(LeaseHeldError) as refused:
                 run_encode(EncodeConfig(**{**_config(demo_dir, images, out, options).__dict__, "overwrite": overwrite}))
             message = str(refused.value)
-            assert "\n" not in message and f"pid {first.pid}" in message and "--force" in message
+            assert "\n" not in message and f"pid {first.pid}" in message and "it is alive" in message, message
+            assert "--force" in message and time.monotonic() - begun < 8  # within a renewal or two
+            assert first.poll() is None, "the first job ended before the second was refused: use more images"
         log, _ = first.communicate(timeout=300)
     finally:
         if first.poll() is None:
             os.killpg(first.pid, signal.SIGKILL)
     assert first.returncode == 0, log
     result = open_output(out, options)  # the first job, undisturbed: every image once
-    assert result.responses(FMRI)[0].tolist() == list(range(N)) and result.manifest["images"]["ok"] == N
+    assert result.responses(FMRI)[0].tolist() == list(range(total)) and result.manifest["images"]["ok"] == total
     assert not fs.exists(f"{out_root}/{LEASE}")

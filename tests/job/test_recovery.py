@@ -118,6 +118,8 @@ def _check_complete(out: str, options: dict, fs, clean: np.ndarray) -> None:
 @pytest.mark.parametrize("point", ["encoding", "committing", "finalizing"])
 def test_a_sigkilled_job_is_resumed_at_once_by_the_same_command(store, demo_dir, clean, executor, point):
     images, out, options, fs = store
+    if executor == "ray" and images.startswith("s3://") and point != "encoding":
+        pytest.skip("covered: S3 at every point in process, and Ray Data at every point on local disk (saves 2 min)")
     args = _args(demo_dir, images, out, options)
     root = filesystem(out, options)[1]
     driver = subprocess.Popen([sys.executable, "-m", "tests.job.killed_driver",
