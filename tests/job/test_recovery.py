@@ -113,13 +113,15 @@ def _check_complete(out: str, options: dict, fs, clean: np.ndarray) -> None:
     assert [p for p in fs.find(root) if posixpath.basename(p).startswith(".tmp-")] == []  # no temporary file left
 
 
+POINTS = ("encoding", "committing", "finalizing")
+KILLS = ([("local", point, where) for point in POINTS for where in ("local", "s3")]  # in process: every point, both stores
+         + [("ray", point, "local") for point in POINTS] + [("ray", "encoding", "s3")])  # Ray Data: ~1 min a case
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("executor", ["local", "ray"])
-@pytest.mark.parametrize("point", ["encoding", "committing", "finalizing"])
+@pytest.mark.parametrize("executor, point, store", KILLS, indirect=["store"])
 def test_a_sigkilled_job_is_resumed_at_once_by_the_same_command(store, demo_dir, clean, executor, point):
     images, out, options, fs = store
-    if executor == "ray" and images.startswith("s3://") and point != "encoding":
-        pytest.skip("covered: S3 at every point in process, and Ray Data at every point on local disk (saves 2 min)")
     args = _args(demo_dir, images, out, options)
     root = filesystem(out, options)[1]
     driver = subprocess.Popen([sys.executable, "-m", "tests.job.killed_driver",
