@@ -21,7 +21,7 @@ import fsspec
 
 from . import safeload
 from .storage import cached_copy, file_identity, is_local, local_file_record, sha256_file
-from .ids import FAMILIES, MODELS, ROIS, SPLIT_ROIS, SUBJECTS, TRAIN_DATASETS, Family, ModelId, UnknownModelError, select
+from .ids import FAMILIES, ROIS, SPLIT_ROIS, Family, ModelId, UnknownModelError, select
 
 __all__ = ["NedDir", "ModelEntry", "DamagedModel", "MissingFileError", "FMRI_ROOT", "EEG_ROOT", "VIT_IN_NED_DIR"]
 

@@ -6,6 +6,8 @@ Servers are started here on free loopback ports and stopped by process id, also 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
 import os
 import socket
 import subprocess
@@ -143,3 +145,31 @@ def autoscaler_node_types(*groups: tuple[str, dict, int]):
         yield
     finally:
         client.report_cluster_config(autoscaler_pb2.ClusterConfig().SerializeToString())
+
+
+def random_png(seed: int, side: int = 48) -> bytes:
+    """A small PNG of random pixels (each seed its own image)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (side, side, 3), dtype=np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def store_with_images(request, tmp_path: Path, n: int) -> tuple[str, str, dict, object]:
+    """(images URI, output URI, storage options, fs) on the store ``request.param`` names (local, s3
+    or gs: a bucket of this test on the emulator), with ``n`` random PNGs already there."""
+    from ned_ray.storage import filesystem
+
+    if request.param == "local":
+        options, base = {}, str(tmp_path)
+    else:
+        options = request.getfixturevalue("s3_server" if request.param == "s3" else "gcs_server")
+        bucket = f"ned-ray-{request.param}-{hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:12]}-{os.getpid()}"
+        base = f"{request.param}://{bucket}"
+        filesystem(base, options)[0].mkdir(bucket)
+    fs, root = filesystem(f"{base}/images", options)
+    fs.makedirs(root, exist_ok=True)
+    for i in range(n):
+        fs.pipe_file(f"{root}/img_{i:04d}.png", random_png(i))
+    return f"{base}/images", f"{base}/out", options, fs

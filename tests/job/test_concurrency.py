@@ -6,7 +6,6 @@ driver's Ray job dead with none of its actors alive).
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
@@ -17,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from ned_ray.job.lease import LEASE, LeaseHeldError, _ray_job_gone
 from ned_ray.job.config import EncodeConfig
@@ -25,32 +23,17 @@ from ned_ray.job.pipeline import run_encode
 from ned_ray.output import open_output
 from ned_ray.storage import filesystem
 
+from .conftest import random_png, store_with_images
+
 REPO = Path(__file__).resolve().parents[2]
 FMRI = "fmri/nsd/fwrf/sub-01/V1"
 N = 240
 
 
-def _png(seed: int) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
 @pytest.fixture(params=["local", "s3", "gs"])
 def store(request, tmp_path):
     """(images URI, output URI, storage options, fs) on one store, the images already there."""
-    if request.param == "local":
-        options, base = {}, str(tmp_path)
-    else:
-        options = request.getfixturevalue("s3_server" if request.param == "s3" else "gcs_server")
-        bucket = f"ned-ray-{request.param}-{request.node.name.split('[')[0][-20:].replace('_', '-')}-{os.getpid()}"
-        base = f"{request.param}://{bucket}"
-        filesystem(base, options)[0].mkdir(bucket)
-    fs, root = filesystem(f"{base}/images", options)
-    fs.makedirs(root, exist_ok=True)
-    for i in range(N):
-        fs.pipe_file(f"{root}/img_{i:04d}.png", _png(i))
-    return f"{base}/images", f"{base}/out", options, fs
+    return store_with_images(request, tmp_path, N)
 
 
 def _driver(ray_cluster, demo_dir, images: str, out: str, options: dict, *extra: str) -> subprocess.Popen:
@@ -130,7 +113,7 @@ def test_a_second_job_on_a_busy_output_is_refused_in_one_line(store, ray_cluster
     images_root = filesystem(images, options)[1]
     total = 3 * N  # a longer job: the second one watches the first renew its lease (every 2 s) before it is refused
     for i in range(N, total):
-        fs.pipe_file(f"{images_root}/img_{i:04d}.png", _png(i))
+        fs.pipe_file(f"{images_root}/img_{i:04d}.png", random_png(i))
     first = _running_driver(ray_cluster, demo_dir, store, commits=1)
     try:
         for overwrite in (False, True):
@@ -149,3 +132,30 @@ def test_a_second_job_on_a_busy_output_is_refused_in_one_line(store, ray_cluster
     result = open_output(out, options)  # the first job, undisturbed: every image once
     assert result.responses(FMRI)[0].tolist() == list(range(total)) and result.manifest["images"]["ok"] == total
     assert not fs.exists(f"{out_root}/{LEASE}")
+
+
+@pytest.mark.parametrize("store", ["local"], indirect=True)
+def test_sigterm_to_a_driver_on_a_shared_cluster_stops_its_actors_before_the_lease_goes(store, ray_cluster, demo_dir):
+    """`ray job stop` sends SIGTERM to jobs/encode.py: the job ends in one line (143), and its lease is
+    released only once Ray reports none of its actors alive (nothing writes after a rerun takes over)."""
+    from ned_ray.job.lease import ray_job_actors_alive
+
+    images, out, options, fs = store
+    out_root = filesystem(out, options)[1]
+    driver = _running_driver(ray_cluster, demo_dir, store, commits=1)
+    try:
+        job = _lease(fs, out_root)["ray_job_id"]
+        assert ray_job_actors_alive(job) >= 1  # its encoder actors run on the session's cluster
+        os.kill(driver.pid, signal.SIGTERM)
+        _wait(lambda: not fs.exists(f"{out_root}/{LEASE}"), "the lease to be released")
+        alive_at_release = ray_job_actors_alive(job)  # the moment the lease is gone, no actor of the job writes
+        log, _ = driver.communicate(timeout=120)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
+    assert driver.returncode == 143, log
+    assert log.strip().splitlines()[-1].startswith("encode: interrupted (SIGTERM): ") and "Traceback" not in log, log
+    assert alive_at_release == 0
+    summary = run_encode(_config(demo_dir, images, out, options))  # the same command resumes at once
+    assert summary["run"]["skipped_images"] >= 16 and open_output(out, options).responses(FMRI)[0].tolist() == list(range(N))

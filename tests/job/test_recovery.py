@@ -9,7 +9,6 @@ rerun resumes without waiting.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import posixpath
@@ -21,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from ned_ray.job.commit import LEASE
 from ned_ray.job.config import EncodeConfig
@@ -29,16 +27,12 @@ from ned_ray.job.pipeline import run_encode
 from ned_ray.output import open_output
 from ned_ray.storage import filesystem
 
+from .conftest import random_png, store_with_images
+
 REPO = Path(__file__).resolve().parents[2]
 FMRI = "fmri/nsd/fwrf/sub-01/V1"
 N = 240
 SHARD = 16
-
-
-def _png(seed: int) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(buffer, "PNG")
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +41,7 @@ def clean(tmp_path_factory, demo_dir) -> np.ndarray:
     base = tmp_path_factory.mktemp("clean")
     (base / "images").mkdir()
     for i in range(N):
-        (base / "images" / f"img_{i:04d}.png").write_bytes(_png(i))
+        (base / "images" / f"img_{i:04d}.png").write_bytes(random_png(i))
     run_encode(EncodeConfig(str(demo_dir), str(base / "images"), FMRI, str(base / "out"), device="cpu",
                             shard_size=SHARD, cpu_threads=1, executor="local"))
     return open_output(str(base / "out")).responses(FMRI)[1]
@@ -56,18 +50,7 @@ def clean(tmp_path_factory, demo_dir) -> np.ndarray:
 @pytest.fixture(params=["local", "s3"])
 def store(request, tmp_path):
     """(images URI, output URI, storage options, fs) on one store, the images already there."""
-    if request.param == "local":
-        options, base = {}, str(tmp_path)
-    else:
-        options = request.getfixturevalue("s3_server")
-        bucket = f"ned-ray-recovery-{abs(hash(request.node.name)) % 10**8}-{os.getpid()}"
-        base = f"s3://{bucket}"
-        filesystem(base, options)[0].mkdir(bucket)
-    fs, root = filesystem(f"{base}/images", options)
-    fs.makedirs(root, exist_ok=True)
-    for i in range(N):
-        fs.pipe_file(f"{root}/img_{i:04d}.png", _png(i))
-    return f"{base}/images", f"{base}/out", options, fs
+    return store_with_images(request, tmp_path, N)
 
 
 def _args(demo_dir, images: str, out: str, options: dict) -> list[str]:
@@ -160,7 +143,7 @@ def test_a_sigkilled_job_is_resumed_at_once_by_the_same_command(store, demo_dir,
 def test_sigint_and_sigterm_stop_a_job_in_one_line_and_the_rerun_resumes(tmp_path, demo_dir, clean, executor, signum):
     (tmp_path / "images").mkdir()
     for i in range(N):
-        (tmp_path / "images" / f"img_{i:04d}.png").write_bytes(_png(i))
+        (tmp_path / "images" / f"img_{i:04d}.png").write_bytes(random_png(i))
     out = str(tmp_path / "out")
     args = _args(demo_dir, str(tmp_path / "images"), out, {})
     driver = subprocess.Popen([sys.executable, "-m", "ned_ray.cli", "encode", *args, "--executor", executor],
