@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 DEMO    := .demo
 
-.PHONY: demo test venv clean
+.PHONY: demo test lint venv clean
 
 $(BIN)/ned-ray: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -21,6 +21,10 @@ demo: venv
 ## test: the whole test suite (CPU; fixtures from ../shared)
 test: venv
 	$(BIN)/python -m pytest -q tests
+
+## lint: ruff over the package, jobs, tests, benchmarks and examples (configured in pyproject.toml)
+lint: venv
+	$(BIN)/ruff check ned_ray jobs tests bench examples
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

@@ -40,7 +40,7 @@ from realsize import build_eeg, build_fmri  # noqa: E402
 
 from ned_ray import NED, ModelGroup  # noqa: E402
 from ned_ray.job.config import EncodeConfig  # noqa: E402
-from ned_ray.job.pipeline import run_encode  # noqa: E402
+from ned_ray.job.run import run_encode  # noqa: E402
 
 
 def make_images(folder: Path, n: int, side: int = 425) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 For each size, a fresh process runs the driver's own steps on a list of `s3://` URIs (a list of a
 cloud bucket's keys, as a user would write for ImageNet): list the input (`open_source`),
-fingerprint the listing, write `_listing.parquet`, work out what is left to do (`_Work.of`), cut the
+fingerprint the listing, write `_listing.parquet`, work out what is left to do (`Work.of`), cut the
 shard table and hand it to Ray Data (`ray.data.from_arrow`, Ray started before timing). It prints
 the resident set size after each step and the process's peak, so that the growth per entry can be
 read off two sizes.
@@ -33,7 +33,7 @@ def measure(n: int, workdir: Path) -> dict:
 
     from ned_ray.ids import ModelId
     from ned_ray.job.commit import Ledger, listing_fingerprint, write_listing
-    from ned_ray.job.pipeline import _Work
+    from ned_ray.job.executors import Work
     from ned_ray.job.sources import open_source
     from ned_ray.storage import filesystem
 
@@ -56,7 +56,7 @@ def measure(n: int, workdir: Path) -> dict:
     fs.makedirs(root, exist_ok=True)
     step("write _listing.parquet", lambda: write_listing(fs, root, source.listing))
     work = step("work left (empty output)",
-                lambda: _Work.of(Ledger(), [ModelId("fmri", "nsd", "fwrf", 1, "V1")], len(source), 256))
+                lambda: Work.of(Ledger(), [ModelId("fmri", "nsd", "fwrf", 1, "V1")], len(source), 256))
     shards = step("shard rows (start, stop)", lambda: [{"start": a, "stop": b} for a, b in work.remaining])
     step("ray.data.from_items (one block per shard)", lambda: ray.data.from_items(shards, override_num_blocks=len(shards)))
     step("listing put once in the object store",
@@ -79,7 +79,7 @@ def main() -> None:
         out = subprocess.run([sys.executable, __file__, "--one", str(n)], capture_output=True, text=True, check=True)
         result = json.loads(out.stdout.strip().splitlines()[-1])
         print(f"\n{n:,} entries, {result['shards']:,} shards; peak RSS {result['peak_rss_mib']:.0f} MiB")
-        print(f"| step | seconds | RSS after (MiB) |\n|---|---|---|")
+        print("| step | seconds | RSS after (MiB) |\n|---|---|---|")
         for name, (seconds, rss) in result["steps"].items():
             print(f"| {name} | {seconds:.2f} | {rss:.0f} |")
 

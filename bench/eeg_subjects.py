@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from realsize import build_eeg as build
 
 from ned_ray.models.group import ModelGroup
 from ned_ray.nedfmt import NedDir
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

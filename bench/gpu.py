@@ -49,7 +49,7 @@ def model_only(group: ModelGroup, inputs: dict[str, torch.Tensor], block: int, p
 
 def job(ned_dir: Path, spec: str, folder: Path, out: Path, precision: str) -> float:
     from ned_ray.job.config import EncodeConfig
-    from ned_ray.job.pipeline import run_encode
+    from ned_ray.job.run import run_encode
 
     start = time.perf_counter()
     summary = run_encode(EncodeConfig(ned_dir=str(ned_dir), images=str(folder), models=spec, output=str(out),

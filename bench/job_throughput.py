@@ -21,7 +21,7 @@ from PIL import Image
 
 from ned_ray.demo import DEMO_PHOTOS, make_demo_models
 from ned_ray.job.config import EncodeConfig
-from ned_ray.job.pipeline import run_encode
+from ned_ray.job.run import run_encode
 
 
 def write_images(folder: Path, n: int) -> None:

@@ -27,7 +27,7 @@ from compare import make_images  # noqa: E402
 
 from ned_ray.demo import make_demo_models  # noqa: E402
 from ned_ray.job.config import EncodeConfig  # noqa: E402
-from ned_ray.job.pipeline import run_encode  # noqa: E402
+from ned_ray.job.run import run_encode  # noqa: E402
 
 
 class PeakRSS(threading.Thread):

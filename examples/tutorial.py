@@ -20,7 +20,7 @@ import ned_ray
 from ned_ray import NED
 from ned_ray.cli import model_summary
 from ned_ray.job.config import EncodeConfig
-from ned_ray.job.pipeline import run_encode
+from ned_ray.job.run import run_encode
 from ned_ray.plots import channel_groups, plot_output
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from . import errors
 from .api import DirectoryFacade
 from .ids import FAMILIES, Family, ModelId
 from .models.group import ModelGroup, resolve_device
@@ -29,15 +30,15 @@ __all__ = ["BERG", "BergModel", "BERGError", "ModelNotFoundError", "ModelLoadErr
            "StimulusError"]
 
 
-class BERGError(Exception):
-    """Base of the BERG API's errors (as BERG's)."""
+class BERGError(errors.NedRayError):
+    """Base of the BERG API's errors (BERG's names, in ned-ray's hierarchy)."""
 
 
-class ModelNotFoundError(BERGError, ValueError):
+class ModelNotFoundError(BERGError, errors.UnknownModelError):
     """An unknown model id (the message lists the valid ones)."""
 
 
-class ModelLoadError(BERGError, RuntimeError):
+class ModelLoadError(BERGError, errors.ModelLoadError):
     """A model's files are missing or cannot be read."""
 
 
@@ -45,7 +46,7 @@ class InvalidParameterError(BERGError, SelectionError):
     """A bad subject, train split or selection (the message lists the valid values)."""
 
 
-class StimulusError(BERGError, ValueError):
+class StimulusError(BERGError, errors.InputError):
     """Images that are not a uint8 (N, 3, H, W) array of 0-255 pixels."""
 
 

@@ -22,14 +22,8 @@ import numpy as np
 import pyarrow.compute as pc
 
 from .errors import JobInterrupted, NedRayError
-from .ids import UnknownModelError
-from .models.group import DeviceError, ModelLoadError
 from .job.config import add_encode_arguments
-from .nedfmt import MissingFileError, NedDir
-from .safeload import UnsafePickleError
-
-EXPECTED_ERRORS = (NedRayError, MissingFileError, UnknownModelError, UnsafePickleError, ValueError, TypeError, OSError, ModelLoadError,
-                   ImportError, KeyError, DeviceError)
+from .nedfmt import NedDir
 
 
 def _cmd_make_demo_models(args: argparse.Namespace) -> int:
@@ -182,7 +176,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     """The README's demo: demo models + built-in photographs as files -> the Ray encode job."""
     from .demo import make_demo_models, write_demo_images
     from .job.config import EncodeConfig
-    from .job.pipeline import run_encode
+    from .job.run import run_encode
     from .output import open_output
 
     work = Path(args.workdir)
@@ -224,7 +218,7 @@ def plan_json(info: dict) -> str:
 
 def _cmd_encode(args: argparse.Namespace) -> int:
     from .job.config import config_from_args
-    from .job.pipeline import plan_encode, run_encode
+    from .job.run import plan_encode, run_encode
 
     config = config_from_args(args)
     if args.dry_run:
@@ -313,8 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_command(name: str, command, *args) -> int:
-    """Run a command as the command line does: expected failures are one line and exit 2; Ctrl-C and
-    SIGTERM one line and 130/143 (a job says what it committed)."""
+    """Run a command as the command line does: ned-ray's errors (:class:`~.errors.NedRayError`) are
+    one line and exit 2, Ctrl-C and SIGTERM one line and 130/143 (a job says what it committed);
+    anything else is a bug, and stays a traceback."""
     from .job.interrupts import sigterm_interrupts
 
     try:
@@ -326,7 +321,7 @@ def run_command(name: str, command, *args) -> int:
     except KeyboardInterrupt:
         print(f"{name}: interrupted", file=sys.stderr)
         return 130
-    except EXPECTED_ERRORS as exc:
+    except NedRayError as exc:
         print(f"{name}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -24,13 +24,14 @@ import numpy as np
 import torch
 from torchvision.models.vision_transformer import VisionTransformer
 
+from .errors import MissingDependencyError
 from .ids import CHANNELS, SPLIT_ROIS
 from .models.fwrf import FwrfEncoder, FwrfHead
 from .models.vit_eeg import vit_features
 from .nedfmt import VIT_IN_NED_DIR, NedDir
-from .preprocess import fwrf_input, fwrf_normalise, vit_input, vit_normalise
+from .preprocess import center_square, fwrf_input, fwrf_normalise, vit_input, vit_normalise
 
-__all__ = ["DEMO_NOTE", "make_demo_models", "demo_images", "center_crop_square"]
+__all__ = ["DEMO_NOTE", "make_demo_models", "demo_images"]
 
 DEMO_NOTE = (
     "NOT TRAINED: random weights written by `ned-ray make-demo-models` for demos and tests. "
@@ -260,14 +261,6 @@ def make_demo_models(out_dir: str, fmri_subjects: Sequence[int] = (1, 2),
     return NedDir(str(out_dir))
 
 
-def center_crop_square(image: np.ndarray) -> np.ndarray:
-    """Center-crop an (H, W, ...) image to its largest centred square, as NED's tutorials do."""
-    h, w = image.shape[:2]
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
-    return image[top:top + side, left:left + side]
-
-
 DEMO_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
                "camera", "coins", "moon", "brick", "grass", "gravel", "clock")
 
@@ -278,11 +271,13 @@ def demo_images(size: int = 256) -> np.ndarray:
         import skimage.data
         from PIL import Image
     except ImportError as exc:
-        raise ImportError("demo images need scikit-image: pip install 'ned-ray[demo]'") from exc
+        raise MissingDependencyError("demo images need scikit-image: pip install 'ned-ray[demo]'") from exc
     out = []
     for name in DEMO_PHOTOS:
-        image = center_crop_square(np.asarray(getattr(skimage.data, name)()))
-        pil = Image.fromarray(image).convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+        photo = np.asarray(getattr(skimage.data, name)())  # (H, W) or (H, W, C)
+        square = center_square(photo.transpose(2, 0, 1) if photo.ndim == 3 else photo)  # as NED's tutorials
+        pil = Image.fromarray(square.transpose(1, 2, 0) if photo.ndim == 3 else square).convert("RGB")
+        pil = pil.resize((size, size), Image.Resampling.BILINEAR)
         out.append(np.asarray(pil).transpose(2, 0, 1))
     return np.stack(out)
 

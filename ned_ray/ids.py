@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
+from .errors import ModelIdError, UnknownModelError
+
 __all__ = [
     "ModelId", "Family", "FAMILIES", "UnknownModelError", "MODALITIES", "TRAIN_DATASETS", "MODELS", "SUBJECTS",
     "ROIS", "SPLIT_ROIS", "CHANNELS", "select",
@@ -88,10 +90,6 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _SUBJECT = re.compile(r"^sub-(?:(\d{2})|([A-Z]))$")
 
 
-class UnknownModelError(ValueError):
-    """A model id or pattern that names no model in the directory."""
-
-
 def _families() -> str:
     return ", ".join(f"{f.path} ({f.berg_id})" for f in FAMILIES.values())
 
@@ -114,14 +112,14 @@ class ModelId:
             _check_name("variant", self.variant)
         family = FAMILIES.get((self.modality, self.train_dataset, self.model))
         if family is None:
-            raise ValueError(f"'{self.modality}/{self.train_dataset}/{self.model}' is not a known model family; "
+            raise ModelIdError(f"'{self.modality}/{self.train_dataset}/{self.model}' is not a known model family; "
                              f"known: {_families()}")
         subject_ok = (isinstance(self.subject, str) and bool(re.fullmatch(r"[A-Z]", self.subject))) or (
             isinstance(self.subject, int) and not isinstance(self.subject, bool) and 0 < self.subject < 100)
         if not subject_ok:
-            raise ValueError(f"subject must be an int in 1..99 (or a monkey letter such as 'F'), got {self.subject!r}")
+            raise ModelIdError(f"subject must be an int in 1..99 (or a monkey letter such as 'F'), got {self.subject!r}")
         if (family.variant is None) != (self.variant is None):
-            raise ValueError(f"{family.path} ids take {'a ' + family.variant if family.variant else 'no 5th part'} "
+            raise ModelIdError(f"{family.path} ids take {'a ' + family.variant if family.variant else 'no 5th part'} "
                              f"(e.g. '{family.example()}'), got {self.subject_tag}/{self.variant}")
 
     @property
@@ -193,7 +191,7 @@ class ModelId:
 
 def _check_name(field: str, value: object) -> None:
     if not isinstance(value, str) or not _NAME.match(value) or value in {".", ".."}:
-        raise ValueError(
+        raise ModelIdError(
             f"{field} {value!r} is not a plain name (letters, digits, '_', '-', '.'; no path separators)"
         )
 

@@ -20,8 +20,9 @@ from typing import Any
 import fsspec
 
 from . import safeload
-from .storage import cached_copy, file_identity, is_local, local_file_record, sha256_file
+from .errors import MissingFileError, ModelFileError
 from .ids import FAMILIES, ROIS, SPLIT_ROIS, Family, ModelId, UnknownModelError, select
+from .storage import cached_copy, file_identity, is_local, local_file_record
 
 __all__ = ["NedDir", "ModelEntry", "DamagedModel", "MissingFileError", "FMRI_ROOT", "EEG_ROOT", "VIT_IN_NED_DIR"]
 
@@ -67,14 +68,6 @@ def berg_files(mid: ModelId) -> tuple[str, str]:
     weights = _BERG_WEIGHTS[family.key].format(s=mid.subject, v=mid.variant)
     meta = _BERG_FILES[family.key][1].format(s=mid.subject)
     return f"{root}/encoding_models_weights/{weights}", f"{root}/metadata/{meta}"
-
-
-class MissingFileError(FileNotFoundError):
-    """A file NED's layout requires is not in the directory."""
-
-
-class ModelFileError(ValueError):
-    """A model file is there but is not what NED's layout says it is (one line naming the file)."""
 
 
 def _published(mid: ModelId) -> bool:
@@ -232,9 +225,6 @@ class NedDir:
         """A NED ``.pt`` checkpoint, with ``weights_only=True`` and NED's numpy allow-list."""
         with self.open(relative) as fh:
             return safeload.load_torch_checkpoint(fh, source=self.uri(relative))
-
-    def sha256(self, relative: str) -> str:
-        return sha256_file(self.fs, self.require(relative))
 
     def _listdir(self, relative: str) -> list[str]:
         path = self.path(relative)

@@ -16,14 +16,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .errors import IncompleteOutputError, MissingDependencyError, ModelNotInOutputError, OutputError
 from .ids import ModelId
 from .storage import filesystem
 
 __all__ = ["open_output", "Output", "IncompleteOutputError"]
-
-
-class IncompleteOutputError(FileNotFoundError):
-    """The folder has no ``_manifest.json``: the job has not finished (rerun it to resume)."""
 
 
 @dataclass
@@ -47,7 +44,7 @@ class Output:
         fs, root = self._fs()
         paths = [posixpath.join(root, p) for p in self.manifest["models"][key]["parts"].get("parquet", [])]
         if not paths:
-            raise ValueError(f"{self.uri}: model {key} was written without Parquet parts (--format npy); use responses()")
+            raise OutputError(f"{self.uri}: model {key} was written without Parquet parts (--format npy); use responses()")
         tables = [pq.read_table(io.BytesIO(data)) for data in fs.cat(paths).values()]
         return pa.concat_tables(tables).sort_by("image_index")
 
@@ -124,7 +121,7 @@ class Output:
         try:
             import xarray as xr
         except ImportError:
-            raise ImportError("Output.to_xarray needs xarray: pip install 'ned-ray[analysis]'") from None
+            raise MissingDependencyError("Output.to_xarray needs xarray: pip install 'ned-ray[analysis]'") from None
         key = self._key(model_id)
         index, values = self.responses(key)
         ids = self.images().column("image_id").to_numpy(zero_copy_only=False)
@@ -144,10 +141,10 @@ class Output:
         try:
             import nibabel as nib
         except ImportError:
-            raise ImportError("Output.to_nifti needs nibabel: pip install 'ned-ray[analysis]'") from None
+            raise MissingDependencyError("Output.to_nifti needs nibabel: pip install 'ned-ray[analysis]'") from None
         key = self._key(model_id)
         if ModelId.parse(key).family.key != "fwrf":
-            raise ValueError(f"{key} is not an NSD fwrf model; only their responses map to NED's brain volume")
+            raise OutputError(f"{key} is not an NSD fwrf model; only their responses map to NED's brain volume")
         meta = self.metadata(key)
         mask, affine = meta["npz"]["fmri/roi_mask_volume"].astype(bool), meta["npz"]["fmri/fmri_affine"]
         _, values = self.responses(key)
@@ -162,7 +159,7 @@ class Output:
     def _key(self, model_id: str | ModelId) -> str:
         key = str(model_id)
         if key not in self.manifest["models"]:
-            raise KeyError(f"{self.uri} has no model '{key}'; it has: {', '.join(self.models)}")
+            raise ModelNotInOutputError(f"{self.uri} has no model '{key}'; it has: {', '.join(self.models)}")
         return key
 
 

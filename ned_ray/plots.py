@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import MissingDependencyError, ModelNotInOutputError, OutputError
 from .ids import ModelId
 from .output import Output
 
@@ -37,7 +38,7 @@ def _pyplot():
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise ImportError("ned-ray plot needs matplotlib: pip install 'ned-ray[analysis]'") from None
+        raise MissingDependencyError("ned-ray plot needs matplotlib: pip install 'ned-ray[analysis]'") from None
     return plt
 
 
@@ -154,9 +155,9 @@ def plot_output(out: Output, folder: str | os.PathLike, models: list[str] | None
     chosen = models or out.models
     unknown = [m for m in chosen if m not in out.models]
     if unknown:
-        raise ValueError(f"{out.uri} has no model {', '.join(unknown)}; it has: {', '.join(out.models)}")
+        raise ModelNotInOutputError(f"{out.uri} has no model {', '.join(unknown)}; it has: {', '.join(out.models)}")
     if out.manifest["images"]["ok"] == 0:
-        raise ValueError(f"{out.uri} has no successfully encoded image to plot")
+        raise OutputError(f"{out.uri} has no successfully encoded image to plot")
     written = []
     rng = np.random.default_rng(seed)
     for key, name, what in (("eeg", "eeg_timecourses", "EEG"), ("meg", "meg_timecourses", "MEG"),

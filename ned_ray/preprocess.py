@@ -13,7 +13,7 @@ import torchvision.transforms.functional as TF
 
 __all__ = [
     "FWRF_SIZE", "VIT_RESIZE", "VIT_CROP", "IMAGENET_MEAN", "IMAGENET_STD",
-    "check_images", "fwrf_input", "vit_input", "fwrf_normalise", "vit_normalise",
+    "check_images", "center_square", "fwrf_input", "vit_input", "fwrf_normalise", "vit_normalise",
 ]
 
 FWRF_SIZE = 227
@@ -21,6 +21,14 @@ VIT_RESIZE = 256
 VIT_CROP = 224
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def center_square(chw):
+    """The centred square of a (..., H, W) array or tensor (side min(H, W); offsets rounded down)."""
+    height, width = chw.shape[-2:]
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    return chw[..., top:top + side, left:left + side]
 
 
 def check_images(images: object, square: bool = True) -> np.ndarray:

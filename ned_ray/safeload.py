@@ -30,11 +30,9 @@ from typing import IO, Any
 import numpy as np
 import torch
 
+from .errors import UnsafePickleError
+
 __all__ = ["UnsafePickleError", "Attributes", "load_npy_dict", "load_torch_checkpoint", "read_npy_header"]
-
-
-class UnsafePickleError(pickle.UnpicklingError):
-    """A model file asked the unpickler for something outside the allow-list."""
 
 
 class Attributes:

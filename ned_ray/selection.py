@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from .errors import SelectionError
 from .ids import ModelId
 
 __all__ = ["Selection", "Resolved", "parse_times", "parse_channels"]
@@ -24,7 +25,7 @@ def parse_channels(text: str | None) -> tuple[str, ...] | None:
         return None
     names = tuple(n.strip() for n in text.split(",") if n.strip())
     if not names:
-        raise ValueError(f"--channels: no channel names in '{text}'; give names such as 'O1,Oz,O2'")
+        raise SelectionError(f"--channels: no channel names in '{text}'; give names such as 'O1,Oz,O2'")
     return names
 
 
@@ -35,9 +36,9 @@ def parse_times(text: str | None) -> tuple[float, float] | None:
     try:
         start, stop = (float(x) for x in text.split(":"))
     except ValueError:
-        raise ValueError(f"--times must be START:END in seconds (e.g. 0.1:0.3), got '{text}'") from None
+        raise SelectionError(f"--times must be START:END in seconds (e.g. 0.1:0.3), got '{text}'") from None
     if stop < start:
-        raise ValueError(f"--times: END must not be before START, got '{text}'")
+        raise SelectionError(f"--times: END must not be before START, got '{text}'")
     return start, stop
 
 
@@ -95,7 +96,7 @@ class Selection:
             ncsnr = np.asarray(metadata["fmri"]["ncsnr"], dtype=np.float64)
             keep = np.flatnonzero(ncsnr > self.min_ncsnr)
             if len(keep) == 0:
-                raise ValueError(f"--min-ncsnr {self.min_ncsnr} keeps no voxel of {model_id} (its ncsnr ranges "
+                raise SelectionError(f"--min-ncsnr {self.min_ncsnr} keeps no voxel of {model_id} (its ncsnr ranges "
                                  f"{ncsnr.min():.3f} to {ncsnr.max():.3f}); use a lower threshold")
             return Resolved(voxels=keep)
         names = [str(n) for n in metadata["eeg"]["ch_names"]]
@@ -104,12 +105,12 @@ class Selection:
         if self.channels is not None:
             unknown = [c for c in self.channels if c not in names]
             if unknown:
-                raise ValueError(f"--channels: {', '.join(unknown)} not among {model_id}'s channels; valid: {', '.join(names)}")
+                raise SelectionError(f"--channels: {', '.join(unknown)} not among {model_id}'s channels; valid: {', '.join(names)}")
             channels = np.asarray([names.index(c) for c in self.channels], dtype=np.int64)
         kept_times = None
         if self.times is not None:
             kept_times = np.flatnonzero((times >= self.times[0] - 1e-9) & (times <= self.times[1] + 1e-9))
             if len(kept_times) == 0:
-                raise ValueError(f"--times {self.times[0]}:{self.times[1]} keeps no time point of {model_id} "
+                raise SelectionError(f"--times {self.times[0]}:{self.times[1]} keeps no time point of {model_id} "
                                  f"(its times run from {times.min():.3f} to {times.max():.3f} s)")
         return Resolved(channels=channels, times=kept_times)

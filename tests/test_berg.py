@@ -10,7 +10,7 @@ import pytest
 
 from ned_ray.berg import BERG, InvalidParameterError, ModelLoadError, ModelNotFoundError, StimulusError
 
-from .conftest import BERG_CASES, PARITY, berg_expected, berg_runs, berg_selection, BERG_FIXTURES
+from .conftest import BERG_CASES, BERG_FIXTURES, PARITY, berg_expected, berg_runs, berg_selection
 
 
 def _check_case(berg: BERG, berg_fixtures, case: str, images: str) -> None:

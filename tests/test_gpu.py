@@ -102,7 +102,7 @@ def test_the_job_runs_on_the_gpu(demo_dir, tmp_path):
     from PIL import Image
 
     from ned_ray.job.config import EncodeConfig
-    from ned_ray.job.pipeline import run_encode
+    from ned_ray.job.run import run_encode
     from ned_ray.output import open_output
 
     rng = np.random.default_rng(0)

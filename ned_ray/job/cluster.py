@@ -30,6 +30,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ..errors import ClusterSpecError
+
 __all__ = ["NodeType", "ClusterShape", "ClusterSpecError", "DEFAULT_GPU_MEMORY", "BOOTSTRAP_CONFIG"]
 
 GIB = 1 << 30
@@ -46,10 +48,6 @@ ACCELERATOR_MEMORY = {
 # GPU memory (GB per GPU) of AWS instance families, for cluster launcher YAMLs that name them.
 INSTANCE_GPU_MEMORY = {"g4dn": 16, "g5": 24, "g6": 24, "g6e": 48, "p3": 16, "p3dn": 32, "p4d": 40, "p4de": 80,
                        "p5": 80, "p5e": 141, "p5en": 141}
-
-
-class ClusterSpecError(ValueError):
-    """A cluster description (``--cluster``) that cannot be read."""
 
 
 @dataclass(frozen=True)

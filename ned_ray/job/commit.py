@@ -47,7 +47,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..errors import storage_error
+from ..errors import ListingChangedError, OutputDamagedError, OutputExistsError, storage_error
 from ..ids import ModelId
 from ..storage import is_local
 
@@ -152,9 +152,6 @@ class Ranges:
         slot = np.searchsorted(np.asarray(self.starts), index, side="right") - 1
         return (slot >= 0) & (index < np.asarray(self.stops)[np.clip(slot, 0, None)])
 
-    def to_list(self) -> list[list[int]]:
-        return [[a, b] for a, b in zip(self.starts, self.stops)]
-
 
 def fresh_ls(fs, path: str, detail: bool = True):
     """List a folder from the store itself, not from fsspec's listing cache (invariant 8)."""
@@ -183,7 +180,7 @@ class Ledger:
             return cls()
         entries = fresh_ls(fs, folder)
         if any(e["type"] != "directory" and posixpath.basename(e["name"]).startswith("part-") for e in entries):
-            raise ValueError(f"'{posixpath.dirname(folder)}' was written by an older ned-ray (commit markers in "
+            raise OutputExistsError(f"'{posixpath.dirname(folder)}' was written by an older ned-ray (commit markers in "
                              f"{COMMITS}/ directly); rerun with --overwrite to rewrite it")
         paths = [p for e in entries if e["type"] == "directory" for p in fresh_ls(fs, e["name"], detail=False)
                  if p.endswith(".json") and not posixpath.basename(p).startswith(".")]
@@ -287,12 +284,12 @@ def _check_complete(ledger: Ledger, output: str, models: Sequence[ModelId], n_im
         seen = ledger.coverage(markers, n_images)
         if (seen != 1).any():
             missing, doubled = np.flatnonzero(seen == 0), np.flatnonzero(seen > 1)
-            raise RuntimeError(f"output {output} is inconsistent for {label}: {len(missing)} images missing, "
+            raise OutputDamagedError(f"output {output} is inconsistent for {label}: {len(missing)} images missing, "
                                f"{len(doubled)} written twice (first: {missing[:5].tolist() or doubled[:5].tolist()}); "
                                "rerun the same command to finish it")
     damaged = ledger.damaged(fs, root) if fs is not None else []
     if damaged:
-        raise RuntimeError(f"output {output} has {len(damaged)} damaged commit(s) ({damaged[0][2]}); rerun the same "
+        raise OutputDamagedError(f"output {output} has {len(damaged)} damaged commit(s) ({damaged[0][2]}); rerun the same "
                            "command to encode them again")
 
 
@@ -418,10 +415,6 @@ def read_listing(fs, root: str) -> pa.Table | None:
 
 def write_listing(fs, root: str, listing: pa.Table) -> None:
     write_bytes(fs, posixpath.join(root, LISTING), parquet_bytes(listing))
-
-
-class ListingChangedError(ValueError):
-    """The input lost or changed images that the output already holds."""
 
 
 def reconcile(previous: pa.Table, current: pa.Table, output: str) -> tuple[pa.Table, int]:

@@ -7,6 +7,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from ..errors import ConfigError
 from ..selection import Selection, parse_channels, parse_times
 
 __all__ = ["EncodeConfig", "add_encode_arguments", "config_from_args"]
@@ -56,41 +57,42 @@ class EncodeConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.storage_options, dict):
-            raise ValueError("--storage-options must be a JSON object, e.g. '{\"s3\": {\"anon\": true}}' or "
+            raise ConfigError("--storage-options must be a JSON object, e.g. '{\"s3\": {\"anon\": true}}' or "
                              f"'{{\"key\": \"...\"}}', got {type(self.storage_options).__name__}")
         if float(self.lease_ttl) <= 0:
-            raise ValueError(f"--lease-ttl must be positive, got {self.lease_ttl}")
+            raise ConfigError(f"--lease-ttl must be positive, got {self.lease_ttl}")
         if isinstance(self.formats, str):
             self.formats = tuple(f.strip() for f in self.formats.split(",") if f.strip())
         self.formats = tuple(self.formats)
         bad = [f for f in self.formats if f not in FORMATS]
         if bad or not self.formats:
-            raise ValueError(f"--format must be a comma-separated subset of {','.join(FORMATS)}, got {','.join(self.formats) or 'nothing'}")
+            raise ConfigError(f"--format must be a comma-separated subset of {','.join(FORMATS)}, "
+                              f"got {','.join(self.formats) or 'nothing'}")
         if self.non_square not in NON_SQUARE:
-            raise ValueError(f"--non-square must be one of {', '.join(NON_SQUARE)}, got '{self.non_square}'")
+            raise ConfigError(f"--non-square must be one of {', '.join(NON_SQUARE)}, got '{self.non_square}'")
         if self.executor not in EXECUTORS:
-            raise ValueError(f"--executor must be one of {', '.join(EXECUTORS)}, got '{self.executor}'")
+            raise ConfigError(f"--executor must be one of {', '.join(EXECUTORS)}, got '{self.executor}'")
         if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"--device must be auto, cpu or cuda, got '{self.device}'")
+            raise ConfigError(f"--device must be auto, cpu or cuda, got '{self.device}'")
         self.selection()  # malformed --channels/--times fail here, before any work
         if not isinstance(self.berg_selection, dict) or not all(
                 isinstance(k, str) and isinstance(v, dict) for k, v in self.berg_selection.items()):
-            raise ValueError("--selection must be a JSON object mapping model ids or globs to BERG selection dicts, "
+            raise ConfigError("--selection must be a JSON object mapping model ids or globs to BERG selection dicts, "
                              "e.g. '{\"meg/*\": {\"region\": [\"Occipital\"]}, \"utah_array/*\": {\"roi\": [\"V4\"]}}'")
         if self.precision not in PRECISIONS:
-            raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
+            raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
         if int(self.batch_size) < 0:
-            raise ValueError(f"--batch-size must be 0 (automatic) or more, got {self.batch_size}")
+            raise ConfigError(f"--batch-size must be 0 (automatic) or more, got {self.batch_size}")
         for name in ("shard_size", "max_pixels"):
             if int(getattr(self, name)) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         for name in ("actors_per_group", "fmri_models_per_actor", "cpu_threads"):
             if int(getattr(self, name)) < 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be 0 (automatic) or more, got {getattr(self, name)}")
+                raise ConfigError(f"--{name.replace('_', '-')} must be 0 (automatic) or more, got {getattr(self, name)}")
         if not 0 <= float(self.gpus_per_actor) <= 8:
-            raise ValueError(f"--gpus-per-actor must be 0 (automatic) or in (0, 8], got {self.gpus_per_actor}")
+            raise ConfigError(f"--gpus-per-actor must be 0 (automatic) or in (0, 8], got {self.gpus_per_actor}")
         if float(self.gpu_wait) < 0:
-            raise ValueError(f"--gpu-wait must be 0 or more seconds, got {self.gpu_wait}")
+            raise ConfigError(f"--gpu-wait must be 0 or more seconds, got {self.gpu_wait}")
 
     def to_json(self) -> dict[str, Any]:
         """The options as recorded in outputs (storage options are left out: they may hold secrets)."""
@@ -116,7 +118,7 @@ class EncodeConfig:
                 merged = out.setdefault(mid, {})
                 for key, value in chosen.items():
                     if key in merged and merged[key] != value:
-                        raise ValueError(f"--selection sets '{key}' of {mid} twice, differently ('{pattern}' and an "
+                        raise ConfigError(f"--selection sets '{key}' of {mid} twice, differently ('{pattern}' and an "
                                          "earlier pattern); give each model's selection once")
                     merged[key] = value
         return out
@@ -131,7 +133,9 @@ class EncodeConfig:
 
     def identity(self) -> dict[str, Any]:
         """What defines the output's content: a rerun must match it to resume."""
-        return {k: v for k, v in self.to_json().items() if k in ("ned_dir", "images", "models", "non_square", "shard_size", "formats", "max_pixels", "vit_weights", "precision", "channels", "times", "min_ncsnr", "berg_selection")}
+        keys = ("ned_dir", "images", "models", "non_square", "shard_size", "formats", "max_pixels", "vit_weights",
+                "precision", "channels", "times", "min_ncsnr", "berg_selection")
+        return {k: v for k, v in self.to_json().items() if k in keys}
 
 
 def add_encode_arguments(parser: argparse.ArgumentParser) -> None:
@@ -206,7 +210,7 @@ def config_from_args(args: argparse.Namespace) -> EncodeConfig:
         try:
             values["storage_options"] = json.loads(args.storage_options)
         except ValueError as exc:
-            raise ValueError(f"--storage-options is not valid JSON ({exc}): give a JSON object, e.g. "
+            raise ConfigError(f"--storage-options is not valid JSON ({exc}): give a JSON object, e.g. "
                              "'{\"s3\": {\"anon\": true}}'") from None
     if values.get("berg_selection") is None:
         values["berg_selection"] = {}
@@ -224,8 +228,8 @@ def _json_option(flag: str, text: str) -> Any:
             with fsspec.open(text, "rt") as fh:
                 text = fh.read()
         except (OSError, ValueError) as exc:
-            raise ValueError(f"{flag}: '{text}' is neither inline JSON nor a readable JSON file ({exc})") from None
+            raise ConfigError(f"{flag}: '{text}' is neither inline JSON nor a readable JSON file ({exc})") from None
     try:
         return json.loads(text)
     except ValueError as exc:
-        raise ValueError(f"{flag} is not valid JSON ({exc})") from None
+        raise ConfigError(f"{flag} is not valid JSON ({exc})") from None

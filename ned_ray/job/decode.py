@@ -1,9 +1,7 @@
-"""Decoding one shard of raw images into the uint8 inputs the models need (a Ray Data CPU task).
+"""Decoding one raw image into RGB uint8, as NED (the first step of the decode stage, :mod:`.stages`).
 
-Each image is decoded once, converted to RGB uint8, made square (``--non-square``), and resized to
-every input size the job's model groups need (``fwrf``: 227 px; ``vit``: 256-resize + 224 crop),
-exactly as NED. Under ``--non-square shorter-side`` the ViT input is torchvision's transform of the
-whole image (shorter side to 256, centre crop 224), as BERG defines non-square images.
+Each image is decoded once, converted to RGB uint8 and made square (``--non-square``); the decode
+stage then resizes it to every input size the job's model groups need.
 
 Conversions (documented behaviour): grayscale, palette, CMYK and other modes -> RGB as Pillow
 converts them; alpha channels are dropped (RGB values kept as stored); 16-bit images keep their high
@@ -15,20 +13,14 @@ from __future__ import annotations
 
 import io
 import warnings
-from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import ray
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..models.group import INPUTS
-from .plan import INPUT_SHAPES
-from .sources import ImageSource, Skipped
+from ..preprocess import center_square
+from .sources import Skipped
 
-__all__ = ["decode_image", "DecodeShard", "INPUT_SHAPES"]
-
+__all__ = ["decode_image"]
 
 
 def _to_rgb(image: Image.Image) -> np.ndarray:
@@ -91,61 +83,3 @@ def decode_image(item: bytes | np.ndarray | Skipped | Exception, non_square: str
         if non_square == "center-crop":
             rgb = center_square(rgb.transpose(2, 0, 1)).transpose(1, 2, 0)
     return np.require(rgb, requirements=["C", "W"]), "", width, height  # writable: torch.from_numpy needs it
-
-
-def center_square(chw):
-    """The centred square of a (..., H, W) array or tensor (side min(H, W); offsets rounded down)."""
-    height, width = chw.shape[-2:]
-    side = min(height, width)
-    top, left = (height - side) // 2, (width - side) // 2
-    return chw[..., top:top + side, left:left + side]
-
-
-class DecodeShard:
-    """Ray Data UDF: one shard row (start, stop) -> one row per image, with the inputs ``kinds`` need.
-
-    ``listing`` is the input's listing put once in Ray's object store: every task maps the same copy
-    (one per node) and slices its rows, so shards carry two integers, not their ids and URIs. (The
-    in-process executor passes the Arrow table itself.)"""
-
-    def __init__(self, source: ImageSource, listing: ray.ObjectRef | pa.Table, kinds: tuple[str, ...],
-                 non_square: str, max_pixels: int) -> None:
-        self.source, self.listing, self.kinds = source, listing, kinds
-        self.non_square, self.max_pixels = non_square, max_pixels
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        listing = ray.get(self.listing) if isinstance(self.listing, ray.ObjectRef) else self.listing
-        columns: dict[str, list] = {k: [] for k in ("image_index", "image_id", "status", "error", "width", "height")}
-        tensors: dict[str, list[np.ndarray]] = {k: [] for k in self.kinds}
-        for start, stop in zip(batch["start"].tolist(), batch["stop"].tolist()):
-            rows = listing.slice(start, stop - start)
-            ids = rows.column("image_id").to_pylist()
-            files = self.source.kind == "files"
-            items = self.source.read(start, stop, rows.column("uri").to_pylist() if files else None,
-                                     rows.column("skip").to_pylist() if files else None)
-            for offset, item in enumerate(items):
-                rgb, error, width, height = decode_image(item, self.non_square, self.max_pixels)
-                columns["image_index"].append(start + offset)
-                columns["image_id"].append(str(ids[offset]))
-                columns["status"].append("ok" if rgb is not None else
-                                         "skipped" if isinstance(item, Skipped) else "error")
-                columns["error"].append(error)
-                columns["width"].append(width)
-                columns["height"].append(height)
-                chw = None if rgb is None else torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0)
-                for kind in self.kinds:
-                    if chw is None:
-                        tensors[kind].append(np.zeros(INPUT_SHAPES[kind], np.uint8))
-                    else:  # fwrf always reads the centre square; ViT models the whole image under shorter-side
-                        tensors[kind].append(INPUTS[kind](chw if kind == "vit" else center_square(chw))[0].numpy())
-        out: dict[str, Any] = {
-            "image_index": np.asarray(columns["image_index"], np.int64),
-            "image_id": np.asarray(columns["image_id"], dtype=object),
-            "status": np.asarray(columns["status"], dtype=object),
-            "error": np.asarray(columns["error"], dtype=object),
-            "width": np.asarray(columns["width"], np.int32),
-            "height": np.asarray(columns["height"], np.int32),
-        }
-        for kind in self.kinds:
-            out[kind] = np.stack(tensors[kind]) if tensors[kind] else np.zeros((0, *INPUT_SHAPES[kind]), np.uint8)
-        return out

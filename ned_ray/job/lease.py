@@ -32,6 +32,7 @@ import time
 import uuid
 from typing import Any, Callable
 
+from ..errors import LeaseHeldError, LeaseLostError
 from ..storage import is_local
 from .commit import LEASE
 
@@ -42,14 +43,6 @@ LEASE_TTL = 120.0  # seconds after its last renewal a lease is stale
 START_TOLERANCE = 1.0  # seconds: two start times of one pid closer than this are the same process
 
 log = logging.getLogger("ned_ray")
-
-
-class LeaseHeldError(ValueError):
-    """Another job holds the output's lease."""
-
-
-class LeaseLostError(RuntimeError):
-    """This job's lease was taken over while it ran (another job writes the output now)."""
 
 
 # -- who holds it ----------------------------------------------------------------------------------

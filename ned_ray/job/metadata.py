@@ -18,14 +18,13 @@ import numpy as np
 
 from .. import __version__
 from ..ids import ModelId
-from ..models.vit_eeg import vit_filesystem
-from ..models.vit_eeg import find_vit_weights
-from ..nedfmt import NedDir
+from ..models.vit_eeg import find_vit_weights, vit_filesystem
 from ..models.vit_heads import resolve_selection
+from ..nedfmt import NedDir
 from ..selection import Resolved
 from ..storage import file_identity, is_local, local_file_record
-from .config import EncodeConfig
 from .commit import write_bytes
+from .config import EncodeConfig
 
 __all__ = ["write_model_metadata", "split_arrays", "ned_shape", "PREPROCESSING"]
 

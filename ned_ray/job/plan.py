@@ -9,8 +9,9 @@ The pipeline executes a plan as is; ``ned-ray encode --dry-run`` prints it (``--
   EEG subjects also share one PCA code). fwrf models (one backbone each) share another, split by
   subject (then by model) only when their weights would not fit an actor's share of a device (half
   of the share holds fwrf weights, the rest their activations; ViT models' weights may take 85%: a
-  batch of their images needs < 1 GB); ``--fmri-models-per-actor N`` fixes groups of N instead. ViT models whose weights do not fit one actor are split the same way, by weight file
-  (each group then runs its own ViT pass).
+  batch of their images needs < 1 GB); ``--fmri-models-per-actor N`` fixes groups of N instead.
+  ViT models whose weights do not fit one actor are split the same way, by weight file (each group
+  then runs its own ViT pass).
 * **GPU slots.** With G groups and N GPUs at most, each actor gets 1 GPU when N >= G, else 1/k of
   one (k = ceil(G/N)): groups share GPUs. Every group gets one actor; the other slots go to groups in
   proportion to their compute per image (ViT-B/32 = 1, one fwrf backbone = 0.4, measured on CPU in
@@ -33,11 +34,12 @@ The pipeline executes a plan as is; ``ned-ray encode --dry-run`` prints it (``--
 from __future__ import annotations
 
 import math
-
-import numpy as np
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
+import numpy as np
+
+from ..errors import PlanError
 from ..ids import ModelId
 from .cluster import ClusterShape
 from .config import EncodeConfig
@@ -54,10 +56,6 @@ CPU_ACTOR_CPUS = 0.5  # the most a CPU actor reserves (logical; its torch thread
 GPU_ACTOR_CPUS = 1.0  # the most a GPU actor reserves (data movement, writing its parts)
 IN_FLIGHT = 2  # blocks per concurrent call sent to an actor: one computing (or writing), one arriving
 INPUT_SHAPES = {"fwrf": (3, 227, 227), "vit": (3, 224, 224)}  # uint8 inputs decoded per image, per model kind
-
-
-class PlanError(ValueError):
-    """The job cannot run on this cluster with these options (says what to change)."""
 
 
 @dataclass

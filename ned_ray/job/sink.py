@@ -20,17 +20,14 @@ from __future__ import annotations
 
 import io
 import posixpath
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
-from ray.data import Datasink
-from ray.data.block import BlockAccessor
 
 from ..ids import ModelId
 from ..storage import filesystem
-from .commit import (IMAGE_PARTS, IMAGES_WRITER, Ranges, parquet_bytes, piece_name, split_pieces, write_bytes,
-                     write_marker, writer_key)
+from .commit import IMAGE_PARTS, IMAGES_WRITER, Ranges, parquet_bytes, piece_name, split_pieces, write_bytes, write_marker, writer_key
 
 __all__ = ["PartWriter", "ImagesSink"]
 
@@ -121,18 +118,13 @@ class PartWriter:
         return written
 
 
-class ImagesSink(Datasink[list]):
-    """Ray Data sink: the images' status per piece (``_images/``), then the piece's marker."""
+class ImagesSink:
+    """The last stage: the images' status per piece (``_images/``), then the piece's marker (on Ray
+    Data, inside a datasink: :mod:`.executors.ray`)."""
 
     def __init__(self, output: str, storage_options: dict, shard_size: int, n_images: int, committed: Ranges) -> None:
         self.output, self.storage_options = output, storage_options
         self.shard_size, self.n_images, self.committed = shard_size, n_images, committed
-
-    def get_name(self) -> str:
-        return "NedRayImages"
-
-    def write(self, blocks: Iterable[Any], ctx: Any) -> list:
-        return [name for block in blocks for name in self.write_batch(BlockAccessor.for_block(block).to_numpy())]
 
     def write_batch(self, batch: Mapping[str, np.ndarray]) -> list[str]:
         """Write and commit the images' status of one batch of rows; returns the pieces' names."""

@@ -36,6 +36,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from PIL import features
 
+from ..errors import NoImagesError
 from ..safeload import read_npy_header
 from ..storage import file_identity, filesystem, is_local
 
@@ -53,10 +54,6 @@ PATH_COLUMNS = ("image", "img", "image_path", "image_uri", "image_url", "path", 
                 "file_path", "filename", "file_name")  # string columns that may hold image paths or URIs
 LISTING_SCHEMA = pa.schema([("image_id", pa.string()), ("uri", pa.string()), ("bytes", pa.int64()),
                             ("version", pa.string()), ("skip", pa.string())])
-
-
-class NoImagesError(ValueError):
-    """The input names no images."""
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
+from ..errors import DeviceError, ModelLoadError
 from ..ids import ModelId, UnknownModelError
 from ..nedfmt import MissingFileError, ModelFileError, NedDir
 from ..preprocess import check_images, fwrf_input, vit_input
@@ -48,14 +49,6 @@ def free_memory(device: torch.device) -> int:
     except OSError:
         pass
     return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-
-
-class ModelLoadError(RuntimeError):
-    """A model's files exist but cannot be loaded (corrupt, unsafe, or not NED's architecture)."""
-
-
-class DeviceError(RuntimeError):
-    """The GPUs a job was asked to use are not there (or not usable where Ray put an actor)."""
 
 
 @contextmanager
@@ -182,7 +175,8 @@ class ModelGroup:
         vit_ids = [m for m in ids if m.family.uses_vit]
         self.vit: VitModels | None = None
         if vit_ids:
-            with _naming(vit_ids[0] if len(vit_ids) == 1 else f"{', '.join(map(str, vit_ids[:3]))}{', ...' if len(vit_ids) > 3 else ''}", self.ned):
+            names = f"{', '.join(map(str, vit_ids[:3]))}{', ...' if len(vit_ids) > 3 else ''}"
+            with _naming(vit_ids[0] if len(vit_ids) == 1 else names, self.ned):
                 self.vit = load_vit_models(self.ned, vit_ids, self.device, vit_weights, self.projection, self.selections)
             self._vit_shapes = self.vit.shapes()
         self.batch_sizes: dict[str, int] = {kind: batch_size or self.batch_size_for(kind) for kind in self.inputs}

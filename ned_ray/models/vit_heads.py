@@ -23,11 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import SelectionError
+
 __all__ = ["FAMILIES", "Head", "Readout", "HeadStack", "read_head", "SelectionError", "exact_float32", "project"]
-
-
-class SelectionError(ValueError):
-    """A selection BERG would refuse (or silently misread): names the key, the value and the valid ones."""
 
 
 @dataclass(frozen=True)
@@ -64,7 +62,8 @@ def _get(mapping: Any, key: str, where: str) -> Any:
     """``mapping[key]`` for dicts and for pickled sklearn objects (attributes), or one clear error."""
     if hasattr(mapping, "keys") and key in mapping.keys():
         return mapping[key]
-    raise ValueError(f"{where}: '{key}' missing (found {sorted(map(str, mapping.keys())) if hasattr(mapping, 'keys') else type(mapping).__name__})")
+    found = sorted(map(str, mapping.keys())) if hasattr(mapping, "keys") else type(mapping).__name__
+    raise ValueError(f"{where}: '{key}' missing (found {found})")
 
 
 def _pca(params: Any, where: str) -> tuple[np.ndarray, np.ndarray]:

@@ -14,9 +14,9 @@ def kill_an_actor_once(marker: str):
     def hook() -> None:
         import os
 
-        from ned_ray.job import pipeline
+        from ned_ray.job import stages
 
-        original = pipeline.GroupEncoder.__call__
+        original = stages.GroupEncoder.__call__
 
         def call(self, batch):
             try:
@@ -27,7 +27,7 @@ def kill_an_actor_once(marker: str):
             os.close(fd)
             os._exit(1)
 
-        pipeline.GroupEncoder.__call__ = call
+        stages.GroupEncoder.__call__ = call
 
     return hook
 
@@ -42,9 +42,9 @@ def hide_paths_on_marked_nodes(variable: str = "NED_RAY_TEST_HIDE"):
         prefix = os.environ.get(variable)
         if not prefix:
             return
-        from ned_ray.job import pipeline
+        from ned_ray.job.executors import ray as ray_executor
 
-        visible = pipeline._visible
-        pipeline._visible = lambda path: not path.startswith(prefix) and visible(path)
+        visible = ray_executor._visible
+        ray_executor._visible = lambda path: not path.startswith(prefix) and visible(path)
 
     return hook

@@ -8,12 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
-import pytest
 from PIL import Image
 
 from ned_ray.cli import main as cli_main
 from ned_ray.job.config import EncodeConfig
-from ned_ray.job.pipeline import run_encode
+from ned_ray.job.run import run_encode
 from ned_ray.output import open_output
 
 FMRI = "fmri/nsd/fwrf/sub-01/V1"

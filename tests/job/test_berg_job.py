@@ -12,7 +12,7 @@ import pytest
 
 from ned_ray import open_output
 from ned_ray.job.config import EncodeConfig
-from ned_ray.job.pipeline import run_encode
+from ned_ray.job.run import run_encode
 from ned_ray.models.group import ModelGroup
 
 from ..conftest import PARITY, berg_expected, berg_selection

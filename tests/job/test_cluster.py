@@ -14,7 +14,7 @@ from PIL import Image
 from ned_ray.cli import main as cli_main
 from ned_ray.job.cluster import ClusterShape
 from ned_ray.job.config import EncodeConfig
-from ned_ray.job.pipeline import run_encode
+from ned_ray.job.run import run_encode
 from ned_ray.output import open_output
 
 from .conftest import autoscaler_node_types

@@ -19,9 +19,9 @@ from PIL import Image
 
 from ned_ray.cli import main as cli_main
 from ned_ray.job.commit import LEASE, Ledger, ListingChangedError, listing_fingerprint
-from ned_ray.job.lease import Lease, LeaseHeldError
 from ned_ray.job.config import EncodeConfig
-from ned_ray.job.pipeline import run_encode
+from ned_ray.job.lease import Lease, LeaseHeldError
+from ned_ray.job.run import run_encode
 from ned_ray.output import open_output
 from ned_ray.storage import filesystem
 

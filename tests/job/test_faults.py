@@ -6,10 +6,7 @@ import io
 import json
 import os
 import shutil
-import signal
 import struct
-import subprocess
-import sys
 import time
 import zlib
 from pathlib import Path
@@ -20,10 +17,11 @@ import torch
 from PIL import Image
 
 from ned_ray.cli import main as cli_main
+from ned_ray.errors import StorageError
 from ned_ray.ids import UnknownModelError
 from ned_ray.job.config import EncodeConfig
 from ned_ray.job.decode import decode_image
-from ned_ray.job.pipeline import StorageError, run_encode
+from ned_ray.job.run import run_encode
 from ned_ray.models.group import ModelGroup, ModelLoadError
 from ned_ray.nedfmt import NedDir
 from ned_ray.output import open_output

@@ -8,17 +8,16 @@ cluster whose GPU driver is broken.
 from __future__ import annotations
 
 import io
-import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from ned_ray.errors import DeviceError, StorageError
 from ned_ray.job.config import EncodeConfig
-from ned_ray.job.pipeline import DeviceError, StorageError, run_encode
+from ned_ray.job.run import run_encode
 from ned_ray.output import open_output
 from ned_ray.storage import filesystem
 

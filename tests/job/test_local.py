@@ -1,4 +1,4 @@
-"""The in-process executor (job/local.py): when it is chosen, and that it writes what Ray Data writes."""
+"""The in-process executor (job/executors/local.py): when it is chosen, and that it writes what Ray Data writes."""
 
 from __future__ import annotations
 
@@ -12,14 +12,22 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from ned_ray.job import local
-from ned_ray.job.commit import Ledger
+from ned_ray.job import stages
 from ned_ray.job.cluster import ClusterShape, NodeType
+from ned_ray.job.commit import Ledger
 from ned_ray.job.config import EncodeConfig
-from ned_ray.job.local import LOCAL_MAX_IMAGES, choose_executor
-from ned_ray.job.pipeline import run_encode
+from ned_ray.job.executors import LOCAL_MAX_IMAGES, local
+from ned_ray.job.executors import choose_executor as choose
+from ned_ray.job.run import run_encode
 from ned_ray.output import open_output
 from ned_ray.storage import filesystem
+
+
+def choose_executor(config: EncodeConfig, n_images: int) -> tuple[str, str]:
+    """The chosen executor as (name, why)."""
+    executor = choose(config, n_images)
+    return executor.name, executor.reason
+
 
 MODELS = "fmri/nsd/fwrf/sub-01/V1,eeg/things_eeg_2/vit_b_32/sub-01"
 
@@ -101,8 +109,6 @@ def test_local_writes_what_ray_data_writes(ray_cluster, demo_dir, images, tmp_pa
 
 def test_local_resumes_a_ray_output_and_decodes_while_models_load(ray_cluster, demo_dir, images, tmp_path,
                                                                   monkeypatch):
-    from ned_ray.job import pipeline
-
     out = tmp_path / "out"
     first = run_encode(_config(demo_dir, images, out, executor="ray"))
     fs, root = filesystem(str(out))
@@ -110,7 +116,7 @@ def test_local_resumes_a_ray_output_and_decodes_while_models_load(ray_cluster, d
     (out / "_commits" / key / f"{marker['piece']}.json").unlink()  # a job that stopped before committing a piece
     (out / "_manifest.json").unlink()
     events: list[tuple[str, float]] = []
-    decode, load = local.DecodeShard.__call__, pipeline.GroupEncoder.__init__
+    decode, load = stages.DecodeShard.__call__, stages.GroupEncoder.__init__
 
     def timed_decode(self, batch):
         events.append(("decode", time.monotonic()))
@@ -121,8 +127,8 @@ def test_local_resumes_a_ray_output_and_decodes_while_models_load(ray_cluster, d
         load(self, *args)
         events.append(("loaded", time.monotonic()))
 
-    monkeypatch.setattr(local.DecodeShard, "__call__", timed_decode)
-    monkeypatch.setattr(pipeline.GroupEncoder, "__init__", slow_load)
+    monkeypatch.setattr(stages.DecodeShard, "__call__", timed_decode)
+    monkeypatch.setattr(stages.GroupEncoder, "__init__", slow_load)
     again = run_encode(_config(demo_dir, images, out, executor="local"))
     assert again["run"]["encoded_images"] == len(marker["image_index"]) < first["run"]["encoded_images"]
     first_decode = min(t for e, t in events if e == "decode")

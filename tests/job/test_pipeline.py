@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ned_ray import ModelGroup, NED
+from ned_ray import NED, ModelGroup
+from ned_ray.errors import OutputExistsError
 from ned_ray.job.config import EncodeConfig
 from ned_ray.job.decode import decode_image
-from ned_ray.job.pipeline import OutputExistsError, run_encode
+from ned_ray.job.run import run_encode
 from ned_ray.job.sources import NoImagesError
 from ned_ray.nedfmt import NedDir
 from ned_ray.output import IncompleteOutputError, open_output

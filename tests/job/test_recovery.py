@@ -23,7 +23,7 @@ import pytest
 
 from ned_ray.job.commit import LEASE
 from ned_ray.job.config import EncodeConfig
-from ned_ray.job.pipeline import run_encode
+from ned_ray.job.run import run_encode
 from ned_ray.output import open_output
 from ned_ray.storage import filesystem
 

@@ -1,0 +1,125 @@
+"""The package's shape: no import cycle, and the in-process path never loads Ray."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "ned_ray"
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _type_checking(node: ast.AST) -> bool:
+    return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+
+
+def _imports(path: Path, modules: set[str]) -> set[str]:
+    """ned_ray modules that ``path`` imports anywhere (module level or in functions), except under
+    ``if TYPE_CHECKING:``."""
+    name = _module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if _type_checking(node):
+            return
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name in modules)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join(anchor + ([base] if base else []))
+            for alias in node.names:
+                target = f"{base}.{alias.name}"
+                if target in modules:
+                    found.add(target)  # `from . import errors`: the submodule
+                elif base in modules:
+                    found.add(base)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(path.read_text()))
+    found.discard(name)
+    return found
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out: list[list[str]] = []
+
+    def connect(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                connect(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                out.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            connect(v)
+    return out
+
+
+def test_no_import_cycle_in_the_package():
+    paths = sorted(PACKAGE.rglob("*.py"))
+    modules = {_module_name(p) for p in paths}
+    graph = {_module_name(p): _imports(p, modules) for p in paths}
+    assert graph["ned_ray.job.run"] >= {"ned_ray.job.executors", "ned_ray.job.commit"}  # the parser sees imports
+    assert _cycles(graph) == []
+
+
+def test_the_cycle_finder_finds_one():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_the_local_path_imports_no_ray():
+    code = ("import sys\n"
+            "import ned_ray, ned_ray.cli, ned_ray.job.run, ned_ray.job.executors.local, ned_ray.job.stages\n"
+            "import ned_ray.api, ned_ray.berg, ned_ray.output\n"
+            "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.slow
+def test_a_job_in_process_runs_where_ray_cannot_be_imported(demo_dir, tmp_path):
+    """``sys.modules['ray'] = None`` makes every ``import ray`` fail: the whole job, start to summary."""
+    from ned_ray.demo import write_demo_images
+
+    write_demo_images(tmp_path / "imgs")
+    out = tmp_path / "out"
+    code = ("import sys\nsys.modules['ray'] = None\nfrom ned_ray.cli import main\n"
+            f"sys.exit(main(['encode', '--ned-dir', {str(demo_dir)!r}, '--images', {str(tmp_path / 'imgs')!r}, "
+            f"'--models', 'fmri/nsd/fwrf/sub-01/V1,eeg/things_eeg_2/vit_b_32/sub-01', '--output', {str(out)!r}, "
+            "'--device', 'cpu', '--executor', 'local', '--quiet']))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "ran in this process, without Ray" in done.stdout
+    assert (out / "_manifest.json").is_file()
