@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torchvision.models.vision_transformer import VisionTransformer
 
-from .errors import MissingDependencyError
+from .errors import MissingDependencyError, storage_error
 from .ids import CHANNELS, SPLIT_ROIS
 from .models.fwrf import FwrfEncoder, FwrfHead
 from .models.vit_eeg import vit_features
@@ -203,9 +203,12 @@ def make_demo_models(out_dir: str, fmri_subjects: Sequence[int] = (1, 2),
     ``berg``: also one small model of each BERG family, in BERG's layout (:func:`_berg_demo`)."""
     rng = np.random.default_rng(seed)
     fs, root = fsspec.core.url_to_fs(str(out_dir))
-    fs.makedirs(root, exist_ok=True)
-    with fs.open(posixpath.join(root, "README.txt"), "w") as fh:
-        fh.write(DEMO_NOTE + "\nLayout: NED's neural_encoding_dataset (encoding_models/...).\n")
+    try:  # the first writes: a folder that cannot be written fails here, in one line
+        fs.makedirs(root, exist_ok=True)
+        with fs.open(posixpath.join(root, "README.txt"), "w") as fh:
+            fh.write(DEMO_NOTE + "\nLayout: NED's neural_encoding_dataset (encoding_models/...).\n")
+    except OSError as exc:
+        raise storage_error("write demo models to", str(out_dir), exc) from exc
     ned_root = NedDir(str(out_dir))
 
     calibration = fwrf_normalise(fwrf_input(demo_images())) if fmri_subjects else None

@@ -33,6 +33,28 @@ def test_expected_errors_are_one_line_and_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("ned-ray models: error: NED directory not found") and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+    file = tmp_path / "a_file"
+    file.write_text("not a folder")
+    assert main(["make-demo-models", str(file / "ned")]) == 2  # a folder that cannot be made
+    err = capsys.readouterr().err
+    assert err.startswith(f"ned-ray make-demo-models: error: cannot write demo models to '{file / 'ned'}'"), err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_only_ned_rays_errors_are_one_line_a_bug_stays_a_traceback(capsys):
+    from ned_ray.cli import run_command
+    from ned_ray.errors import ConfigError
+
+    def refused() -> int:
+        raise ConfigError("--times must be START:END")
+
+    def bug() -> int:
+        return {}["missing"]
+
+    assert run_command("ned-ray x", refused) == 2
+    assert capsys.readouterr().err == "ned-ray x: error: --times must be START:END\n"
+    with pytest.raises(KeyError):  # printed by Python with its traceback, exit 1
+        run_command("ned-ray x", bug)
 
 
 def test_demo_command_runs_the_job_on_every_demo_model(tmp_path):
