@@ -18,7 +18,7 @@ Modes alternate within each repeat; medians of --repeats. Real model sizes, rand
     python bench/compare.py --suite fmri --images 100 --repeats 3
     python bench/compare.py --suite eeg --images 200 --repeats 3 --steady --executor local --no-baseline
 
-``--executor local``: the job in this process (job/local.py) instead of Ray Data (Ray is then not started).
+``--executor local``: the job in this process (job/executors/local.py) instead of Ray Data (Ray is then not started).
 """
 
 from __future__ import annotations

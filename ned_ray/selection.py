@@ -50,6 +50,11 @@ class Resolved:
     channels: np.ndarray | None = None  # EEG: indexes into metadata['eeg']['ch_names']
     times: np.ndarray | None = None  # EEG: indexes into metadata['eeg']['times']
 
+    @classmethod
+    def from_record(cls, indexes: dict[str, Any]) -> "Resolved":
+        """A selection as the job records it (lists of indexes; BERG's own under "berg", ignored here)."""
+        return cls(**{k: np.asarray(v, dtype=np.int64) for k, v in indexes.items() if k != "berg"})
+
     @property
     def empty(self) -> bool:
         return self.voxels is None and self.channels is None and self.times is None

@@ -3,10 +3,21 @@ per-node cache of remote model files."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
 import json
-from typing import Any
+import os
+import posixpath
+import time
+import uuid
+from typing import Any, Sequence
 
 import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .errors import storage_error
 
 __all__ = ["filesystem", "options_for", "is_local", "bucket_of", "file_identity", "cached_copy", "sha256_file",
            "local_file_record", "HASH_CACHE_ENV"]
@@ -61,10 +72,6 @@ def cached_copy(fs: fsspec.AbstractFileSystem, path: str, cache_dir: str) -> str
     ``cache_dir/downloads.log`` (time, process, bytes, seconds, URI).
     """
     import fcntl
-    import hashlib
-    import os
-    import time
-    import uuid
 
     uri = fs.unstrip_protocol(path)
     identity = json.dumps(file_identity(fs.info(path)), sort_keys=True)
@@ -98,7 +105,6 @@ HASH_CACHE_ENV = "NED_RAY_CACHE"  # folder of ned-ray's per-user caches (default
 
 def sha256_file(fs: fsspec.AbstractFileSystem, path: str) -> str:
     """sha256 of a file's content, read in 4 MiB blocks."""
-    import hashlib
 
     digest = hashlib.sha256()
     with fs.open(path, "rb") as fh:
@@ -108,7 +114,6 @@ def sha256_file(fs: fsspec.AbstractFileSystem, path: str) -> str:
 
 
 def _hash_cache_file() -> str:
-    import os
 
     folder = os.environ.get(HASH_CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "ned-ray")
     return os.path.join(folder, "sha256.json")
@@ -118,7 +123,6 @@ def local_file_record(path: str, known: list[dict[str, Any]] | None = None) -> d
     """Provenance of a local file: sha256, size and mtime. The hash is computed once per file version:
     reused from ``known`` records (an output's provenance) or ned-ray's per-user cache
     (``$NED_RAY_CACHE/sha256.json``) when the size and mtime are unchanged."""
-    import os
     import uuid
 
     st = os.stat(path)
@@ -149,3 +153,59 @@ def local_file_record(path: str, known: list[dict[str, Any]] | None = None) -> d
         except OSError:
             pass
     return {"file": path, "sha256": digest, "bytes": size, "mtime": mtime}
+
+
+TMP_PREFIX = ".tmp-"  # a file being written on a local disk, until renamed into place
+
+
+# -- whole-file writes and fresh listings (the commit protocol's primitives) -------------------------
+def write_bytes(fs, path: str, data: bytes) -> None:
+    """Write a whole file so that readers never see half of it (rename on local disks). A failure
+    (a full disk, no permission) is a :class:`~ned_ray.errors.StorageError` naming the file, and
+    leaves no temporary file behind."""
+    parent = posixpath.dirname(path)
+    try:
+        if is_local(fs):
+            fs.makedirs(parent, exist_ok=True)
+            tmp = posixpath.join(parent, f"{TMP_PREFIX}{uuid.uuid4().hex}-{posixpath.basename(path)}")
+            try:
+                with fs.open(tmp, "wb") as fh:
+                    fh.write(data)
+                fs.mv(tmp, path)  # atomic rename on one filesystem
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.remove(tmp)
+                raise
+        else:
+            fs.pipe_file(path, data)  # object stores: the upload is all-or-nothing
+    except Exception as exc:  # noqa: BLE001 - OS, botocore and gcsfs errors alike
+        raise storage_error("write", _uri(fs, path), exc) from exc
+
+
+def _uri(fs, path: str) -> str:
+    """A path as the user wrote it (with its protocol on object stores), for messages."""
+    return path if is_local(fs) else fs.unstrip_protocol(path)
+
+
+def parquet_bytes(table: pa.Table, plain: Sequence[str] = ()) -> bytes:
+    """A whole Parquet file (zstd). Columns in ``plain`` (float responses) are written without
+    dictionary encoding or statistics: neither helps float data, and they cost a quarter of the
+    write (58 -> 43 ms per 200-image EEG part; the files are 2% smaller)."""
+    buffer = io.BytesIO()
+    others = [c for c in table.column_names if c not in plain]
+    pq.write_table(table, buffer, compression="zstd", use_dictionary=others if plain else True,
+                   write_statistics=others if plain else True)
+    return buffer.getvalue()
+
+
+def fresh_ls(fs, path: str, detail: bool = True):
+    """List a folder from the store itself, not from fsspec's listing cache (the commit protocol's invariant 8)."""
+    if hasattr(fs, "invalidate_cache"):
+        fs.invalidate_cache(path)
+    return fs.ls(path, detail=detail)
+
+
+def fresh_exists(fs, path: str) -> bool:
+    if hasattr(fs, "invalidate_cache"):
+        fs.invalidate_cache(path)
+    return fs.exists(path)

@@ -21,6 +21,13 @@ def _type_checking(node: ast.AST) -> bool:
     return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
 
 
+def _packages(target: str, modules: set[str]) -> list[str]:
+    """What importing ``target`` runs: the packages above it (their ``__init__``), then itself. The
+    top package is left out: every module of it is imported after it has started."""
+    parts = target.split(".")
+    return [m for m in (".".join(parts[:i]) for i in range(2, len(parts) + 1)) if m in modules] or [target]
+
+
 def _imports(path: Path, modules: set[str]) -> set[str]:
     """ned_ray modules that ``path`` imports anywhere (module level or in functions), except under
     ``if TYPE_CHECKING:``."""
@@ -32,7 +39,7 @@ def _imports(path: Path, modules: set[str]) -> set[str]:
         if _type_checking(node):
             return
         if isinstance(node, ast.Import):
-            found.update(a.name for a in node.names if a.name in modules)
+            found.update(m for a in node.names if a.name in modules for m in _packages(a.name, modules))
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
@@ -41,15 +48,15 @@ def _imports(path: Path, modules: set[str]) -> set[str]:
             for alias in node.names:
                 target = f"{base}.{alias.name}"
                 if target in modules:
-                    found.add(target)  # `from . import errors`: the submodule
+                    found.update(_packages(target, modules))  # `from . import errors`: the submodule
                 elif base in modules:
-                    found.add(base)
+                    found.update(_packages(base, modules))
         for child in ast.iter_child_nodes(node):
             visit(child)
 
     visit(ast.parse(path.read_text()))
-    found.discard(name)
-    return found
+    ancestors = {".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)}
+    return found - ancestors - {name}  # a module's own packages are already being imported when it is
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:

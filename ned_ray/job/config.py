@@ -49,7 +49,7 @@ class EncodeConfig:
     lease_ttl: float = 120.0  # seconds without renewal after which an output's lease is stale
     create_output_bucket: bool = False  # create a missing s3:// / gs:// output bucket (default: an error)
     ray_address: str | None = None  # None: $RAY_ADDRESS, else a new local cluster
-    executor: str = "auto"  # auto | ray | local (this process, no Ray: small jobs on one machine; job/local.py)
+    executor: str = "auto"  # auto | ray | local (this process, no Ray: small jobs on one machine; job/executors/)
     cluster: str | None = None  # plan for this described cluster instead of asking Ray (see job/cluster.py)
     gpu_wait: float = 600.0  # seconds to wait for GPUs to join the cluster (--device cuda, or auto + autoscaler)
     image_column: str | None = None  # a Parquet input's image column (bytes or paths); None: found by name

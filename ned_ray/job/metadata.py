@@ -21,9 +21,9 @@ from ..ids import ModelId
 from ..models.vit_eeg import find_vit_weights, vit_filesystem
 from ..models.vit_heads import resolve_selection
 from ..nedfmt import NedDir
+from ..output import layout
 from ..selection import Resolved
-from ..storage import file_identity, is_local, local_file_record
-from .commit import write_bytes
+from ..storage import file_identity, is_local, local_file_record, write_bytes
 from .config import EncodeConfig
 
 __all__ = ["write_model_metadata", "split_arrays", "ned_shape", "PREPROCESSING"]
@@ -99,7 +99,7 @@ def model_files(ned: NedDir, mid: ModelId, config: EncodeConfig, cache: dict[str
 
 def recorded_files(fs, root: str, mid: ModelId) -> list[dict[str, Any]] | None:
     """The files an existing output recorded for a model, or None."""
-    path = posixpath.join(root, str(mid), "metadata.json")
+    path = posixpath.join(root, layout.metadata_files(mid)[0])
     if not fs.exists(path):
         return None
     return json.loads(fs.cat_file(path))["provenance"]["files"]
@@ -202,8 +202,7 @@ def write_model_metadata(fs, root: str, mid: ModelId, metadata: dict, config: En
             "job_options": config.to_json(),
         },
     }
-    folder = posixpath.join(root, str(mid))
-    write_bytes(fs, posixpath.join(folder, "metadata.json"), json.dumps(document, indent=2).encode())
+    write_bytes(fs, posixpath.join(root, layout.metadata_files(mid)[0]), json.dumps(document, indent=2).encode())
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
-    write_bytes(fs, posixpath.join(folder, "metadata.npz"), buffer.getvalue())
+    write_bytes(fs, posixpath.join(root, layout.metadata_files(mid)[1]), buffer.getvalue())

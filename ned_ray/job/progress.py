@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Callable, TextIO
 
-from .commit import COMMITS, IMAGES_WRITER
+from ..output.layout import COMMITS, IMAGES_WRITER
 
 __all__ = ["ProgressReporter", "format_progress"]
 

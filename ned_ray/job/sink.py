@@ -1,19 +1,8 @@
-"""Writing outputs: each model group's response parts (from its actors) and the images' status.
+"""Writing outputs: each model group's response parts (from its encoders) and the images' status.
 
-Layout of an output folder ``OUT`` (local or any fsspec URL)::
-
-    OUT/_job.json                      options that define the content (checked on rerun)
-    OUT/<model_id>/part-NNNNN.parquet  image_index int64, image_id string, response fixed_size_list<float32>
-    OUT/<model_id>/part-NNNNN.npy      float32 (n, V) or (n, 4, 63, 140)   [--format npy]
-    OUT/<model_id>/part-NNNNN.image_index.npy   int64 (n,), the rows' image_index
-    OUT/<model_id>/metadata.json|.npz  NED's metadata + provenance
-    OUT/_images/part-NNNNN.parquet     per-image status of that piece
-    OUT/_commits/<writer>/part-NNNNN.json   commit markers (see commit.py)
-    OUT/images.parquet                 every input: image_index, image_id, status, error, width, height
-    OUT/_manifest.json                 written last: its presence means the output is complete
-
-Piece names depend only on image indexes (commit.py), so a rerun rewrites the same names and never
-duplicates rows.
+Every path is :mod:`ned_ray.output.layout`'s; each piece's files are written first, its commit
+marker last (:mod:`.commit`). Piece names depend only on image indexes, so a rerun rewrites the
+same names and never duplicates rows.
 """
 
 from __future__ import annotations
@@ -26,8 +15,10 @@ import numpy as np
 import pyarrow as pa
 
 from ..ids import ModelId
-from ..storage import filesystem
-from .commit import IMAGE_PARTS, IMAGES_WRITER, Ranges, parquet_bytes, piece_name, split_pieces, write_bytes, write_marker, writer_key
+from ..output import layout
+from ..output.layout import IMAGES_WRITER, piece_name, writer_key
+from ..storage import filesystem, parquet_bytes, write_bytes
+from .commit.ledger import Ranges, split_pieces, write_marker
 
 __all__ = ["PartWriter", "ImagesSink"]
 
@@ -101,10 +92,11 @@ class PartWriter:
                     values = results[mid][position[good]] if len(good) else np.zeros((0, *self.shapes[mid]), np.float32)
                     parts = {}
                     if "parquet" in self.formats:
-                        parts[f"{mid}/{name}.parquet"] = parquet_bytes(response_table(index[good], ids, values), plain=("response",))
+                        table = response_table(index[good], ids, values)
+                        parts[layout.part(mid, name, "parquet")] = parquet_bytes(table, plain=("response",))
                     if "npy" in self.formats:
-                        parts[f"{mid}/{name}.npy"] = _npy_bytes(values)
-                        parts[f"{mid}/{name}.image_index.npy"] = _npy_bytes(index[good])
+                        parts[layout.part(mid, name, "npy")] = _npy_bytes(values)
+                        parts[layout.index_part(mid, name)] = _npy_bytes(index[good])
                     for rel, data in parts.items():
                         write_bytes(fs, posixpath.join(root, rel), data)
                         files[rel] = len(data)
@@ -145,7 +137,7 @@ class ImagesSink:
                 "height": pa.array(batch["height"][prows], pa.int32()),
             })
             data = parquet_bytes(table)
-            rel = f"{IMAGE_PARTS}/{name}.parquet"
+            rel = layout.image_part(name)
             write_bytes(fs, posixpath.join(root, rel), data)
             write_marker(fs, root, IMAGES_WRITER, name, {
                 "image_index": index[prows].tolist(), "image_id": table.column("image_id").to_pylist(),

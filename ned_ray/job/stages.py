@@ -31,7 +31,7 @@ from .plan import INPUT_SHAPES, PoolPlan
 from .sink import PartWriter
 from .sources import ImageSource, Skipped
 
-__all__ = ["DecodeShard", "GroupEncoder", "node_address", "resolved"]
+__all__ = ["DecodeShard", "GroupEncoder", "node_address"]
 
 log = logging.getLogger("ned_ray")
 
@@ -45,11 +45,6 @@ def node_address() -> str:
             return probe.getsockname()[0]
         except OSError:
             return "127.0.0.1"
-
-
-def resolved(indexes: dict[str, Any]) -> Resolved:
-    """A model's selection as :func:`~.run.resolve_selections` records it (lists) -> index arrays."""
-    return Resolved(**{k: np.asarray(v, dtype=np.int64) for k, v in indexes.items() if k != "berg"})
 
 
 class DecodeShard:
@@ -117,7 +112,7 @@ class GroupEncoder:
                                 config.batch_size, memory_share=pool.memory_share if self.device == "cuda" else 1.0,
                                 selections={m: s["berg"] for m, s in selections.items() if "berg" in s})
         log.info("pool %s on %s (%s): batch sizes %s", pool.name, self.node, self.group.device, self.group.batch_sizes)
-        self.selections = {m: resolved(selections.get(str(m), {})) for m in self.group.model_ids}
+        self.selections = {m: Resolved.from_record(selections.get(str(m), {})) for m in self.group.model_ids}
         shapes = {m: self.selections[m].shape(self.group.output_shape(m)) for m in self.group.model_ids}
         self.writer = PartWriter(config.output, config.storage_options, shapes, config.formats, config.shard_size,
                                  n_images, committed, planned=pool.device, pool=pool.name)

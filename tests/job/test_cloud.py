@@ -114,7 +114,7 @@ def test_a_missing_output_bucket_is_one_line_and_creates_nothing(scheme, request
 def test_a_changed_listing_on_s3_is_appended_or_refused(ray_cluster, s3_server, demo_dir, png_folder):
     """Added objects are encoded alone; a modified (new ETag) or removed object is refused in one line;
     --overwrite starts over. Listings are taken fresh from the store each run (no fsspec cache)."""
-    from ned_ray.job.commit import ListingChangedError
+    from ned_ray.errors import ListingChangedError
 
     fs, root = filesystem("s3://ned-ray-listing", s3_server)
     fs.mkdir(root)

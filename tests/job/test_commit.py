@@ -18,11 +18,13 @@ import pytest
 from PIL import Image
 
 from ned_ray.cli import main as cli_main
-from ned_ray.job.commit import LEASE, Ledger, ListingChangedError, listing_fingerprint
+from ned_ray.errors import LeaseHeldError, ListingChangedError
+from ned_ray.job.commit import Ledger, listing_fingerprint
+from ned_ray.job.commit.lease import Lease
 from ned_ray.job.config import EncodeConfig
-from ned_ray.job.lease import Lease, LeaseHeldError
 from ned_ray.job.run import run_encode
 from ned_ray.output import open_output
+from ned_ray.output.layout import LEASE
 from ned_ray.storage import filesystem
 
 FMRI = "fmri/nsd/fwrf/sub-01/V1"
@@ -267,8 +269,8 @@ def test_response_columns_are_written_plain():
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from ned_ray.job.commit import parquet_bytes
     from ned_ray.job.sink import response_table
+    from ned_ray.storage import parquet_bytes
 
     values = np.random.default_rng(0).normal(size=(6, 4, 5)).astype(np.float32)
     table = response_table(np.arange(6), pa.array([f"i{k}" for k in range(6)]), values)

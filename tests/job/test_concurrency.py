@@ -17,10 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ned_ray.errors import LeaseHeldError
+from ned_ray.job.commit.lease import _ray_job_gone
 from ned_ray.job.config import EncodeConfig
-from ned_ray.job.lease import LEASE, LeaseHeldError, _ray_job_gone
 from ned_ray.job.run import run_encode
 from ned_ray.output import open_output
+from ned_ray.output.layout import LEASE
 from ned_ray.storage import filesystem
 
 from .conftest import random_png, store_with_images
@@ -138,7 +140,7 @@ def test_a_second_job_on_a_busy_output_is_refused_in_one_line(store, ray_cluster
 def test_sigterm_to_a_driver_on_a_shared_cluster_stops_its_actors_before_the_lease_goes(store, ray_cluster, demo_dir):
     """`ray job stop` sends SIGTERM to jobs/encode.py: the job ends in one line (143), and its lease is
     released only once Ray reports none of its actors alive (nothing writes after a rerun takes over)."""
-    from ned_ray.job.lease import ray_job_actors_alive
+    from ned_ray.job.commit.lease import ray_job_actors_alive
 
     images, out, options, fs = store
     out_root = filesystem(out, options)[1]

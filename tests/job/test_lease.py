@@ -1,4 +1,4 @@
-"""The output's lease (job/lease.py): which holders are provably gone (taken over at once), which may be
+"""The output's lease (job/commit/lease.py): which holders are provably gone (taken over at once), which may be
 alive (waited for until the lease goes stale, refused if renewed meanwhile)."""
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from ned_ray.job.lease import LEASE, Lease, LeaseHeldError, takeover_reason, this_process
+from ned_ray.errors import LeaseHeldError
+from ned_ray.job.commit.lease import Lease, takeover_reason, this_process
+from ned_ray.output.layout import LEASE
 from ned_ray.storage import filesystem
 
 

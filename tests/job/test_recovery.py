@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ned_ray.job.commit import LEASE
 from ned_ray.job.config import EncodeConfig
 from ned_ray.job.run import run_encode
 from ned_ray.output import open_output
+from ned_ray.output.layout import LEASE
 from ned_ray.storage import filesystem
 
 from .conftest import random_png, store_with_images

@@ -20,12 +20,10 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, TextIO
 
-import numpy as np
 import pyarrow as pa
 
-from ...ids import ModelId
 from ..cluster import ClusterShape
-from ..commit import Ledger, Ranges
+from ..commit import Work
 from ..config import EncodeConfig
 from ..plan import Plan, PoolPlan
 from ..sink import ImagesSink
@@ -33,38 +31,6 @@ from ..sources import ImageSource
 from ..stages import DecodeShard, GroupEncoder
 
 __all__ = ["Executor", "Work", "Stages", "EncoderStage", "build_stages"]
-
-
-def _ranges(todo: np.ndarray, shard_size: int) -> list[tuple[int, int]]:
-    """Contiguous runs of images still to do, cut at shard boundaries."""
-    index = np.flatnonzero(todo)
-    if len(index) == 0:
-        return []
-    breaks = np.flatnonzero((np.diff(index) != 1) | (np.diff(index // shard_size) != 0)) + 1
-    return [(int(run[0]), int(run[-1]) + 1) for run in np.split(index, breaks)]
-
-
-@dataclass
-class Work:
-    """What this run still has to do, from the commit markers of earlier runs."""
-
-    remaining: list[tuple[int, int]]  # [start, stop) ranges to decode, within shard bounds
-    committed: dict[str, Ranges]  # per model: images already committed
-    images_committed: Ranges
-    skipped: int  # images complete before this run
-
-    @classmethod
-    def of(cls, ledger: Ledger, models: list[ModelId], n_images: int, shard_size: int) -> "Work":
-        done = {str(m): ledger.done(m, n_images) for m in models}
-        images = ledger.done(None, n_images)
-        complete = np.logical_and.reduce([images, *done.values()])
-        return cls(_ranges(~complete, shard_size), {m: Ranges.from_mask(d) for m, d in done.items()},
-                   Ranges.from_mask(images), int(complete.sum()))
-
-    @property
-    def images(self) -> int:
-        """Images this run encodes."""
-        return sum(stop - start for start, stop in self.remaining)
 
 
 @dataclass(frozen=True)

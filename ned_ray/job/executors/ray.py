@@ -29,11 +29,10 @@ from ray.data import Datasink
 from ray.data.block import BlockAccessor
 
 from ...errors import DeviceError, NedRayError, StorageError, storage_error
-from ...storage import filesystem, is_local
+from ...storage import filesystem, is_local, write_bytes
 from ..cluster import ClusterShape
-from ..commit import write_bytes
+from ..commit.lease import local_ray_processes, ray_job_actors_alive
 from ..config import EncodeConfig
-from ..lease import local_ray_processes, ray_job_actors_alive
 from ..plan import Plan
 from ..sink import ImagesSink
 from ..sources import ImageSource

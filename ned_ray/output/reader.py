@@ -16,9 +16,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import IncompleteOutputError, MissingDependencyError, ModelNotInOutputError, OutputError
-from .ids import ModelId
-from .storage import filesystem
+from ..errors import IncompleteOutputError, MissingDependencyError, ModelNotInOutputError, OutputError
+from ..ids import ModelId
+from ..storage import filesystem
+from . import layout
 
 __all__ = ["open_output", "Output", "IncompleteOutputError"]
 
@@ -88,8 +89,8 @@ class Output:
         """{'json': metadata.json as a dict, 'npz': {path: array}} of one model."""
         key = self._key(model_id)
         fs, root = self._fs()
-        document = json.loads(fs.cat_file(posixpath.join(root, key, "metadata.json")))
-        with np.load(io.BytesIO(fs.cat_file(posixpath.join(root, key, "metadata.npz")))) as npz:
+        document = json.loads(fs.cat_file(posixpath.join(root, layout.metadata_files(key)[0])))
+        with np.load(io.BytesIO(fs.cat_file(posixpath.join(root, layout.metadata_files(key)[1])))) as npz:
             arrays = {k: npz[k] for k in npz.files}
         return {"json": document, "npz": arrays}
 
@@ -166,7 +167,7 @@ class Output:
 def open_output(uri: str, storage_options: dict[str, Any] | None = None) -> Output:
     """Open a finished output folder (local or fsspec URL)."""
     fs, root = filesystem(uri, storage_options)
-    path = posixpath.join(root, "_manifest.json")
+    path = posixpath.join(root, layout.MANIFEST)
     if not fs.exists(path):
         raise IncompleteOutputError(f"'{uri}' is not a finished ned-ray output (no _manifest.json): the job did not "
                                     "complete; rerun the same command to resume it")

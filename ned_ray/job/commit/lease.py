@@ -32,9 +32,9 @@ import time
 import uuid
 from typing import Any, Callable
 
-from ..errors import LeaseHeldError, LeaseLostError
-from ..storage import is_local
-from .commit import LEASE
+from ...errors import LeaseHeldError, LeaseLostError
+from ...output.layout import LEASE
+from ...storage import is_local
 
 __all__ = ["Lease", "LeaseHeldError", "LeaseLostError", "LEASE", "LEASE_TTL", "this_process", "takeover_reason",
            "local_ray_processes", "describe_holder"]
