@@ -55,15 +55,15 @@ def main(argv: list[str]) -> int:
     point, executor, separator, *args = argv
     assert separator == "--" and point in ("committing", "finalizing", "none") and executor in ("local", "ray")
     from ned_ray.job import sink
-    from ned_ray.job.commit import finalize
+    from ned_ray.job.commit import finish
     from ned_ray.output.layout import MANIFEST
 
     if point == "committing" and executor == "local":
         write = sink.write_marker
         sink.write_marker = lambda fs, root, key, name, record: _die() if name == PIECE else write(fs, root, key, name, record)
     if point == "finalizing":
-        write_bytes = finalize.write_bytes
-        finalize.write_bytes = lambda fs, path, data: _die() if path.endswith(MANIFEST) else write_bytes(fs, path, data)
+        write_bytes = finish.write_bytes
+        finish.write_bytes = lambda fs, path, data: _die() if path.endswith(MANIFEST) else write_bytes(fs, path, data)
     if executor == "ray":
         import ray
 

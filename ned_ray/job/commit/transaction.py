@@ -60,7 +60,7 @@ from ..interrupts import shielded
 from ..metadata import model_files, recorded_files, write_model_metadata
 from ..plan import Plan
 from ..sources import ImageSource
-from .finalize import device_summary, finalize
+from .finish import device_summary, finalize
 from .lease import Lease
 from .ledger import Ledger, Work
 from .listing import listing_fingerprint, read_listing, reconcile, write_listing
