@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from realsize import build_eeg, build_fmri  # noqa: E402
 
 from ned_ray import NED, ModelGroup  # noqa: E402
-from ned_ray.job.config import EncodeConfig  # noqa: E402
+from ned_ray.job.options import EncodeConfig  # noqa: E402
 from ned_ray.job.run import run_encode  # noqa: E402
 
 

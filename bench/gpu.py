@@ -48,7 +48,7 @@ def model_only(group: ModelGroup, inputs: dict[str, torch.Tensor], block: int, p
 
 
 def job(ned_dir: Path, spec: str, folder: Path, out: Path, precision: str) -> float:
-    from ned_ray.job.config import EncodeConfig
+    from ned_ray.job.options import EncodeConfig
     from ned_ray.job.run import run_encode
 
     start = time.perf_counter()

@@ -20,7 +20,7 @@ import ray
 from PIL import Image
 
 from ned_ray.demo import DEMO_PHOTOS, make_demo_models
-from ned_ray.job.config import EncodeConfig
+from ned_ray.job.options import EncodeConfig
 from ned_ray.job.run import run_encode
 
 

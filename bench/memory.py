@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from compare import make_images  # noqa: E402
 
 from ned_ray.demo import make_demo_models  # noqa: E402
-from ned_ray.job.config import EncodeConfig  # noqa: E402
+from ned_ray.job.options import EncodeConfig  # noqa: E402
 from ned_ray.job.run import run_encode  # noqa: E402
 
 

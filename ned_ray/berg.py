@@ -19,12 +19,13 @@ import numpy as np
 
 from . import errors
 from .api import DirectoryFacade
+from .errors import SelectionError
 from .ids import FAMILIES, Family, ModelId
 from .models.group import ModelGroup, resolve_device
-from .models.vit_heads import SELECTION_KEYS, SelectionError
 from .nedfmt import MissingFileError
 from .preprocess import check_images
 from .safeload import UnsafePickleError
+from .selection.berg import SELECTION_KEYS
 
 __all__ = ["BERG", "BergModel", "BERGError", "ModelNotFoundError", "ModelLoadError", "InvalidParameterError",
            "StimulusError"]

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow.compute as pc
 
 from .errors import JobInterrupted, NedRayError
-from .job.config import add_encode_arguments
+from .job.options import add_encode_arguments
 from .nedfmt import NedDir
 
 
@@ -175,7 +175,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     """The README's demo: demo models + built-in photographs as files -> the Ray encode job."""
     from .demo import make_demo_models, write_demo_images
-    from .job.config import EncodeConfig
+    from .job.options import EncodeConfig
     from .job.run import run_encode
     from .output import open_output
 
@@ -217,7 +217,7 @@ def plan_json(info: dict) -> str:
 
 
 def _cmd_encode(args: argparse.Namespace) -> int:
-    from .job.config import config_from_args
+    from .job.options import config_from_args
     from .job.run import plan_encode, run_encode
 
     config = config_from_args(args)

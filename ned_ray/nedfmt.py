@@ -22,9 +22,9 @@ import fsspec
 from . import safeload
 from .errors import MissingFileError, ModelFileError
 from .ids import FAMILIES, ROIS, SPLIT_ROIS, Family, ModelId, UnknownModelError, select
-from .storage import cached_copy, file_identity, is_local, local_file_record
+from .storage import cached_copy, file_identity, is_local, local_file_record, options_for
 
-__all__ = ["NedDir", "ModelEntry", "DamagedModel", "MissingFileError", "FMRI_ROOT", "EEG_ROOT", "VIT_IN_NED_DIR"]
+__all__ = ["NedDir", "open_ned", "ModelEntry", "DamagedModel", "MissingFileError", "FMRI_ROOT", "EEG_ROOT", "VIT_IN_NED_DIR"]
 
 FMRI_ROOT = "encoding_models/modality-fmri/train_dataset-nsd/model-fwrf"
 EEG_ROOT = "encoding_models/modality-eeg/train_dataset-things_eeg_2/model-vit_b_32"
@@ -395,3 +395,9 @@ def _metadata_problem(mid: ModelId, meta: Any, format: str = "ned") -> str:
     if not isinstance(accuracy, dict):
         return "no 'encoding_models/encoding_accuracy' dict"
     return ""
+
+
+def open_ned(uri: str, storage_options: dict[str, Any] | None = None, cache_dir: str | None = None) -> NedDir:
+    """A NED (or BERG) directory with a job's storage options (those of its protocol) and, for the
+    encoders, the per-node model cache; the driver reads listings and metadata directly."""
+    return NedDir(uri, options_for(uri, storage_options), cache_dir)

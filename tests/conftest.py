@@ -176,7 +176,7 @@ def ray_cluster():
 def demo_output(ray_cluster, demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Every demo model on the 14 built-in photographs plus one corrupt file, Parquet and .npy parts."""
     from ned_ray.demo import write_demo_images
-    from ned_ray.job.config import EncodeConfig
+    from ned_ray.job.options import EncodeConfig
     from ned_ray.job.run import run_encode
 
     root = tmp_path_factory.mktemp("demo_output")

@@ -101,7 +101,7 @@ def test_the_job_runs_on_the_gpu(demo_dir, tmp_path):
     ray = pytest.importorskip("ray", reason="the job test needs Ray on the GPU machine (DEVELOPERS.md)")
     from PIL import Image
 
-    from ned_ray.job.config import EncodeConfig
+    from ned_ray.job.options import EncodeConfig
     from ned_ray.job.run import run_encode
     from ned_ray.output import open_output
 

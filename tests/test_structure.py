@@ -115,6 +115,15 @@ def test_the_local_path_imports_no_ray():
     assert done.stdout.strip() == "[]"
 
 
+def test_selection_rules_options_and_the_output_layout_import_no_torch():
+    """The driver checks selections and options before anything heavy loads."""
+    code = ("import sys\n"
+            "import ned_ray, ned_ray.selection, ned_ray.job.options, ned_ray.output.layout, ned_ray.errors, ned_ray.ids\n"
+            "print(sorted(m for m in ('torch', 'ray') if m in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
 @pytest.mark.slow
 def test_a_job_in_process_runs_where_ray_cannot_be_imported(demo_dir, tmp_path):
     """``sys.modules['ray'] = None`` makes every ``import ray`` fail: the whole job, start to summary."""

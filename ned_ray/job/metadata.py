@@ -19,12 +19,11 @@ import numpy as np
 from .. import __version__
 from ..ids import ModelId
 from ..models.vit_eeg import find_vit_weights, vit_filesystem
-from ..models.vit_heads import resolve_selection
 from ..nedfmt import NedDir
 from ..output import layout
-from ..selection import Resolved
+from ..selection import Resolved, resolve_selection
 from ..storage import file_identity, is_local, local_file_record, write_bytes
-from .config import EncodeConfig
+from .options import EncodeConfig
 
 __all__ = ["write_model_metadata", "split_arrays", "ned_shape", "PREPROCESSING"]
 

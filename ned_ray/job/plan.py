@@ -42,7 +42,7 @@ import numpy as np
 from ..errors import PlanError
 from ..ids import ModelId
 from .cluster import ClusterShape
-from .config import EncodeConfig
+from .options import EncodeConfig
 
 __all__ = ["Plan", "PoolPlan", "PlanError", "make_plan", "COST", "group_cost", "DECODE_CPUS", "WRITE_CPUS"]
 

@@ -19,14 +19,16 @@ from typing import Any, TextIO
 from ..errors import SelectionError
 from ..ids import ModelId
 from ..models.group import weights_bytes
-from ..models.vit_heads import resolve_selection as resolve_berg_selection
+from ..nedfmt import open_ned
+from ..selection import berg_selections
+from ..selection import resolve_selection as resolve_berg_selection
 from ..storage import filesystem
 from .cluster import ClusterShape
 from .commit import Ledger, OutputTransaction, Work
 from .commit.transaction import storage_errors
-from .config import EncodeConfig
 from .executors import Executor, build_stages, choose_executor
 from .interrupts import shielded, sigterm_interrupts
+from .options import EncodeConfig
 from .plan import Plan, make_plan
 from .progress import ProgressReporter
 from .sources import ImageSource, open_source
@@ -39,7 +41,7 @@ def resolve_selections(config: EncodeConfig, ned, models: list[ModelId], metadat
     ``"berg"`` its BERG selection (``--selection``; BERG's models), checked against its metadata
     with BERG's rules so that a bad one fails before anything is written."""
     selection = config.selection()
-    berg = config.berg_selections(models)
+    berg = berg_selections(config.berg_selection, models)
     out: dict[str, dict[str, Any]] = {}
     for mid in models:
         if mid in berg:
@@ -70,7 +72,7 @@ def _open_source(config: EncodeConfig) -> ImageSource:
 def plan_encode(config: EncodeConfig) -> dict[str, Any]:
     """What ``run_encode`` would do, without doing it (``--dry-run``): the plan, the images and what
     an existing output already holds. Reads listings only; writes nothing."""
-    ned = config.open_ned(cache=False)
+    ned = open_ned(config.ned_dir, config.storage_options)
     models = ned.select(config.models)
     config.selection()
     source = _open_source(config)
@@ -91,7 +93,7 @@ def run_encode(config: EncodeConfig, progress: float | None = None, stream: Text
     """
     started = time.perf_counter()
     stream = stream or sys.stderr
-    ned = config.open_ned(cache=False)  # listings and metadata only: model files are read by the encoders
+    ned = open_ned(config.ned_dir, config.storage_options)  # listings and metadata only: model files are read by the encoders
     models = ned.select(config.models)
     metadata = {m: ned.metadata(m) for m in models}
     selections = resolve_selections(config, ned, models, metadata)  # bad ones fail here, before anything is written

@@ -22,11 +22,12 @@ import torch
 
 from ..ids import ModelId
 from ..models.group import INPUTS, DeviceError, ModelGroup
+from ..nedfmt import open_ned
 from ..preprocess import center_square
 from ..selection import Resolved
 from .commit import Ranges
-from .config import EncodeConfig
 from .decode import decode_image
+from .options import EncodeConfig
 from .plan import INPUT_SHAPES, PoolPlan
 from .sink import PartWriter
 from .sources import ImageSource, Skipped
@@ -108,7 +109,8 @@ class GroupEncoder:
         self.device = _actor_device(pool, config.device, self.node)
         if self.device == "cpu":
             torch.set_num_threads(pool.cpu_threads)  # Ray starts workers with one thread
-        self.group = ModelGroup(config.open_ned(), pool.models, self.device, config.vit_weights, config.precision,
+        ned = open_ned(config.ned_dir, config.storage_options, config.model_cache)
+        self.group = ModelGroup(ned, pool.models, self.device, config.vit_weights, config.precision,
                                 config.batch_size, memory_share=pool.memory_share if self.device == "cuda" else 1.0,
                                 selections={m: s["berg"] for m, s in selections.items() if "berg" in s})
         log.info("pool %s on %s (%s): batch sizes %s", pool.name, self.node, self.group.device, self.group.batch_sizes)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from ned_ray import open_output
-from ned_ray.job.config import EncodeConfig
+from ned_ray.job.options import EncodeConfig
 from ned_ray.job.run import run_encode
 from ned_ray.models.group import ModelGroup
 

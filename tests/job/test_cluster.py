@@ -13,7 +13,7 @@ from PIL import Image
 
 from ned_ray.cli import main as cli_main
 from ned_ray.job.cluster import ClusterShape
-from ned_ray.job.config import EncodeConfig
+from ned_ray.job.options import EncodeConfig
 from ned_ray.job.run import run_encode
 from ned_ray.output import open_output
 

@@ -21,7 +21,7 @@ from ned_ray.cli import main as cli_main
 from ned_ray.errors import LeaseHeldError, ListingChangedError
 from ned_ray.job.commit import Ledger, listing_fingerprint
 from ned_ray.job.commit.lease import Lease
-from ned_ray.job.config import EncodeConfig
+from ned_ray.job.options import EncodeConfig
 from ned_ray.job.run import run_encode
 from ned_ray.output import open_output
 from ned_ray.output.layout import LEASE

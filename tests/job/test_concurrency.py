@@ -19,7 +19,7 @@ import pytest
 
 from ned_ray.errors import LeaseHeldError
 from ned_ray.job.commit.lease import _ray_job_gone
-from ned_ray.job.config import EncodeConfig
+from ned_ray.job.options import EncodeConfig
 from ned_ray.job.run import run_encode
 from ned_ray.output import open_output
 from ned_ray.output.layout import LEASE

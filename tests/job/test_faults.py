@@ -19,8 +19,8 @@ from PIL import Image
 from ned_ray.cli import main as cli_main
 from ned_ray.errors import StorageError
 from ned_ray.ids import UnknownModelError
-from ned_ray.job.config import EncodeConfig
 from ned_ray.job.decode import decode_image
+from ned_ray.job.options import EncodeConfig
 from ned_ray.job.run import run_encode
 from ned_ray.models.group import ModelGroup, ModelLoadError
 from ned_ray.nedfmt import NedDir

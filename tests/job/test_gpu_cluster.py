@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from ned_ray.errors import DeviceError, StorageError
-from ned_ray.job.config import EncodeConfig
+from ned_ray.job.options import EncodeConfig
 from ned_ray.job.run import run_encode
 from ned_ray.output import open_output
 from ned_ray.storage import filesystem

@@ -15,9 +15,9 @@ import pytest
 from ned_ray.job import stages
 from ned_ray.job.cluster import ClusterShape, NodeType
 from ned_ray.job.commit import Ledger
-from ned_ray.job.config import EncodeConfig
 from ned_ray.job.executors import LOCAL_MAX_IMAGES, local
 from ned_ray.job.executors import choose_executor as choose
+from ned_ray.job.options import EncodeConfig
 from ned_ray.job.run import run_encode
 from ned_ray.output import open_output
 from ned_ray.storage import filesystem

@@ -13,8 +13,8 @@ from PIL import Image
 
 from ned_ray import NED, ModelGroup
 from ned_ray.errors import OutputExistsError
-from ned_ray.job.config import EncodeConfig
 from ned_ray.job.decode import decode_image
+from ned_ray.job.options import EncodeConfig
 from ned_ray.job.run import run_encode
 from ned_ray.job.sources import NoImagesError
 from ned_ray.nedfmt import NedDir

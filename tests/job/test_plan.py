@@ -8,7 +8,7 @@ import pytest
 
 from ned_ray.ids import ROIS, ModelId
 from ned_ray.job.cluster import ClusterShape, ClusterSpecError
-from ned_ray.job.config import EncodeConfig
+from ned_ray.job.options import EncodeConfig
 from ned_ray.job.plan import DECODE_CPUS, WRITE_CPUS, PlanError, make_plan
 
 MB = 1 << 20

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ned_ray.job.config import EncodeConfig
+from ned_ray.job.options import EncodeConfig
 from ned_ray.job.run import run_encode
 from ned_ray.output import open_output
 from ned_ray.output.layout import LEASE

@@ -55,9 +55,9 @@ from ...ids import ModelId
 from ...output import layout
 from ...selection import Resolved
 from ...storage import bucket_of, filesystem, fresh_exists, fresh_ls, write_bytes
-from ..config import EncodeConfig
 from ..interrupts import shielded
 from ..metadata import model_files, recorded_files, write_model_metadata
+from ..options import EncodeConfig
 from ..plan import Plan
 from ..sources import ImageSource
 from .finish import device_summary, finalize

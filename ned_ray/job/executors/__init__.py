@@ -15,7 +15,7 @@ import sys
 
 from ...errors import DeviceError
 from ..cluster import ClusterShape
-from ..config import EncodeConfig
+from ..options import EncodeConfig
 from .base import Executor, Stages, Work, build_stages
 from .local import LocalExecutor
 

@@ -24,7 +24,7 @@ import pyarrow as pa
 
 from ..cluster import ClusterShape
 from ..commit import Work
-from ..config import EncodeConfig
+from ..options import EncodeConfig
 from ..plan import Plan, PoolPlan
 from ..sink import ImagesSink
 from ..sources import ImageSource

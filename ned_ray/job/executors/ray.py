@@ -32,7 +32,7 @@ from ...errors import DeviceError, NedRayError, StorageError, storage_error
 from ...storage import filesystem, is_local, write_bytes
 from ..cluster import ClusterShape
 from ..commit.lease import local_ray_processes, ray_job_actors_alive
-from ..config import EncodeConfig
+from ..options import EncodeConfig
 from ..plan import Plan
 from ..sink import ImagesSink
 from ..sources import ImageSource

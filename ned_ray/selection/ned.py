@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import SelectionError
-from .ids import ModelId
+from ..errors import SelectionError
+from ..ids import ModelId
 
 __all__ = ["Selection", "Resolved", "parse_times", "parse_channels"]
 
@@ -84,6 +84,11 @@ class Selection:
     channels: tuple[str, ...] | None = None
     times: tuple[float, float] | None = None
     min_ncsnr: float | None = None
+
+    @classmethod
+    def parse(cls, channels: str | None, times: str | None, min_ncsnr: float | None) -> "Selection":
+        """The selection of ``--channels``, ``--times`` and ``--min-ncsnr`` (malformed ones fail here)."""
+        return cls(parse_channels(channels), parse_times(times), None if min_ncsnr is None else float(min_ncsnr))
 
     def to_json(self) -> dict[str, Any]:
         return {"channels": list(self.channels) if self.channels else None,
