@@ -18,10 +18,10 @@ import numpy as np
 
 import ned_ray
 from ned_ray import NED
-from ned_ray.cli import model_summary
 from ned_ray.job.options import EncodeConfig
 from ned_ray.job.run import run_encode
 from ned_ray.plots import channel_groups, plot_output
+from ned_ray.summaries import model_summary
 
 
 def step(title: str) -> None:

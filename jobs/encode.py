@@ -14,9 +14,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the working dir, when ned-ray is not installed
 
-from ned_ray.cli import format_plan, format_summary, run_command  # noqa: E402
+from ned_ray.cli import run_command  # noqa: E402
 from ned_ray.job.options import add_encode_arguments, config_from_args  # noqa: E402
 from ned_ray.job.run import plan_encode, run_encode  # noqa: E402
+from ned_ray.summaries import format_plan, format_summary  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,12 +18,10 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-import pyarrow.compute as pc
-
 from .errors import JobInterrupted, NedRayError
 from .job.options import add_encode_arguments
 from .nedfmt import NedDir
+from .summaries import format_plan, format_summary, model_summary, output_summary, plan_json
 
 
 def _cmd_make_demo_models(args: argparse.Namespace) -> int:
@@ -32,58 +30,6 @@ def _cmd_make_demo_models(args: argparse.Namespace) -> int:
     ned = make_demo_models(args.dir, seed=args.seed, berg=not args.ned_only)
     print(f"wrote {len(ned.catalogue)} demo models (random, NOT trained) to {args.dir}")
     return 0
-
-
-_BERG_ACCURACY = {  # family -> (path in BERG's metadata, what it is)
-    "eeg": (("encoding_models", "correlation_averaged_repetitions"), "mean r (averaged repetitions)"),
-    "fsaverage": (("encoding_models", "{variant}_correlation"), "mean r"),
-    "things_fmri": (("encoding_model", "correlation_results"), "mean r"),
-    "meg": (("encoding_model", "correlation_results"), "mean r"),
-    "tvsd": (("encoding_model", "oracle"), "mean oracle r"),
-}
-
-
-def _berg_accuracy(mid, meta: dict) -> tuple[float | None, str]:
-    (section, key), what = _BERG_ACCURACY[mid.family.key]
-    value = meta.get(section, {}).get(key.format(variant=mid.variant))
-    return (None, what) if value is None else (float(np.nanmean(np.asarray(value, dtype=np.float64))), what)
-
-
-def model_summary(ned: NedDir) -> list[dict]:
-    """One row per model: family, BERG id, subject, variant, response shape and an accuracy figure.
-
-    NED's models: fwrf: 100 x the mean of NED's ``noise_normalized_encoding`` (r2 / noise ceiling)
-    over voxels, in percent of the explainable variance; EEG: 100 x mean correlation (all
-    repetitions) / mean upper noise ceiling, over channels and times. BERG's: the mean test
-    correlation its metadata records (TVSD: the mean oracle correlation).
-    """
-    from .job.metadata import ned_shape
-
-    rows = []
-    for mid, entry in ned.catalogue.items():
-        meta = ned.metadata(mid)
-        shape = list(ned_shape(mid, meta))
-        if entry.format == "ned":
-            accuracy = meta["encoding_models"]["encoding_accuracy"]
-            if mid.family.key == "fwrf":
-                score = float(100 * np.mean(accuracy["noise_normalized_encoding"]))  # NED stores a fraction
-            else:
-                score = float(100 * np.mean(accuracy["correlation_all_repetitions"]) / np.mean(accuracy["noise_ceiling_upper"]))
-            score, what = round(score, 3), "noise-normalised accuracy (%)"
-        else:
-            score, what = _berg_accuracy(mid, meta)
-            score = None if score is None else round(score, 4)
-        rows.append({"id": str(mid), "berg_id": mid.berg[0], "family": mid.family.key, "modality": mid.modality,
-                     "subject": mid.subject, "variant": mid.variant, "roi": mid.roi,
-                     "voxels": shape[0] if mid.family.key == "fwrf" else None, "response_shape": shape,
-                     "accuracy": score, "accuracy_is": what, "format": entry.format, "files": list(entry.weights),
-                     "status": "ok", "missing": None})
-    for mid, damage in ned.damaged.items():  # listed, so that a missing file is found before a job asks for it
-        rows.append({"id": str(mid), "berg_id": mid.berg[0], "family": mid.family.key, "modality": mid.modality,
-                     "subject": mid.subject, "variant": mid.variant, "roi": mid.roi, "voxels": None,
-                     "response_shape": None, "accuracy": None, "accuracy_is": None, "format": damage.entry.format,
-                     "files": list(damage.entry.weights), "status": "damaged", "missing": damage.missing})
-    return sorted(rows, key=lambda r: r["id"])
 
 
 def _table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
@@ -112,22 +58,6 @@ def _cmd_models(args: argparse.Namespace) -> int:
     print(f"{len(rows) - damaged} models in {args.ned_dir}" + (
         f", {damaged} damaged (a file missing: restore it from the release)" if damaged else ""), file=sys.stderr)
     return 0
-
-
-def output_summary(out) -> dict:
-    """What an output holds: models with rows and shapes, images and errors, options, precision."""
-    images = out.images()
-    errors = images.filter(pc.equal(images.column("status"), "error")).select(["image_id", "error"]).to_pylist()
-    job = out.manifest["job"]
-    models = []
-    for mid in out.models:
-        meta = out.metadata(mid)["json"]
-        models.append({"id": mid, "rows": out.manifest["models"][mid]["rows"], "response_shape": list(out.shape(mid)),
-                       "selection": meta.get("selection", {}).get("asked")})
-    return {"output": out.uri, "complete": out.manifest["complete"], "images": out.manifest["images"],
-            "errors": errors, "models": models, "options": job["options"], "ned_ray_version": job["ned_ray_version"],
-            "precision": out.manifest.get("precision", {"mode": job["options"].get("precision", "fp32")}),
-            "devices": out.manifest.get("devices", [])}
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -205,17 +135,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def format_plan(info: dict) -> str:
-    """What ``--dry-run`` prints: the work, then the plan."""
-    head = (f"{len(info['models'])} models x {info['n_images']} images in {info['shards']} shard(s): "
-            f"{info['to_encode']} to encode, {info['already_committed']} already committed")
-    return head + f"\nexecutor: {info['executor']} ({info['executor_reason']})\n" + info["plan"].describe()
-
-
-def plan_json(info: dict) -> str:
-    return json.dumps({**info, "plan": info["plan"].to_json()}, indent=2)
-
-
 def _cmd_encode(args: argparse.Namespace) -> int:
     from .job.options import config_from_args
     from .job.run import plan_encode, run_encode
@@ -228,21 +147,6 @@ def _cmd_encode(args: argparse.Namespace) -> int:
     summary = run_encode(config, progress=None if args.quiet else args.progress_every)
     print(json.dumps(summary, indent=2, default=str) if args.json else format_summary(summary, args.output))
     return 0
-
-
-def format_summary(summary: dict, output: str) -> str:
-    """A few lines a person reads after a job."""
-    run, images = summary["run"], summary["images"]
-    not_read = f", {images['skipped']} skipped: not read, see images.parquet" if images.get("skipped") else ""
-    lines = [f"wrote {output}: {images['total']} images ({images['ok']} ok, {images['error']} errors{not_read}) x "
-             f"{len(summary['models'])} models",
-             f"this run encoded {run['encoded_images']} images ({run['skipped_images']} were already committed) in "
-             f"{run['seconds']:.1f}s = {run['images_per_second']:.2f} images/s"]
-    if run.get("executor") == "local":
-        lines.append(f"ran in this process, without Ray: {run['executor_reason']}")
-    if images["error"]:
-        lines.append(f"errors are listed in {output}/images.parquet (status='error')")
-    return "\n".join(lines)
 
 
 def _command(sub, name: str, help: str, examples: list[str], func) -> argparse.ArgumentParser:
