@@ -190,7 +190,7 @@ def _uri(fs, path: str) -> str:
 def parquet_bytes(table: pa.Table, plain: Sequence[str] = ()) -> bytes:
     """A whole Parquet file (zstd). Columns in ``plain`` (float responses) are written without
     dictionary encoding or statistics: neither helps float data, and they cost a quarter of the
-    write (58 -> 43 ms per 200-image EEG part; the files are 2% smaller)."""
+    write (bench/RESULTS.md, steady state)."""
     buffer = io.BytesIO()
     others = [c for c in table.column_names if c not in plain]
     pq.write_table(table, buffer, compression="zstd", use_dictionary=others if plain else True,

@@ -365,7 +365,7 @@ def make_plan(config: EncodeConfig, models: Sequence[ModelId], cluster: ClusterS
         notes.append(f"the {len(vit)} ViT-B/32 models share one ViT pass per image" + (" per group" if len(vit_groups) > 1 else ""))
     # decoded blocks that may wait in the object store: what the actors hold in flight, one more per
     # actor, and what the decode tasks are producing; without this budget Ray Data lets decoding run
-    # up to half the object store ahead of slow (CPU) actors (1.4 GB at 5,000 images, bench/RESULTS.md)
+    # up to half the object store ahead of slow (CPU) actors (bench/RESULTS.md)
     block = config.shard_size * sum(int(np.prod(INPUT_SHAPES[k])) for k in {k for p in pools for k in p.inputs})
     blocks = sum(p.max_actors * (p.max_tasks_in_flight + 1) for p in pools) + 2 * decode_concurrency
     return Plan(device=device, device_reason=reason, cluster=cluster, pools=pools, decode_cpus=DECODE_CPUS,
