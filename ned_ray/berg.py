@@ -20,12 +20,12 @@ import numpy as np
 from . import errors
 from .api import DirectoryFacade
 from .errors import SelectionError
-from .ids import FAMILIES, Family, ModelId
+from .families import BERG_IDS
+from .ids import Family, ModelId
 from .models.group import ModelGroup, resolve_device
 from .nedfmt import MissingFileError
 from .preprocess import check_images
 from .safeload import UnsafePickleError
-from .selection.berg import SELECTION_KEYS
 
 __all__ = ["BERG", "BergModel", "BERGError", "ModelNotFoundError", "ModelLoadError", "InvalidParameterError",
            "StimulusError"]
@@ -51,16 +51,6 @@ class StimulusError(BERGError, errors.InputError):
     """Images that are not a uint8 (N, 3, H, W) array of 0-255 pixels."""
 
 
-_SELECTION_KEYS = {**SELECTION_KEYS, "fwrf": ()}
-_OUTPUTS = {
-    "fwrf": "(N, voxels) float32 for one ROI (pass roi=...)",
-    "eeg": "(N, 4 repetitions, channels <= 63, times <= 140) float32",
-    "fsaverage": "tuple (lh (N, vertices <= 163842), rh (N, vertices <= 163842)) float32",
-    "things_fmri": "(N, voxels <= 211339) float32",
-    "meg": "(N, sensors <= 271, times <= 281) float32",
-    "tvsd": "(N, electrodes <= 1024, times <= 300) float32",
-}
-_BERG_IDS = {f.berg_id: f for f in FAMILIES.values()}
 
 
 @dataclass
@@ -108,7 +98,7 @@ class BERG(DirectoryFacade):
             family = mid.family
             entry = catalog.setdefault(family.berg_id, {
                 "modality": family.modality, "train_dataset": family.train_dataset, "model": family.model,
-                "subjects": [], "output": _OUTPUTS[family.key], "selection_keys": list(_SELECTION_KEYS[family.key])})
+                "subjects": [], "output": family.berg_outputs, "selection_keys": list(family.selection_keys)})
             if mid.subject not in entry["subjects"]:
                 entry["subjects"].append(mid.subject)
             if family.key == "meg":
@@ -124,22 +114,22 @@ class BERG(DirectoryFacade):
         lines = [f"{model_id}  (ned-ray ids: {family.path}/sub-XX{'/' + family.variant if family.variant else ''})",
                  f"  modality {family.modality}, trained on {family.train_dataset}, model {family.model}",
                  f"  subjects published: {list(family.subjects)}; in this directory: {info['subjects']}",
-                 f"  output: {_OUTPUTS[family.key]}"]
+                 f"  output: {family.berg_outputs}"]
         if family.key == "meg":
             lines.append(f"  train_split: one of {list(family.variants)} (default 'full'); here: {info.get('train_splits', [])}")
         if family.key == "fwrf":
             lines.append(f"  roi: one of {list(family.variants)}")
-        if _SELECTION_KEYS[family.key]:
-            lines.append(f"  selection keys: {list(_SELECTION_KEYS[family.key])}")
+        if family.selection_keys:
+            lines.append(f"  selection keys: {list(family.selection_keys)}")
         text = "\n".join(lines)
         print(text)
         return text
 
     def _family(self, model_id: Any) -> Family:
-        if not isinstance(model_id, str) or model_id not in _BERG_IDS:
+        if not isinstance(model_id, str) or model_id not in BERG_IDS:
             held = self.list_models()
-            raise ModelNotFoundError(f"Model '{model_id}' not found. Available models: {held or sorted(_BERG_IDS)}")
-        return _BERG_IDS[model_id]
+            raise ModelNotFoundError(f"Model '{model_id}' not found. Available models: {held or sorted(BERG_IDS)}")
+        return BERG_IDS[model_id]
 
     def _model_ids(self, model_id: str, subject: Any, kwargs: dict[str, Any]) -> list[ModelId]:
         family = self._family(model_id)

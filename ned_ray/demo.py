@@ -158,7 +158,8 @@ def _berg_demo(fs, root: str, rng: np.random.Generator, scaler: dict, pca: dict,
          "metadata_subject-04.npy", {"eeg": {"ch_names": list(CHANNELS), "times": EEG_TIMES.copy()},
                                      "encoding_models": {"correlation_single_repetitions": acc,
                                                          "correlation_averaged_repetitions": acc.mean(0)}})
-    from .selection.berg import FSAVERAGE_ROIS, MEG_PREFIXES
+    from .families.fsaverage import FSAVERAGE_ROIS
+    from .families.meg import MEG_PREFIXES
 
     n = 1000
     save("modality-fmri/train_dataset-nsd_fsaverage/model-vit_b_32", "weights_subject-01.npy",

@@ -16,6 +16,9 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from .errors import ModelIdError, UnknownModelError
+from .families import BERG_IDS, FAMILIES, Family
+from .families.eeg import CHANNELS
+from .families.fwrf import ROIS, SPLIT_ROIS
 
 __all__ = [
     "ModelId", "Family", "FAMILIES", "UnknownModelError", "MODALITIES", "TRAIN_DATASETS", "MODELS", "SUBJECTS",
@@ -27,64 +30,6 @@ MODALITIES = ("fmri", "eeg")
 TRAIN_DATASETS = {"fmri": ("nsd",), "eeg": ("things_eeg_2",)}
 MODELS = {"fmri": ("fwrf",), "eeg": ("vit_b_32",)}
 SUBJECTS = {"fmri": tuple(range(1, 9)), "eeg": tuple(range(1, 11))}
-ROIS = (
-    "V1", "V2", "V3", "hV4", "EBA", "FBA-2", "OFA", "FFA-1", "FFA-2", "PPA", "RSC", "OPA", "OWFA",
-    "VWFA-1", "VWFA-2", "mfs-words", "early", "midventral", "midlateral", "midparietal", "parietal",
-    "lateral", "ventral",
-)
-SPLIT_ROIS = ("lateral", "ventral")  # stored as two checkpoints, one model
-CHANNELS = (
-    "Fp1 F3 F7 FT9 FC5 FC1 C3 T7 TP9 CP5 CP1 Pz P3 P7 O1 Oz O2 P4 P8 TP10 CP6 CP2 Cz C4 T8 FT10 FC6 "
-    "FC2 F4 F8 Fp2 AF7 AF3 AFz F1 F5 FT7 FC3 FCz C1 C5 TP7 CP3 P1 P5 PO7 PO3 POz PO4 PO8 P6 P2 CPz "
-    "CP4 TP8 C6 C2 FC4 FT8 F6 F2 AF4 AF8"
-).split()
-
-
-@dataclass(frozen=True)
-class Family:
-    """One kind of model: where its ids live, its subjects and variants, its response axes."""
-
-    key: str  # short name: fwrf, eeg, fsaverage, things_fmri, meg, tvsd
-    modality: str
-    train_dataset: str
-    model: str
-    subjects: tuple[int | str, ...]
-    variant: str | None  # what the id's 5th part is: "roi", "hemisphere", "split" (None: no 5th part)
-    variants: tuple[str, ...]
-    dims: tuple[str, ...]  # per-image response axes (xarray dims)
-    title: str  # for figures and listings
-
-    @property
-    def path(self) -> str:
-        return f"{self.modality}/{self.train_dataset}/{self.model}"
-
-    @property
-    def berg_id(self) -> str:
-        """BERG's model id (``modality-train_dataset-model``)."""
-        return f"{self.modality}-{self.train_dataset}-{self.model}"
-
-    @property
-    def uses_vit(self) -> bool:
-        """Whether the model reads ViT-B/32 block features (every family but fwrf)."""
-        return self.model == "vit_b_32"
-
-    def example(self) -> str:
-        return str(ModelId(self.modality, self.train_dataset, self.model, self.subjects[0],
-                           self.variants[0] if self.variant else None))
-
-
-MEG_SPLITS = ("full", "split1", "split2", "split3", "split4")
-FAMILIES: dict[tuple[str, str, str], Family] = {(f.modality, f.train_dataset, f.model): f for f in (
-    Family("fwrf", "fmri", "nsd", "fwrf", tuple(range(1, 9)), "roi", ROIS, ("voxel",), "fMRI"),
-    Family("eeg", "eeg", "things_eeg_2", "vit_b_32", tuple(range(1, 11)), None, (),
-           ("repetition", "channel", "time"), "EEG"),
-    Family("fsaverage", "fmri", "nsd_fsaverage", "vit_b_32", tuple(range(1, 9)), "hemisphere", ("lh", "rh"),
-           ("vertex",), "fsaverage"),
-    Family("things_fmri", "fmri", "things_fmri_1", "vit_b_32", (1, 2, 3), None, (), ("voxel",), "THINGS-fMRI"),
-    Family("meg", "meg", "things_meg_1", "vit_b_32", (1, 2, 3, 4), "split", MEG_SPLITS, ("sensor", "time"), "MEG"),
-    Family("tvsd", "utah_array", "tvsd", "vit_b_32", ("N", "F"), None, (), ("electrode", "time"), "TVSD"),
-)}
-BERG_IDS = {f.berg_id: f for f in FAMILIES.values()}
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _SUBJECT = re.compile(r"^sub-(?:(\d{2})|([A-Z]))$")

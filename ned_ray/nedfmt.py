@@ -39,19 +39,6 @@ _EEG_METADATA = re.compile(r"^metadata_sub-(\d{2})\.npy$")
 _BERG_EEG_WEIGHTS = re.compile(r"^weights_subject-(\d{2})\.npy$")
 _BERG_EEG_METADATA = re.compile(r"^metadata_subject-(\d{2})\.npy$")
 
-# BERG's ViT-B/32 families other than EEG (berg-spec §1): weight-file pattern -> (subject, variant),
-# and the metadata file of a subject. MEG's metadata does not depend on the train split.
-_BERG_FILES: dict[str, tuple[re.Pattern, str]] = {
-    "fsaverage": (re.compile(r"^weights_subject-(\d{2})\.npy$"), "metadata_subject-{s:02d}.npy"),
-    "things_fmri": (re.compile(r"^weights_sub-0(\d)\.npy$"), "metadata_sub-0{s}.npy"),
-    "meg": (re.compile(r"^weights_P(\d+)_(full|split[1-4])\.npy$"), "metadata_P{s}.npy"),
-    "tvsd": (re.compile(r"^weights_monkey([A-Z])\.npy$"), "metadata_monkey{s}.npy"),
-}
-_BERG_METADATA = {"fsaverage": re.compile(r"^metadata_subject-(\d{2})\.npy$"),
-                  "things_fmri": re.compile(r"^metadata_sub-0(\d)\.npy$"),
-                  "meg": re.compile(r"^metadata_P(\d+)\.npy$"), "tvsd": re.compile(r"^metadata_monkey([A-Z])\.npy$")}
-_BERG_WEIGHTS = {"fsaverage": "weights_subject-{s:02d}.npy", "things_fmri": "weights_sub-0{s}.npy",
-                 "meg": "weights_P{s}_{v}.npy", "tvsd": "weights_monkey{s}.npy"}
 
 
 def family_root(family: Family) -> str:
@@ -65,8 +52,9 @@ def berg_files(mid: ModelId) -> tuple[str, str]:
     root = family_root(family)
     if family.key == "eeg":
         return NedDir.berg_eeg_weights(mid.subject), NedDir.berg_eeg_metadata(mid.subject)
-    weights = _BERG_WEIGHTS[family.key].format(s=mid.subject, v=mid.variant)
-    meta = _BERG_FILES[family.key][1].format(s=mid.subject)
+    files = family.berg_files  # BERG's ViT-B/32 families other than EEG (berg-spec §1)
+    weights = files.weights_name.format(s=mid.subject, v=mid.variant)
+    meta = files.metadata_name.format(s=mid.subject)  # MEG's does not depend on the train split
     return f"{root}/encoding_models_weights/{weights}", f"{root}/metadata/{meta}"
 
 
@@ -272,22 +260,22 @@ class NedDir:
             berg = ModelEntry(mid, "berg", (self.berg_eeg_weights(subject),), self.berg_eeg_metadata(subject))
             found.append((mid, [ned, berg] if "ned" in formats else [berg, ned]))  # NED's files win when both are whole
 
-        for key, (pattern, _) in _BERG_FILES.items():
-            family = next(f for f in FAMILIES.values() if f.key == key)
-            root = family_root(family)
+        for family in (f for f in FAMILIES.values() if f.berg_files is not None):
+            root, files = family_root(family), family.berg_files
+            per_file = family.variant == "split"  # a weight file per variant (MEG), else one per subject
             models: dict[tuple, None] = {}
             for name in listed(f"{root}/encoding_models_weights"):
-                m = pattern.match(name)
+                m = files.weights.match(name)
                 if m:
                     subject = int(m.group(1)) if m.group(1).isdigit() else m.group(1)
-                    variants = family.variants if key == "fsaverage" else ((m.group(2),) if key == "meg" else (None,))
+                    variants = (m.group(2),) if per_file else family.variants or (None,)
                     models.update({(subject, v): None for v in variants})
             for name in listed(f"{root}/metadata"):
-                m = _BERG_METADATA[key].match(name)
+                m = files.metadata.match(name)
                 if m:
                     subject = int(m.group(1)) if m.group(1).isdigit() else m.group(1)
-                    variants = family.variants if key == "fsaverage" else (("full",) if key == "meg" else (None,))
-                    if key != "meg" or not any(s == subject for s, _ in models):  # MEG: splits come from weights
+                    variants = family.variants[:1] if per_file else family.variants or (None,)
+                    if not per_file or not any(s == subject for s, _ in models):  # MEG: splits come from weights
                         models.update({(subject, v): None for v in variants})
             for subject, variant in models:
                 mid = ModelId(family.modality, family.train_dataset, family.model, subject, variant)
@@ -366,9 +354,6 @@ class NedDir:
         return meta
 
 
-_BERG_SECTIONS = {"eeg": "eeg", "fsaverage": "fmri", "things_fmri": "roi", "meg": "sensors", "tvsd": "utah-array"}
-
-
 def _metadata_problem(mid: ModelId, meta: Any, format: str = "ned") -> str:
     """What is wrong with a metadata object, or ''."""
     import numpy as np
@@ -377,7 +362,7 @@ def _metadata_problem(mid: ModelId, meta: Any, format: str = "ned") -> str:
         shape = getattr(meta, "shape", None)
         return f"expected a dict, got {type(meta).__name__}" + (f" of shape {shape}" if shape is not None else "")
     if format == "berg":  # the fields each family reads are checked when its head is read
-        section = _BERG_SECTIONS[mid.family.key]
+        section = mid.family.metadata_section
         return "" if isinstance(meta.get(section), dict) else f"no '{section}' dict"
     section = meta.get(mid.modality)
     if not isinstance(section, dict):

@@ -14,17 +14,8 @@ from .nedfmt import NedDir
 __all__ = ["model_summary", "output_summary", "format_plan", "plan_json", "format_summary"]
 
 
-_BERG_ACCURACY = {  # family -> (path in BERG's metadata, what it is)
-    "eeg": (("encoding_models", "correlation_averaged_repetitions"), "mean r (averaged repetitions)"),
-    "fsaverage": (("encoding_models", "{variant}_correlation"), "mean r"),
-    "things_fmri": (("encoding_model", "correlation_results"), "mean r"),
-    "meg": (("encoding_model", "correlation_results"), "mean r"),
-    "tvsd": (("encoding_model", "oracle"), "mean oracle r"),
-}
-
-
 def _berg_accuracy(mid, meta: dict) -> tuple[float | None, str]:
-    (section, key), what = _BERG_ACCURACY[mid.family.key]
+    (section, key), what = mid.family.accuracy  # where BERG's metadata records the test accuracy
     value = meta.get(section, {}).get(key.format(variant=mid.variant))
     return (None, what) if value is None else (float(np.nanmean(np.asarray(value, dtype=np.float64))), what)
 

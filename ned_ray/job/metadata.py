@@ -35,13 +35,7 @@ PREPROCESSING = {
             "minus the checkpoint's stim_mean (split ROIs: the second checkpoint's, as NED)",
     "vit": "RGB uint8, center-crop to square (--non-square shorter-side: the whole image); " + _VIT,
 }
-RESPONSE_LAYOUT = {"fwrf": "(voxel,) in NED's voxel order (the roi_mask_volume's True entries, C order)",
-                   "eeg": "(repetition, channel, time) row-major: 4 x 63 x 140, flattened as rep*8820 + ch*140 + t",
-                   "fsaverage": "(vertex,) of one hemisphere of fsaverage (163,842 vertices before selection)",
-                   "things_fmri": "(voxel,) in THINGS-fMRI's voxel order (211,339 before selection; BERG's order "
-                                  "and duplicates under a selection)",
-                   "meg": "(sensor, time) row-major: 271 x 281 before selection",
-                   "tvsd": "(electrode, time) row-major: 1024 x 300 before selection"}
+
 
 
 def split_arrays(tree: Any, prefix: str = "") -> tuple[Any, dict[str, np.ndarray]]:
@@ -196,7 +190,7 @@ def write_model_metadata(fs, root: str, mid: ModelId, metadata: dict, config: En
             "format": format_name,
             "files": files,
             "preprocessing": PREPROCESSING["fwrf" if mid.family.key == "fwrf" else "vit"],
-            "response_layout": RESPONSE_LAYOUT[mid.family.key],
+            "response_layout": mid.family.response_layout,
             "response_dtype": "float32",
             "job_options": config.to_json(),
         },

@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from ..errors import SelectionError
-from ..selection.berg import lookup, resolve_selection
+from ..families.rules import lookup
+from ..selection.berg import resolve_selection
 
 __all__ = ["Head", "Readout", "HeadStack", "read_head", "SelectionError", "exact_float32", "project"]
 

@@ -1,0 +1,66 @@
+"""What a model family states about itself (:class:`Family`); each family module defines one."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+__all__ = ["Family", "BergFiles", "VIT_B_32"]
+
+VIT_B_32 = "vit_b_32"  # the backbone every BERG image family and NED's EEG share: one pass feeds them all
+
+
+@dataclass(frozen=True)
+class BergFiles:
+    """A BERG family's files under its folder: weights (pattern -> subject[, variant]; name) and the
+    metadata of a subject (pattern; name). ``{s}``: the subject, ``{v}``: the variant."""
+
+    weights: re.Pattern
+    weights_name: str
+    metadata: re.Pattern
+    metadata_name: str
+
+
+@dataclass(frozen=True)
+class Family:
+    """One kind of model: where its ids live, its subjects and variants, its response axes, its
+    files, its selections and the backbone it shares."""
+
+    key: str  # short name: fwrf, eeg, fsaverage, things_fmri, meg, tvsd
+    modality: str
+    train_dataset: str
+    model: str
+    subjects: tuple[int | str, ...]
+    variant: str | None  # what the id's 5th part is: "roi", "hemisphere", "split" (None: no 5th part)
+    variants: tuple[str, ...]
+    dims: tuple[str, ...]  # per-image response axes (xarray dims)
+    title: str  # for figures and listings
+    backbone: str  # VIT_B_32 (one pass shared by every family on it), or the family's own ("fwrf")
+    response_layout: str  # the per-image response, as recorded in each output's metadata
+    berg_outputs: str  # what BERG's encode returns for one of its models
+    selection_keys: tuple[str, ...] = ()  # BERG's selection keys (berg-spec §4-§8)
+    select_rows: Callable[[Any, dict, str], Any] | None = None  # BERG's rule: (metadata, selection, where) -> Rows
+    metadata_section: str | None = None  # the section every BERG metadata file of the family holds
+    accuracy: tuple[tuple[str, str], str] | None = None  # BERG metadata (section, key) of the test accuracy, what it is
+    berg_files: BergFiles | None = None  # BERG's layout of its files (EEG's: NED's folder, see nedfmt)
+
+    @property
+    def path(self) -> str:
+        return f"{self.modality}/{self.train_dataset}/{self.model}"
+
+    @property
+    def berg_id(self) -> str:
+        """BERG's model id (``modality-train_dataset-model``)."""
+        return f"{self.modality}-{self.train_dataset}-{self.model}"
+
+    @property
+    def uses_vit(self) -> bool:
+        """Whether the model reads ViT-B/32 block features (every family but fwrf)."""
+        return self.backbone == VIT_B_32
+
+    def example(self) -> str:
+        """An id of this family, for messages."""
+        subject = self.subjects[0]
+        tag = f"sub-{subject:02d}" if isinstance(subject, int) else f"sub-{subject}"
+        return f"{self.path}/{tag}" + (f"/{self.variants[0]}" if self.variant else "")

@@ -1,0 +1,49 @@
+"""THINGS-EEG-2 (ned-spec §3, berg-spec §4): subjects 1-10, 4 repetitions x 63 channels x 140 times,
+on ViT-B/32 features; NED's files (one scaler/PCA shared by all subjects) or BERG's (per subject)."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..errors import SelectionError
+from .base import VIT_B_32, Family
+from .rules import Rows, binary, check_keys, lookup, unit_time_rows
+
+__all__ = ["FAMILY", "CHANNELS"]
+
+CHANNELS = (
+    "Fp1 F3 F7 FT9 FC5 FC1 C3 T7 TP9 CP5 CP1 Pz P3 P7 O1 Oz O2 P4 P8 TP10 CP6 CP2 Cz C4 T8 FT10 FC6 "
+    "FC2 F4 F8 Fp2 AF7 AF3 AFz F1 F5 FT7 FC3 FCz C1 C5 TP7 CP3 P1 P5 PO7 PO3 POz PO4 PO8 P6 P2 CPz "
+    "CP4 TP8 C6 C2 FC4 FT8 F6 F2 AF4 AF8"
+).split()
+
+
+def select_rows(meta: Any, selection: Mapping[str, Any], where: str) -> Rows:
+    """§4: channels in the user's order (duplicates kept), then the times of a mask; rows ch*T + t."""
+    ch_names = [str(c) for c in lookup(lookup(meta, "eeg", where), "ch_names", where)]
+    n_t = len(lookup(lookup(meta, "eeg", where), "times", where))
+    check_keys(selection, ("channels", "timepoints"))
+    channels = selection.get("channels")
+    if channels is None:
+        ch = np.arange(len(ch_names))
+    else:
+        if not isinstance(channels, (list, tuple)):
+            raise SelectionError(f"channels parameter must be a list, got {type(channels).__name__}")
+        bad = [c for c in channels if c not in ch_names]
+        if bad:
+            raise SelectionError(f"Invalid channel(s): {bad}. Valid channels are: {ch_names}")
+        ch = np.array([ch_names.index(c) for c in channels], np.int64)  # the user's order, duplicates kept
+    t = binary(selection["timepoints"], "timepoints", n_t) if "timepoints" in selection else np.arange(n_t)
+    return Rows({"": unit_time_rows(ch, t, n_t)}, {"": (len(ch), len(t))}, {"": len(ch_names) * n_t},
+                {"channels": ch, "timepoints": t})
+
+
+FAMILY = Family(
+    "eeg", "eeg", "things_eeg_2", "vit_b_32", tuple(range(1, 11)), None, (), ("repetition", "channel", "time"), "EEG",
+    backbone=VIT_B_32,
+    response_layout="(repetition, channel, time) row-major: 4 x 63 x 140, flattened as rep*8820 + ch*140 + t",
+    berg_outputs="(N, 4 repetitions, channels <= 63, times <= 140) float32",
+    selection_keys=("channels", "timepoints"), select_rows=select_rows, metadata_section="eeg",
+    accuracy=(("encoding_models", "correlation_averaged_repetitions"), "mean r (averaged repetitions)"))

@@ -1,0 +1,20 @@
+"""NED's fMRI models (ned-spec §3): NSD, subjects 1-8, 23 ROIs; an AlexNet-like backbone and a
+per-voxel pooling head per model (ned_ray/models/fwrf.py), each model its own backbone pass."""
+
+from __future__ import annotations
+
+from .base import Family
+
+__all__ = ["FAMILY", "ROIS", "SPLIT_ROIS"]
+
+ROIS = (
+    "V1", "V2", "V3", "hV4", "EBA", "FBA-2", "OFA", "FFA-1", "FFA-2", "PPA", "RSC", "OPA", "OWFA",
+    "VWFA-1", "VWFA-2", "mfs-words", "early", "midventral", "midlateral", "midparietal", "parietal",
+    "lateral", "ventral",
+)
+SPLIT_ROIS = ("lateral", "ventral")  # stored as two checkpoints, one model
+
+FAMILY = Family(
+    "fwrf", "fmri", "nsd", "fwrf", tuple(range(1, 9)), "roi", ROIS, ("voxel",), "fMRI", backbone="fwrf",
+    response_layout="(voxel,) in NED's voxel order (the roi_mask_volume's True entries, C order)",
+    berg_outputs="(N, voxels) float32 for one ROI (pass roi=...)")
