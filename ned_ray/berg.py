@@ -196,7 +196,7 @@ class BERG(DirectoryFacade):
         except (TypeError, ValueError) as exc:
             raise StimulusError(str(exc)) from None
         out = model.group.encode(images, batch_size=batch_size, square=bool(model.group.fmri))
-        responses = tuple(out[m] for m in model.ids) if model.family.key == "fsaverage" else out[model.ids[0]]
+        responses = tuple(out[m] for m in model.ids) if model.family.variant_is_part else out[model.ids[0]]
         if return_metadata:
             return responses, self.get_model_metadata(model.model_id, subject=model.subject, **model.kwargs)
         return responses

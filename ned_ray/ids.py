@@ -99,7 +99,7 @@ class ModelId:
     @property
     def source(self) -> str:
         """What names the file it is read from: fsaverage's two hemispheres share one file."""
-        return f"{self.family.path}/{self.subject_tag}" if self.family.key == "fsaverage" else str(self)
+        return f"{self.family.path}/{self.subject_tag}" if self.family.variant_is_part else str(self)
 
     @property
     def berg(self) -> tuple[str, dict]:

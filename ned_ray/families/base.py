@@ -44,6 +44,9 @@ class Family:
     metadata_section: str | None = None  # the section every BERG metadata file of the family holds
     accuracy: tuple[tuple[str, str], str] | None = None  # BERG metadata (section, key) of the test accuracy, what it is
     berg_files: BergFiles | None = None  # BERG's layout of its files (EEG's: NED's folder, see nedfmt)
+    variant_is_part: bool = False  # the variants are parts of one model file (fsaverage's hemispheres)
+    full_shape: Callable[[Any, str | None], tuple[int, ...]] | None = None  # (metadata, variant) -> per-image shape
+    labels: Callable[..., dict] | None = None  # (metadata, shape, resolved, kept) -> labels of each response axis
 
     @property
     def path(self) -> str:
@@ -58,6 +61,10 @@ class Family:
     def uses_vit(self) -> bool:
         """Whether the model reads ViT-B/32 block features (every family but fwrf)."""
         return self.backbone == VIT_B_32
+
+    def part(self, variant: str | None) -> str:
+        """The output part a model of this family is ("" unless its variants are parts of one file)."""
+        return variant if self.variant_is_part and variant else ""
 
     def example(self) -> str:
         """An id of this family, for messages."""

@@ -40,10 +40,29 @@ def select_rows(meta: Any, selection: Mapping[str, Any], where: str) -> Rows:
                 {"channels": ch, "timepoints": t})
 
 
+def full_shape(metadata: Any, variant: str | None) -> tuple[int, ...]:
+    """(repetitions, channels, times): NED's accuracy arrays give it; BERG's files hold 4 repetitions."""
+    models = metadata.get("encoding_models", {})
+    single = models.get("encoding_accuracy", models).get("correlation_single_repetitions")
+    if single is not None:
+        return tuple(np.shape(single))
+    return (4, len(metadata["eeg"]["ch_names"]), len(metadata["eeg"]["times"]))
+
+
+def labels(metadata: Any, shape: tuple[int, ...], resolved: Any, kept: dict) -> dict[str, np.ndarray]:
+    """Repetitions 1..4, channel names and times (seconds) that the selection kept."""
+    names, times = np.asarray(metadata["eeg"]["ch_names"]).astype(str), np.asarray(metadata["eeg"]["times"], float)
+    channels = kept.get("channels", resolved.channels)
+    t = kept.get("timepoints", resolved.times)
+    return {"repetition": np.arange(1, shape[0] + 1), "channel": names if channels is None else names[channels],
+            "time": times if t is None else times[t]}
+
+
 FAMILY = Family(
     "eeg", "eeg", "things_eeg_2", "vit_b_32", tuple(range(1, 11)), None, (), ("repetition", "channel", "time"), "EEG",
     backbone=VIT_B_32,
     response_layout="(repetition, channel, time) row-major: 4 x 63 x 140, flattened as rep*8820 + ch*140 + t",
     berg_outputs="(N, 4 repetitions, channels <= 63, times <= 140) float32",
     selection_keys=("channels", "timepoints"), select_rows=select_rows, metadata_section="eeg",
-    accuracy=(("encoding_models", "correlation_averaged_repetitions"), "mean r (averaged repetitions)"))
+    accuracy=(("encoding_models", "correlation_averaged_repetitions"), "mean r (averaged repetitions)"),
+    full_shape=full_shape, labels=labels)

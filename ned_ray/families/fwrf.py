@@ -3,6 +3,10 @@ per-voxel pooling head per model (ned_ray/models/fwrf.py), each model its own ba
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
+
 from .base import Family
 
 __all__ = ["FAMILY", "ROIS", "SPLIT_ROIS"]
@@ -14,7 +18,17 @@ ROIS = (
 )
 SPLIT_ROIS = ("lateral", "ventral")  # stored as two checkpoints, one model
 
+def full_shape(metadata: Any, variant: str | None) -> tuple[int, ...]:
+    """(voxels,) of one ROI, from NED's metadata."""
+    return (len(metadata["fmri"]["ncsnr"]),)
+
+
+def labels(metadata: Any, shape: tuple[int, ...], resolved: Any, kept: dict) -> dict[str, np.ndarray]:
+    """Each voxel's index in NED's voxel order (the ones ``--min-ncsnr`` kept)."""
+    return {"voxel": resolved.voxels if resolved.voxels is not None else np.arange(shape[0])}
+
+
 FAMILY = Family(
     "fwrf", "fmri", "nsd", "fwrf", tuple(range(1, 9)), "roi", ROIS, ("voxel",), "fMRI", backbone="fwrf",
     response_layout="(voxel,) in NED's voxel order (the roi_mask_volume's True entries, C order)",
-    berg_outputs="(N, voxels) float32 for one ROI (pass roi=...)")
+    berg_outputs="(N, voxels) float32 for one ROI (pass roi=...)", full_shape=full_shape, labels=labels)

@@ -38,6 +38,19 @@ def select_rows(meta: Any, selection: Mapping[str, Any], where: str) -> Rows:
                 {"sensors": sensors, "timepoints": t})
 
 
+
+def full_shape(metadata: Any, variant: str | None) -> tuple[int, ...]:
+    """The per-image shape before any selection (BERG's rule with nothing selected)."""
+    return select_rows(metadata, {}, "<metadata>").shapes[variant if FAMILY.variant_is_part else ""]
+
+
+def labels(metadata: Any, shape: tuple[int, ...], resolved: Any, kept: dict) -> dict[str, np.ndarray]:
+    """Sensor names and times (seconds) that the selection kept."""
+    names = np.asarray(metadata["sensors"]["sensor_names"]).astype(str)
+    times = np.asarray(metadata["meg"]["times"], float)
+    return {"sensor": names[kept["sensors"]], "time": times[kept["timepoints"]]}
+
+
 FAMILY = Family(
     "meg", "meg", "things_meg_1", "vit_b_32", (1, 2, 3, 4), "split", MEG_SPLITS, ("sensor", "time"), "MEG",
     backbone=VIT_B_32,
@@ -46,4 +59,5 @@ FAMILY = Family(
     selection_keys=("region", "sensors", "sensor_index", "timepoints"), select_rows=select_rows,
     metadata_section="sensors", accuracy=(("encoding_model", "correlation_results"), "mean r"),
     berg_files=BergFiles(re.compile(r"^weights_P(\d+)_(full|split[1-4])\.npy$"), "weights_P{s}_{v}.npy",
-                         re.compile(r"^metadata_P(\d+)\.npy$"), "metadata_P{s}.npy"))
+                         re.compile(r"^metadata_P(\d+)\.npy$"), "metadata_P{s}.npy"),
+    full_shape=full_shape, labels=labels)

@@ -36,6 +36,18 @@ def select_rows(meta: Any, selection: Mapping[str, Any], where: str) -> Rows:
                 {"": len(assignments) * n_t}, {"electrodes": electrodes, "timepoints": t})
 
 
+
+def full_shape(metadata: Any, variant: str | None) -> tuple[int, ...]:
+    """The per-image shape before any selection (BERG's rule with nothing selected)."""
+    return select_rows(metadata, {}, "<metadata>").shapes[variant if FAMILY.variant_is_part else ""]
+
+
+def labels(metadata: Any, shape: tuple[int, ...], resolved: Any, kept: dict) -> dict[str, np.ndarray]:
+    """Electrode indexes and times (seconds: TVSD's metadata gives milliseconds) that the selection kept."""
+    times = np.asarray(metadata["utah-array"]["times"], float) / 1000
+    return {"electrode": kept["electrodes"], "time": times[kept["timepoints"]]}
+
+
 FAMILY = Family(
     "tvsd", "utah_array", "tvsd", "vit_b_32", ("N", "F"), None, (), ("electrode", "time"), "TVSD", backbone=VIT_B_32,
     response_layout="(electrode, time) row-major: 1024 x 300 before selection",
@@ -43,4 +55,5 @@ FAMILY = Family(
     selection_keys=("roi", "electrodes", "timepoints"), select_rows=select_rows, metadata_section="utah-array",
     accuracy=(("encoding_model", "oracle"), "mean oracle r"),
     berg_files=BergFiles(re.compile(r"^weights_monkey([A-Z])\.npy$"), "weights_monkey{s}.npy",
-                         re.compile(r"^metadata_monkey([A-Z])\.npy$"), "metadata_monkey{s}.npy"))
+                         re.compile(r"^metadata_monkey([A-Z])\.npy$"), "metadata_monkey{s}.npy"),
+    full_shape=full_shape, labels=labels)

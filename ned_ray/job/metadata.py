@@ -100,22 +100,14 @@ def recorded_files(fs, root: str, mid: ModelId) -> list[dict[str, Any]] | None:
 
 def ned_shape(mid: ModelId, metadata: dict) -> tuple[int, ...]:
     """A model's full per-image response shape, from its metadata: (V,) or (reps, channels, times)
-    for NED's models, BERG's shapes for BERG's (berg-spec §4-§8)."""
-    if mid.family.key == "fwrf":
-        return (len(metadata["fmri"]["ncsnr"]),)
-    if mid.family.key == "eeg":
-        models = metadata.get("encoding_models", {})
-        single = models.get("encoding_accuracy", models).get("correlation_single_repetitions")
-        if single is not None:
-            return tuple(np.shape(single))
-        return (4, len(metadata["eeg"]["ch_names"]), len(metadata["eeg"]["times"]))  # BERG: reg_param's 4 reps
-    return resolve_selection(mid.family.key, metadata).shapes[mid.variant if mid.family.key == "fsaverage" else ""]
+    for NED's models, BERG's shapes for BERG's (berg-spec §4-§8); the family says how."""
+    return mid.family.full_shape(metadata, mid.variant)
 
 
 def berg_kept(mid: ModelId, metadata: dict, selection: dict[str, Any]) -> tuple[tuple[int, ...], dict[str, np.ndarray]]:
     """(per-image shape, kept indexes per axis) of a BERG model under a BERG selection."""
     rows = resolve_selection(mid.family.key, metadata, selection)
-    part = mid.variant if mid.family.key == "fsaverage" else ""
+    part = mid.family.part(mid.variant)
     shape = rows.shapes[part]
     kept = {k: (v[part] if isinstance(v, dict) else v) for k, v in rows.kept.items()}
     if mid.family.key == "eeg":
@@ -127,26 +119,7 @@ def coords(mid: ModelId, metadata: dict, shape: tuple[int, ...], resolved: Resol
            kept: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
     """Labels of each response axis (``mid.family.dims``) after the selection: indexes into the
     model's full axis (voxels, vertices, electrodes), names (channels, sensors), seconds (times)."""
-    key = mid.family.key
-    kept = kept or {}
-    if key == "fwrf":
-        return {"voxel": resolved.voxels if resolved.voxels is not None else np.arange(shape[0])}
-    if key == "eeg":
-        names, times = np.asarray(metadata["eeg"]["ch_names"]).astype(str), np.asarray(metadata["eeg"]["times"], float)
-        channels = kept.get("channels", resolved.channels)
-        t = kept.get("timepoints", resolved.times)
-        return {"repetition": np.arange(1, shape[0] + 1), "channel": names if channels is None else names[channels],
-                "time": times if t is None else times[t]}
-    if key == "fsaverage":
-        return {"vertex": kept.get("vertices", np.arange(shape[0]))}
-    if key == "things_fmri":
-        return {"voxel": kept.get("voxels", np.arange(shape[0]))}
-    if key == "meg":
-        names = np.asarray(metadata["sensors"]["sensor_names"]).astype(str)
-        times = np.asarray(metadata["meg"]["times"], float)
-        return {"sensor": names[kept["sensors"]], "time": times[kept["timepoints"]]}
-    times = np.asarray(metadata["utah-array"]["times"], float) / 1000  # TVSD's metadata gives milliseconds
-    return {"electrode": kept["electrodes"], "time": times[kept["timepoints"]]}
+    return mid.family.labels(metadata, shape, resolved, kept or {})
 
 
 def selection_record(mid: ModelId, metadata: dict, resolved: Resolved, asked: dict[str, Any]) -> tuple[dict, dict]:

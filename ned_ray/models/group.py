@@ -103,7 +103,7 @@ def weights_bytes(ned: NedDir, model_ids: Sequence[ModelId], vit_weights: str | 
         elif entry.format == "ned":
             sizes[mid] = ned.size(entry.weights[2])
         else:
-            sizes[mid] = ned.size(entry.weights[0]) // (2 if mid.family.key == "fsaverage" else 1)
+            sizes[mid] = ned.size(entry.weights[0]) // (len(mid.family.variants) if mid.family.variant_is_part else 1)
     vit = [m for m in model_ids if m.family.uses_vit]
     shared = 0
     if vit:

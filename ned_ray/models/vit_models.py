@@ -90,7 +90,7 @@ def load_heads(ned: NedDir, model_ids: Sequence[ModelId],
             current = (where, ned.load_npy(entry.weights[0]), ned.load_npy(entry.metadata))
         head = read_head(mid.family.key, current[1], current[2], selections.get(mid), where)
         head.source = where
-        yield str(mid), (_only(head, mid.variant) if mid.family.key == "fsaverage" else head)
+        yield str(mid), (_only(head, mid.variant) if mid.family.variant_is_part else head)
 
 
 def load_vit_models(ned: NedDir, model_ids: Sequence[ModelId], device: str | torch.device = "cpu",
