@@ -101,10 +101,8 @@ class BERG(DirectoryFacade):
                 "subjects": [], "output": family.berg_outputs, "selection_keys": list(family.selection_keys)})
             if mid.subject not in entry["subjects"]:
                 entry["subjects"].append(mid.subject)
-            if family.key == "meg":
-                entry.setdefault("train_splits", []).append(mid.variant)
-            if family.key == "fwrf":
-                entry.setdefault("rois", []).append(mid.variant)
+            if family.variant_argument:  # "train_splits" (MEG), "rois" (fwrf)
+                entry.setdefault(f"{family.variant_argument}s", []).append(mid.variant)
         return catalog
 
     def describe(self, model_id: str) -> str:
@@ -115,10 +113,10 @@ class BERG(DirectoryFacade):
                  f"  modality {family.modality}, trained on {family.train_dataset}, model {family.model}",
                  f"  subjects published: {list(family.subjects)}; in this directory: {info['subjects']}",
                  f"  output: {family.berg_outputs}"]
-        if family.key == "meg":
-            lines.append(f"  train_split: one of {list(family.variants)} (default 'full'); here: {info.get('train_splits', [])}")
-        if family.key == "fwrf":
-            lines.append(f"  roi: one of {list(family.variants)}")
+        argument, default = family.variant_argument, family.variant_default
+        if argument:
+            lines.append(f"  {argument}: one of {list(family.variants)}" + (
+                f" (default '{default}'); here: {info.get(argument + 's', [])}" if default else ""))
         if family.selection_keys:
             lines.append(f"  selection keys: {list(family.selection_keys)}")
         text = "\n".join(lines)
@@ -137,21 +135,17 @@ class BERG(DirectoryFacade):
                 subject not in family.subjects:
             raise InvalidParameterError(f"Subject must be one of {list(family.subjects)}, got {subject!r}")
         subject = int(subject) if isinstance(subject, (int, np.integer)) else subject
-        allowed = {"meg": {"train_split"}, "fwrf": {"roi"}}.get(family.key, set())
+        argument = family.variant_argument
+        allowed = {argument} if argument else set()
         unknown = set(kwargs) - allowed
         if unknown:
             raise InvalidParameterError(f"{model_id} takes no argument {sorted(unknown)}; its arguments: "
                                         f"subject{''.join(', ' + a for a in sorted(allowed))}, selection, device")
-        if family.key == "meg":
-            split = kwargs.get("train_split", "full")
-            if split not in family.variants:
-                raise InvalidParameterError(f"train_split must be one of {list(family.variants)}, got '{split}'")
-            variants = [split]
-        elif family.key == "fwrf":
-            roi = kwargs.get("roi")
-            if roi not in family.variants:
-                raise InvalidParameterError(f"roi must be one of {list(family.variants)}, got {roi!r}")
-            variants = [roi]
+        if argument:  # one variant, chosen by its keyword (MEG's train_split, fwrf's roi)
+            chosen = kwargs.get(argument, family.variant_default)
+            if chosen not in family.variants:
+                raise InvalidParameterError(f"{argument} must be one of {list(family.variants)}, got {chosen!r}")
+            variants = [chosen]
         else:
             variants = list(family.variants) or [None]
         return [ModelId(family.modality, family.train_dataset, family.model, subject, v) for v in variants]

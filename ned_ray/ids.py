@@ -105,8 +105,8 @@ class ModelId:
     def berg(self) -> tuple[str, dict]:
         """BERG's ``get_encoding_model`` id and keyword arguments for this model."""
         kwargs: dict = {"subject": self.subject}
-        if self.family.key == "meg":
-            kwargs["train_split"] = self.variant
+        if self.family.variant_argument:  # MEG's train_split, fwrf's roi
+            kwargs[self.family.variant_argument] = self.variant
         return self.family.berg_id, kwargs
 
     @classmethod

@@ -44,6 +44,8 @@ class Family:
     metadata_section: str | None = None  # the section every BERG metadata file of the family holds
     accuracy: tuple[tuple[str, str], str] | None = None  # BERG metadata (section, key) of the test accuracy, what it is
     berg_files: BergFiles | None = None  # BERG's layout of its files (EEG's: NED's folder, see nedfmt)
+    variant_argument: str | None = None  # the keyword of BERG's get_encoding_model that picks the variant
+    variant_default: str | None = None  # its value when not given (None: required)
     variant_is_part: bool = False  # the variants are parts of one model file (fsaverage's hemispheres)
     full_shape: Callable[[Any, str | None], tuple[int, ...]] | None = None  # (metadata, variant) -> per-image shape
     labels: Callable[..., dict] | None = None  # (metadata, shape, resolved, kept) -> labels of each response axis

@@ -31,4 +31,5 @@ def labels(metadata: Any, shape: tuple[int, ...], resolved: Any, kept: dict) -> 
 FAMILY = Family(
     "fwrf", "fmri", "nsd", "fwrf", tuple(range(1, 9)), "roi", ROIS, ("voxel",), "fMRI", backbone="fwrf",
     response_layout="(voxel,) in NED's voxel order (the roi_mask_volume's True entries, C order)",
-    berg_outputs="(N, voxels) float32 for one ROI (pass roi=...)", full_shape=full_shape, labels=labels)
+    berg_outputs="(N, voxels) float32 for one ROI (pass roi=...)", variant_argument="roi", full_shape=full_shape,
+    labels=labels)

@@ -57,7 +57,8 @@ FAMILY = Family(
     response_layout="(sensor, time) row-major: 271 x 281 before selection",
     berg_outputs="(N, sensors <= 271, times <= 281) float32",
     selection_keys=("region", "sensors", "sensor_index", "timepoints"), select_rows=select_rows,
-    metadata_section="sensors", accuracy=(("encoding_model", "correlation_results"), "mean r"),
+    metadata_section="sensors", variant_argument="train_split", variant_default="full",
+    accuracy=(("encoding_model", "correlation_results"), "mean r"),
     berg_files=BergFiles(re.compile(r"^weights_P(\d+)_(full|split[1-4])\.npy$"), "weights_P{s}_{v}.npy",
                          re.compile(r"^metadata_P(\d+)\.npy$"), "metadata_P{s}.npy"),
     full_shape=full_shape, labels=labels)
