@@ -7,6 +7,7 @@
         work = tx.begin(source, metadata, selections)      what is left to do; listing, _job.json, metadata
         ... an executor writes parts and their markers ...
         manifest = tx.commit(plan, executor)               verified, images.parquet, _manifest.json last
+        (interrupted: tx.check_lease(), stop the writers, raise tx.interrupted(exc): one line, 130/143)
 
 Writers. Every model group's encoders write their models' response parts themselves (responses never
 travel through Ray's object store); the image sink writes each image's status. Each is a *writer*
