@@ -4,7 +4,7 @@
     tx.completed(source)                                   this exact job's manifest, complete and undamaged
     with tx.owned(record):                                 the lease: taken (or a dead holder's taken over),
                                                            renewed, released on the way out
-        work = tx.begin(source, metadata, selections)      what is left to do; listing, _job.json, metadata
+        source, work = tx.begin(source, metadata, selections)   the listing, what is left to do; _job.json, metadata
         ... an executor writes parts and their markers ...
         manifest = tx.commit(plan, executor)               verified, images.parquet, _manifest.json last
         (interrupted: tx.check_lease(), stop the writers, raise tx.interrupted(exc): one line, 130/143)
