@@ -165,6 +165,8 @@ def ray_cluster():
     os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")  # see tests/job/conftest.py
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     import ray
+    import ray.data  # noqa: F401 - before ray.init, as ned-ray's Ray executor imports it before it connects
+    # (imported after ray.init, Ray Data logs its progress to the driver's stderr: the tests read stderr)
 
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)

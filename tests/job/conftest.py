@@ -117,6 +117,7 @@ def own_ray(**init_args):
     """A Ray cluster of its own for some tests (logical GPUs, several nodes); the session's local
     2-CPU cluster is restored afterwards if it was running."""
     import ray
+    import ray.data  # noqa: F401 - before ray.init, as in the session's cluster (tests/conftest.py)
 
     was_running = ray.is_initialized()
     ray.shutdown()
