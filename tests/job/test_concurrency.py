@@ -144,10 +144,19 @@ def test_sigterm_to_a_driver_on_a_shared_cluster_stops_its_actors_before_the_lea
 
     images, out, options, fs = store
     out_root = filesystem(out, options)[1]
-    driver = _running_driver(ray_cluster, demo_dir, store, commits=1)
+    driver = _driver(ray_cluster, demo_dir, images, out, options)
     try:
+        _wait(lambda: fs.exists(f"{out_root}/{LEASE}") or driver.poll() is not None, "the job's lease")
         job = _lease(fs, out_root)["ray_job_id"]
-        assert ray_job_actors_alive(job) >= 1  # its encoder actors run on the session's cluster
+        seen: list[int] = []  # its encoder actors run on the session's cluster; on a loaded machine Ray Data
+        # may commit the first images only once they are done, so they are watched until then
+
+        def first_images_committed() -> bool:
+            seen.append(ray_job_actors_alive(job))
+            return len(_committed(fs, out_root)) >= 1 or driver.poll() is not None
+
+        _wait(first_images_committed, "the first images committed")
+        assert driver.poll() is None and max(seen) >= 1, "the job finished before the test could act on it"
         os.kill(driver.pid, signal.SIGTERM)
         _wait(lambda: not fs.exists(f"{out_root}/{LEASE}"), "the lease to be released")
         alive_at_release = ray_job_actors_alive(job)  # the moment the lease is gone, no actor of the job writes
