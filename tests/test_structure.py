@@ -115,6 +115,17 @@ def test_the_local_path_imports_no_ray():
     assert done.stdout.strip() == "[]"
 
 
+def test_the_public_names_load_on_first_use():
+    import ned_ray
+    from ned_ray.job.options import EncodeConfig
+    from ned_ray.job.run import run_encode
+
+    assert ned_ray.EncodeConfig is EncodeConfig and ned_ray.run_encode is run_encode  # README's Python example
+    assert set(ned_ray.__all__) >= {"NED", "BERG", "open_output", "EncodeConfig", "run_encode", "plan_encode"}
+    with pytest.raises(AttributeError, match="has no attribute 'nope'"):
+        ned_ray.nope  # noqa: B018
+
+
 def test_selection_rules_options_and_the_output_layout_import_no_torch():
     """The driver checks selections and options before anything heavy loads."""
     code = ("import sys\n"
