@@ -22,6 +22,7 @@ def test_each_family_states_what_the_job_and_the_apis_need(key):
     f = BY_KEY[key]
     assert ModelId.parse(f.example()).family is f  # its example is one of its ids
     assert f.response_layout and f.berg_outputs and f.dims and f.title
+    assert (f.full_shape is not None) == (key in ("fwrf", "eeg"))  # NED's formats state theirs; BERG's use the rule
     assert f.uses_vit == (f.backbone == VIT_B_32) == (key != "fwrf")  # one ViT pass feeds every ViT family
     if f.uses_vit:  # BERG's families: selection rules, the metadata section checked, the accuracy field
         assert f.select_rows is not None and SELECTION_KEYS[key] == f.selection_keys and f.metadata_section

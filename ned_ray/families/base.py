@@ -47,7 +47,8 @@ class Family:
     variant_argument: str | None = None  # the keyword of BERG's get_encoding_model that picks the variant
     variant_default: str | None = None  # its value when not given (None: required)
     variant_is_part: bool = False  # the variants are parts of one model file (fsaverage's hemispheres)
-    full_shape: Callable[[Any, str | None], tuple[int, ...]] | None = None  # (metadata, variant) -> per-image shape
+    full_shape: Callable[[Any, str | None], tuple[int, ...]] | None = None  # (metadata, variant) -> shape; None:
+    # BERG's rule with nothing selected (:meth:`response_shape`)
     labels: Callable[..., dict] | None = None  # (metadata, shape, resolved, kept) -> labels of each response axis
 
     @property
@@ -63,6 +64,12 @@ class Family:
     def uses_vit(self) -> bool:
         """Whether the model reads ViT-B/32 block features (every family but fwrf)."""
         return self.backbone == VIT_B_32
+
+    def response_shape(self, metadata: Any, variant: str | None) -> tuple[int, ...]:
+        """A model's per-image response shape before any selection, from its metadata."""
+        if self.full_shape is not None:
+            return self.full_shape(metadata, variant)
+        return self.select_rows(metadata, {}, "<metadata>").shapes[self.part(variant)]
 
     def part(self, variant: str | None) -> str:
         """The output part a model of this family is ("" unless its variants are parts of one file)."""

@@ -41,11 +41,6 @@ def select_rows(meta: Any, selection: Mapping[str, Any], where: str) -> Rows:
 
 
 
-def full_shape(metadata: Any, variant: str | None) -> tuple[int, ...]:
-    """The per-image shape before any selection (BERG's rule with nothing selected)."""
-    return select_rows(metadata, {}, "<metadata>").shapes[variant if FAMILY.variant_is_part else ""]
-
-
 def labels(metadata: Any, shape: tuple[int, ...], resolved: Any, kept: dict) -> dict[str, np.ndarray]:
     """Each vertex's index on the fsaverage mesh (the ones the selection kept)."""
     return {"vertex": kept.get("vertices", np.arange(shape[0]))}
@@ -60,4 +55,4 @@ FAMILY = Family(
     accuracy=(("encoding_models", "{variant}_correlation"), "mean r"),
     berg_files=BergFiles(re.compile(r"^weights_subject-(\d{2})\.npy$"), "weights_subject-{s:02d}.npy",
                          re.compile(r"^metadata_subject-(\d{2})\.npy$"), "metadata_subject-{s:02d}.npy"),
-    variant_is_part=True, full_shape=full_shape, labels=labels)
+    variant_is_part=True, labels=labels)

@@ -39,11 +39,6 @@ def select_rows(meta: Any, selection: Mapping[str, Any], where: str) -> Rows:
 
 
 
-def full_shape(metadata: Any, variant: str | None) -> tuple[int, ...]:
-    """The per-image shape before any selection (BERG's rule with nothing selected)."""
-    return select_rows(metadata, {}, "<metadata>").shapes[variant if FAMILY.variant_is_part else ""]
-
-
 def labels(metadata: Any, shape: tuple[int, ...], resolved: Any, kept: dict) -> dict[str, np.ndarray]:
     """Sensor names and times (seconds) that the selection kept."""
     names = np.asarray(metadata["sensors"]["sensor_names"]).astype(str)
@@ -61,4 +56,4 @@ FAMILY = Family(
     accuracy=(("encoding_model", "correlation_results"), "mean r"),
     berg_files=BergFiles(re.compile(r"^weights_P(\d+)_(full|split[1-4])\.npy$"), "weights_P{s}_{v}.npy",
                          re.compile(r"^metadata_P(\d+)\.npy$"), "metadata_P{s}.npy"),
-    full_shape=full_shape, labels=labels)
+    labels=labels)

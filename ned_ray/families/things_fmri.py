@@ -30,11 +30,6 @@ def select_rows(meta: Any, selection: Mapping[str, Any], where: str) -> Rows:
 
 
 
-def full_shape(metadata: Any, variant: str | None) -> tuple[int, ...]:
-    """The per-image shape before any selection (BERG's rule with nothing selected)."""
-    return select_rows(metadata, {}, "<metadata>").shapes[variant if FAMILY.variant_is_part else ""]
-
-
 def labels(metadata: Any, shape: tuple[int, ...], resolved: Any, kept: dict) -> dict[str, np.ndarray]:
     """Each voxel's index in THINGS-fMRI's order (the ones the selection kept, in BERG's order)."""
     return {"voxel": kept.get("voxels", np.arange(shape[0]))}
@@ -50,4 +45,4 @@ FAMILY = Family(
     accuracy=(("encoding_model", "correlation_results"), "mean r"),
     berg_files=BergFiles(re.compile(r"^weights_sub-0(\d)\.npy$"), "weights_sub-0{s}.npy",
                          re.compile(r"^metadata_sub-0(\d)\.npy$"), "metadata_sub-0{s}.npy"),
-    full_shape=full_shape, labels=labels)
+    labels=labels)

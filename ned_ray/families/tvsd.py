@@ -37,11 +37,6 @@ def select_rows(meta: Any, selection: Mapping[str, Any], where: str) -> Rows:
 
 
 
-def full_shape(metadata: Any, variant: str | None) -> tuple[int, ...]:
-    """The per-image shape before any selection (BERG's rule with nothing selected)."""
-    return select_rows(metadata, {}, "<metadata>").shapes[variant if FAMILY.variant_is_part else ""]
-
-
 def labels(metadata: Any, shape: tuple[int, ...], resolved: Any, kept: dict) -> dict[str, np.ndarray]:
     """Electrode indexes and times (seconds: TVSD's metadata gives milliseconds) that the selection kept."""
     times = np.asarray(metadata["utah-array"]["times"], float) / 1000
@@ -56,4 +51,4 @@ FAMILY = Family(
     accuracy=(("encoding_model", "oracle"), "mean oracle r"),
     berg_files=BergFiles(re.compile(r"^weights_monkey([A-Z])\.npy$"), "weights_monkey{s}.npy",
                          re.compile(r"^metadata_monkey([A-Z])\.npy$"), "metadata_monkey{s}.npy"),
-    full_shape=full_shape, labels=labels)
+    labels=labels)

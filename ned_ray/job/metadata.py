@@ -101,7 +101,7 @@ def recorded_files(fs, root: str, mid: ModelId) -> list[dict[str, Any]] | None:
 def ned_shape(mid: ModelId, metadata: dict) -> tuple[int, ...]:
     """A model's full per-image response shape, from its metadata: (V,) or (reps, channels, times)
     for NED's models, BERG's shapes for BERG's (berg-spec §4-§8); the family says how."""
-    return mid.family.full_shape(metadata, mid.variant)
+    return mid.family.response_shape(metadata, mid.variant)
 
 
 def berg_kept(mid: ModelId, metadata: dict, selection: dict[str, Any]) -> tuple[tuple[int, ...], dict[str, np.ndarray]]:
