@@ -18,7 +18,10 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from tabulate import tabulate
+
 from .errors import JobInterrupted, NedRayError
+from .families import BY_KEY
 from .job.options import add_encode_arguments
 from .nedfmt import NedDir
 from .summaries import format_plan, format_summary, model_summary, output_summary, plan_json
@@ -34,9 +37,8 @@ def _cmd_make_demo_models(args: argparse.Namespace) -> int:
 
 def _table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     """A plain-text table: columns are (key, header)."""
-    cells = [[header for _, header in columns]] + [["-" if r[k] is None else str(r[k]) for k, _ in columns] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
+    return tabulate([[r[k] for k, _ in columns] for r in rows], headers=[h for _, h in columns], tablefmt="plain",
+                    disable_numparse=True, missingval="-")
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -52,8 +54,12 @@ def _cmd_models(args: argparse.Namespace) -> int:
         row["state"] = "ok" if row["status"] == "ok" else f"damaged: {Path(row['missing']).name} missing"
     print(_table(rows, [("id", "model"), ("berg_id", "BERG id"), ("subject", "subject"), ("variant", "roi/hemi/split"),
                         ("outputs", "outputs per image"), ("acc", "accuracy"), ("state", "files")]))
-    print("accuracy: NED's models: mean noise-normalised accuracy (% of explainable variance); BERG's: mean test "
-          "correlation r (TVSD: oracle r)", file=sys.stderr)
+    meanings: dict[str, dict[str, None]] = {}  # what each accuracy is -> the families it is given for
+    for row in rows:
+        if row["accuracy_is"]:
+            meanings.setdefault(row["accuracy_is"], {})[BY_KEY[row["family"]].title] = None
+    if meanings:
+        print("accuracy: " + "; ".join(f"{what} ({', '.join(titles)})" for what, titles in meanings.items()), file=sys.stderr)
     damaged = sum(r["status"] != "ok" for r in rows)
     print(f"{len(rows) - damaged} models in {args.ned_dir}" + (
         f", {damaged} damaged (a file missing: restore it from the release)" if damaged else ""), file=sys.stderr)

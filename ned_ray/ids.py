@@ -73,8 +73,8 @@ class ModelId:
 
     @property
     def roi(self) -> str | None:
-        """The fwrf ROI (None for other families)."""
-        return self.variant if self.family.key == "fwrf" else None
+        """The NSD ROI of an fwrf model (None for other families)."""
+        return self.variant if self.family.variant == "roi" else None
 
     @property
     def subject_tag(self) -> str:
@@ -86,9 +86,7 @@ class ModelId:
 
     @property
     def label(self) -> str:
-        """A short name for figures: 'sub-01 V1', 'EEG sub-01', 'MEG sub-01 full'."""
-        if self.family.key == "fwrf":
-            return f"{self.subject_tag} {self.roi}"
+        """A short name for figures: 'fMRI sub-01 V1', 'EEG sub-01', 'MEG sub-01 full'."""
         return " ".join(p for p in (self.family.title, self.subject_tag, self.variant) if p)
 
     @property

@@ -36,8 +36,6 @@ _FWRF_WEIGHTS = re.compile(r"^weights_sub-(\d{2})_roi-([A-Za-z0-9.\-]+?)(?:_spli
 _FWRF_METADATA = re.compile(r"^metadata_sub-(\d{2})_roi-([A-Za-z0-9.\-]+)\.npy$")
 _EEG_REGRESSION = re.compile(r"^LinearRegression_param_sub-(\d{2})\.npy$")
 _EEG_METADATA = re.compile(r"^metadata_sub-(\d{2})\.npy$")
-_BERG_EEG_WEIGHTS = re.compile(r"^weights_subject-(\d{2})\.npy$")
-_BERG_EEG_METADATA = re.compile(r"^metadata_subject-(\d{2})\.npy$")
 
 
 
@@ -49,10 +47,7 @@ def family_root(family: Family) -> str:
 def berg_files(mid: ModelId) -> tuple[str, str]:
     """(weights, metadata) of a BERG ViT-B/32 model, relative to the directory (berg-spec §1)."""
     family = mid.family
-    root = family_root(family)
-    if family.key == "eeg":
-        return NedDir.berg_eeg_weights(mid.subject), NedDir.berg_eeg_metadata(mid.subject)
-    files = family.berg_files  # BERG's ViT-B/32 families other than EEG (berg-spec §1)
+    root, files = family_root(family), family.berg_files
     weights = files.weights_name.format(s=mid.subject, v=mid.variant)
     meta = files.metadata_name.format(s=mid.subject)  # MEG's does not depend on the train split
     return f"{root}/encoding_models_weights/{weights}", f"{root}/metadata/{meta}"
@@ -132,14 +127,6 @@ class NedDir:
     @staticmethod
     def eeg_metadata(subject: int) -> str:
         return f"{EEG_ROOT}/metadata/metadata_sub-{subject:02d}.npy"
-
-    @staticmethod
-    def berg_eeg_weights(subject: int) -> str:
-        return f"{EEG_ROOT}/encoding_models_weights/weights_subject-{subject:02d}.npy"
-
-    @staticmethod
-    def berg_eeg_metadata(subject: int) -> str:
-        return f"{EEG_ROOT}/metadata/metadata_subject-{subject:02d}.npy"
 
     @staticmethod
     def pregenerated(modality: str, imageset: str, subject: int, roi: str | None) -> tuple[str, str]:
@@ -246,19 +233,12 @@ class NedDir:
             mid = ModelId("fmri", "nsd", "fwrf", subject, roi)
             found.append((mid, [ModelEntry(mid, "ned", self.fwrf_weights(subject, roi), self.fwrf_metadata(subject, roi))]))
 
-        subjects: dict[int, set[str]] = {}  # EEG subject -> formats with a file of it
-        for name in listed(f"{EEG_ROOT}/encoding_models_weights") + listed(f"{EEG_ROOT}/metadata"):
-            for pattern, format in ((_EEG_REGRESSION, "ned"), (_EEG_METADATA, "ned"), (_BERG_EEG_WEIGHTS, "berg"),
-                                    (_BERG_EEG_METADATA, "berg")):
-                m = pattern.match(name)
-                if m:
-                    subjects.setdefault(int(m.group(1)), set()).add(format)
-        for subject, formats in sorted(subjects.items()):
+        subjects = {int(m.group(1)) for name in listed(f"{EEG_ROOT}/encoding_models_weights") + listed(f"{EEG_ROOT}/metadata")
+                    for m in (_EEG_REGRESSION.match(name) or _EEG_METADATA.match(name),) if m}
+        for subject in sorted(subjects):  # NED's EEG files; BERG's, in the same folders, come below
             mid = ModelId("eeg", "things_eeg_2", "vit_b_32", subject)
-            ned = ModelEntry(mid, "ned", (self.EEG_SCALER, self.EEG_PCA, self.eeg_regression(subject)),
-                             self.eeg_metadata(subject))
-            berg = ModelEntry(mid, "berg", (self.berg_eeg_weights(subject),), self.berg_eeg_metadata(subject))
-            found.append((mid, [ned, berg] if "ned" in formats else [berg, ned]))  # NED's files win when both are whole
+            found.append((mid, [ModelEntry(mid, "ned", (self.EEG_SCALER, self.EEG_PCA, self.eeg_regression(subject)),
+                                           self.eeg_metadata(subject))]))
 
         for family in (f for f in FAMILIES.values() if f.berg_files is not None):
             root, files = family_root(family), family.berg_files
@@ -282,9 +262,12 @@ class NedDir:
                 weights, meta = berg_files(mid)
                 found.append((mid, [ModelEntry(mid, "berg", (weights,), meta)]))
 
+        choices: dict[ModelId, list[ModelEntry]] = {}  # NED's files first: they win when both formats are whole
+        for mid, options in found:
+            choices.setdefault(mid, []).extend(options)
         entries: dict[ModelId, ModelEntry] = {}
         damaged: dict[ModelId, DamagedModel] = {}
-        for mid, options in found:
+        for mid, options in choices.items():
             whole = next((e for e in options if all(f in present for f in (*e.weights, e.metadata))), None)
             if whole is not None:
                 entries[mid] = whole

@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import MissingDependencyError, ModelNotInOutputError, OutputError
+from .families import FAMILIES
+from .families.eeg import channel_region
 from .ids import ModelId
 from .output import Output
 
@@ -28,7 +30,6 @@ __all__ = ["plot_output", "channel_groups", "FIGSIZE", "DPI"]
 
 FIGSIZE = (12.0, 8.0)  # inches; with DPI every PNG is 1200 x 800 pixels
 DPI = 100
-GROUPS = {"O": "occipital", "P": "parietal", "C": "central", "T": "temporal", "F": "frontal", "A": "frontal"}
 
 
 def _pyplot():
@@ -43,36 +44,23 @@ def _pyplot():
 
 
 def channel_groups(names: list[str] | np.ndarray) -> dict[str, np.ndarray]:
-    """{group: channel indexes}. Occipital: every name with an 'O' (O1, Oz, O2 and the PO channels: the
-    8 of NED's EEG tutorial); the others by their first letter (Fp1 -> frontal, CP3 -> central)."""
-    groups: dict[str, list[int]] = {}
-    for i, name in enumerate(map(str, names)):
-        group = "occipital" if "O" in name.upper() else GROUPS.get(name[:1].upper(), "other")
-        groups.setdefault(group, []).append(i)
-    return {g: np.asarray(v) for g, v in groups.items()}
+    """{group: channel indexes} of EEG channel names, by scalp region (:func:`ned_ray.families.eeg.channel_region`)."""
+    return _grouped([channel_region(str(n)) for n in names])
 
 
-MEG_REGIONS = {"C": "central", "F": "frontal", "O": "occipital", "P": "parietal", "T": "temporal"}
-
-
-def _units(out: Output, mid: str, values: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """(values as (N, units, times), {group: unit indexes}) of a time-resolved model."""
-    coords = out.coords(mid)
-    family = ModelId.parse(mid).family.key
-    if family == "eeg":
-        return values.mean(axis=1), channel_groups(coords["channel"])
-    if family == "meg":  # CTF sensor names: M, then L/R/Z, then the region letter
-        labels = [MEG_REGIONS.get(str(n)[2:3], "other") for n in coords["sensor"]]
-    else:
-        meta = out.metadata(mid)["npz"]
-        assignments = meta.get("roi/roi_assignments")
-        names = out.metadata(mid)["json"]["ned_metadata"].get("roi", {}).get("roi_labels") or ["V1", "V4", "IT"]
-        labels = ([str(names[int(a)]) for a in assignments[coords["electrode"]]] if assignments is not None
-                  else ["all"] * len(coords["electrode"]))
+def _grouped(labels: list[str]) -> dict[str, np.ndarray]:
     groups: dict[str, list[int]] = {}
     for i, label in enumerate(labels):
         groups.setdefault(label, []).append(i)
-    return values, {g: np.asarray(v) for g, v in groups.items()}
+    return {g: np.asarray(v) for g, v in groups.items()}
+
+
+def _units(out: Output, mid: str, values: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(values as (N, units, times), {group: unit indexes}) of a time-resolved model (repetitions averaged)."""
+    family = ModelId.parse(mid).family
+    if family.repetitions:
+        values = values.mean(axis=1)
+    return values, _grouped(family.plot.unit_groups(out.coords(mid), out.metadata(mid)))
 
 
 def _timecourses(out: Output, models: list[str], path: Path, what: str) -> None:
@@ -160,19 +148,15 @@ def plot_output(out: Output, folder: str | os.PathLike, models: list[str] | None
         raise OutputError(f"{out.uri} has no successfully encoded image to plot")
     written = []
     rng = np.random.default_rng(seed)
-    for key, name, what in (("eeg", "eeg_timecourses", "EEG"), ("meg", "meg_timecourses", "MEG"),
-                            ("tvsd", "tvsd_timecourses", "TVSD Utah arrays")):
-        members = [m for m in chosen if ModelId.parse(m).family.key == key]
+    for family in (f for f in FAMILIES.values() if f.plot is not None):  # one figure per family, in registry order
+        members = [m for m in chosen if ModelId.parse(m).family == family]
         if members:
-            _timecourses(out, members, folder / f"{name}.png", what)
-            written.append(folder / f"{name}.png")
-    for key, name, what in (("fwrf", "fmri_distributions", "NSD fMRI (fwrf)"),
-                            ("fsaverage", "fsaverage_distributions", "NSD fMRI on fsaverage"),
-                            ("things_fmri", "things_fmri_distributions", "THINGS-fMRI")):
-        members = [m for m in chosen if ModelId.parse(m).family.key == key]
-        if members:
-            _distributions(out, members, folder / f"{name}.png", what, rng)
-            written.append(folder / f"{name}.png")
+            path = folder / f"{family.plot.file}.png"
+            if family.plot.kind == "timecourses":
+                _timecourses(out, members, path, family.plot.caption)
+            else:
+                _distributions(out, members, path, family.plot.caption, rng)
+            written.append(path)
     _heatmap(out, chosen, folder / "heatmap.png")
     written.append(folder / "heatmap.png")
     return written

@@ -35,18 +35,13 @@ def model_summary(ned: NedDir) -> list[dict]:
         meta = ned.metadata(mid)
         shape = list(ned_shape(mid, meta))
         if entry.format == "ned":
-            accuracy = meta["encoding_models"]["encoding_accuracy"]
-            if mid.family.key == "fwrf":
-                score = float(100 * np.mean(accuracy["noise_normalized_encoding"]))  # NED stores a fraction
-            else:
-                score = float(100 * np.mean(accuracy["correlation_all_repetitions"]) / np.mean(accuracy["noise_ceiling_upper"]))
-            score, what = round(score, 3), "noise-normalised accuracy (%)"
+            score, what = round(mid.family.ned_accuracy(meta), 3), "noise-normalised accuracy (%)"
         else:
             score, what = _berg_accuracy(mid, meta)
             score = None if score is None else round(score, 4)
         rows.append({"id": str(mid), "berg_id": mid.berg[0], "family": mid.family.key, "modality": mid.modality,
                      "subject": mid.subject, "variant": mid.variant, "roi": mid.roi,
-                     "voxels": shape[0] if mid.family.key == "fwrf" else None, "response_shape": shape,
+                     "voxels": shape[0] if mid.roi else None, "response_shape": shape,
                      "accuracy": score, "accuracy_is": what, "format": entry.format, "files": list(entry.weights),
                      "status": "ok", "missing": None})
     for mid, damage in ned.damaged.items():  # listed, so that a missing file is found before a job asks for it

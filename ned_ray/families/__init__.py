@@ -1,23 +1,44 @@
 """The model families ned-ray serves, one module each, and their registry.
 
 A family module states everything about its models: ids (subjects, variants), response axes and
-layout, BERG's files and selection rules, and the backbone it shares (:mod:`.base`). Adding a family
-is one module here, listed in ``_MODULES``, plus its tests; model code for a new backbone lives in
-``ned_ray/models/``.
+layout, BERG's files and selection rules, how it is plotted and the backbone it shares
+(:mod:`.base`). Adding a family on an existing backbone is one module here, listed in ``_MODULES``,
+plus its tests (tests/test_families.py runs a family defined outside the package end to end, added
+with :func:`register`); model code for a new backbone lives in ``ned_ray/models/``.
 """
 
 from __future__ import annotations
 
 from . import eeg, fsaverage, fwrf, meg, things_fmri, tvsd
-from .base import VIT_B_32, BergFiles, Family
+from .base import FWRF, VIT_B_32, Backbone, BergFiles, Family, Plot
 
-__all__ = ["Family", "BergFiles", "FAMILIES", "BY_KEY", "BERG_IDS", "VIT_B_32", "family"]
+__all__ = ["Family", "Backbone", "BergFiles", "Plot", "FAMILIES", "BY_KEY", "BERG_IDS", "VIT_B_32", "FWRF", "family",
+           "register", "unregister"]
 
 _MODULES = (fwrf, eeg, fsaverage, things_fmri, meg, tvsd)
-FAMILIES: dict[tuple[str, str, str], Family] = {(m.FAMILY.modality, m.FAMILY.train_dataset, m.FAMILY.model): m.FAMILY
-                                                 for m in _MODULES}
-BY_KEY: dict[str, Family] = {f.key: f for f in FAMILIES.values()}
-BERG_IDS: dict[str, Family] = {f.berg_id: f for f in FAMILIES.values()}
+FAMILIES: dict[tuple[str, str, str], Family] = {}  # (modality, train_dataset, model) -> family
+BY_KEY: dict[str, Family] = {}
+BERG_IDS: dict[str, Family] = {}
+
+
+def register(new: Family) -> Family:
+    """Add a family to the registry (each of its names unused); returns it. In this process only:
+    Ray workers import the registry afresh, so a family a job runs on Ray belongs in ``_MODULES``."""
+    path = (new.modality, new.train_dataset, new.model)
+    for taken, name in ((path in FAMILIES, "/".join(path)), (new.key in BY_KEY, new.key), (new.berg_id in BERG_IDS, new.berg_id)):
+        if taken:
+            raise ValueError(f"a model family named '{name}' is already registered")
+    FAMILIES[path], BY_KEY[new.key], BERG_IDS[new.berg_id] = new, new, new
+    return new
+
+
+def unregister(old: Family) -> None:
+    """Remove a family :func:`register` added."""
+    del FAMILIES[(old.modality, old.train_dataset, old.model)], BY_KEY[old.key], BERG_IDS[old.berg_id]
+
+
+for _module in _MODULES:
+    register(_module.FAMILY)
 
 
 def family(key: str) -> Family:

@@ -6,9 +6,33 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
-__all__ = ["Family", "BergFiles", "VIT_B_32"]
+__all__ = ["Family", "Backbone", "BergFiles", "Plot", "VIT_B_32", "FWRF"]
 
-VIT_B_32 = "vit_b_32"  # the backbone every BERG image family and NED's EEG share: one pass feeds them all
+
+@dataclass(frozen=True)
+class Backbone:
+    """The image network a family's heads read: the preprocessed image column it takes (``input``,
+    a key of ``ned_ray.models.group.INPUTS``), and whether one pass feeds every model on it
+    (``shared``) or each model runs its own."""
+
+    name: str
+    input: str
+    shared: bool
+
+
+VIT_B_32 = Backbone("vit_b_32", "vit", shared=True)  # every BERG image family and NED's EEG: one pass feeds all
+FWRF = Backbone("fwrf", "fwrf", shared=False)  # NED trained one per subject and ROI
+
+
+@dataclass(frozen=True)
+class Plot:
+    """How ``ned-ray plot`` draws a family: ``timecourses`` (mean time course per group of units,
+    groups from ``unit_groups``) or ``distributions`` (response distribution per model)."""
+
+    kind: str  # "timecourses" or "distributions"
+    file: str  # the figure's file name, without .png
+    caption: str
+    unit_groups: Callable[[dict, dict], list[str]] | None = None  # (coords, output metadata) -> a group per unit
 
 
 @dataclass(frozen=True)
@@ -36,7 +60,7 @@ class Family:
     variants: tuple[str, ...]
     dims: tuple[str, ...]  # per-image response axes (xarray dims)
     title: str  # for figures and listings
-    backbone: str  # VIT_B_32 (one pass shared by every family on it), or the family's own ("fwrf")
+    backbone: Backbone  # VIT_B_32 (one pass shared by every family on it), or FWRF (one per model)
     response_layout: str  # the per-image response, as recorded in each output's metadata
     berg_outputs: str  # what BERG's encode returns for one of its models
     selection_keys: tuple[str, ...] = ()  # BERG's selection keys (berg-spec §4-§8)
@@ -50,6 +74,11 @@ class Family:
     full_shape: Callable[[Any, str | None], tuple[int, ...]] | None = None  # (metadata, variant) -> shape; None:
     # BERG's rule with nothing selected (:meth:`response_shape`)
     labels: Callable[..., dict] | None = None  # (metadata, shape, resolved, kept) -> labels of each response axis
+    plot: Plot | None = None
+    pool: str | None = None  # the name of an actor pool that hosts only this family's models (else the input's)
+    repetitions: bool = False  # responses have a leading repetition axis that BERG's selections leave whole
+    ned_options: tuple[str, ...] = ()  # ned-ray's options selecting NED's models that apply (ned_ray.selection.ned)
+    ned_accuracy: Callable[[Any], float] | None = None  # NED's metadata -> accuracy in % (NED's own files only)
 
     @property
     def path(self) -> str:
@@ -64,6 +93,17 @@ class Family:
     def uses_vit(self) -> bool:
         """Whether the model reads ViT-B/32 block features (every family but fwrf)."""
         return self.backbone == VIT_B_32
+
+    @property
+    def input(self) -> str:
+        """The preprocessed image column its backbone reads."""
+        return self.backbone.input
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """The output parts of one model file: its variants where they are parts of it (fsaverage's
+        hemispheres), else one unnamed part."""
+        return self.variants if self.variant_is_part else ("",)
 
     def response_shape(self, metadata: Any, variant: str | None) -> tuple[int, ...]:
         """A model's per-image response shape before any selection, from its metadata."""

@@ -3,12 +3,13 @@ on ViT-B/32 features; NED's files (one scaler/PCA shared by all subjects) or BER
 
 from __future__ import annotations
 
+import re
 from typing import Any, Mapping
 
 import numpy as np
 
 from ..errors import SelectionError
-from .base import VIT_B_32, Family
+from .base import VIT_B_32, BergFiles, Family, Plot
 from .rules import Rows, binary, check_keys, lookup, unit_time_rows
 
 __all__ = ["FAMILY", "CHANNELS"]
@@ -58,6 +59,26 @@ def labels(metadata: Any, shape: tuple[int, ...], resolved: Any, kept: dict) -> 
             "time": times if t is None else times[t]}
 
 
+REGIONS = {"O": "occipital", "P": "parietal", "C": "central", "T": "temporal", "F": "frontal", "A": "frontal"}
+
+
+def channel_region(name: str) -> str:
+    """The scalp region of a channel. Occipital: every name with an 'O' (O1, Oz, O2 and the PO
+    channels: the 8 of NED's EEG tutorial); the others by their first letter (Fp1 -> frontal)."""
+    return "occipital" if "O" in name.upper() else REGIONS.get(name[:1].upper(), "other")
+
+
+def unit_groups(coords: dict, metadata: dict) -> list[str]:
+    """Each channel's scalp region, for the time-course figure."""
+    return [channel_region(str(n)) for n in coords["channel"]]
+
+
+def ned_accuracy(metadata: Any) -> float:
+    """100 x mean correlation (all repetitions) / mean upper noise ceiling, over channels and times."""
+    accuracy = metadata["encoding_models"]["encoding_accuracy"]
+    return float(100 * np.mean(accuracy["correlation_all_repetitions"]) / np.mean(accuracy["noise_ceiling_upper"]))
+
+
 FAMILY = Family(
     "eeg", "eeg", "things_eeg_2", "vit_b_32", tuple(range(1, 11)), None, (), ("repetition", "channel", "time"), "EEG",
     backbone=VIT_B_32,
@@ -65,4 +86,7 @@ FAMILY = Family(
     berg_outputs="(N, 4 repetitions, channels <= 63, times <= 140) float32",
     selection_keys=("channels", "timepoints"), select_rows=select_rows, metadata_section="eeg",
     accuracy=(("encoding_models", "correlation_averaged_repetitions"), "mean r (averaged repetitions)"),
-    full_shape=full_shape, labels=labels)
+    berg_files=BergFiles(re.compile(r"^weights_subject-(\d{2})\.npy$"), "weights_subject-{s:02d}.npy",
+                         re.compile(r"^metadata_subject-(\d{2})\.npy$"), "metadata_subject-{s:02d}.npy"),
+    full_shape=full_shape, labels=labels, plot=Plot("timecourses", "eeg_timecourses", "EEG", unit_groups), pool="eeg",
+    repetitions=True, ned_options=("channels", "times"), ned_accuracy=ned_accuracy)

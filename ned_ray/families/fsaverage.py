@@ -9,7 +9,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..errors import SelectionError
-from .base import VIT_B_32, BergFiles, Family
+from .base import VIT_B_32, BergFiles, Family, Plot
 from .rules import Rows, binary, check_keys, lookup
 
 __all__ = ["FAMILY", "FSAVERAGE_ROIS"]
@@ -55,4 +55,4 @@ FAMILY = Family(
     accuracy=(("encoding_models", "{variant}_correlation"), "mean r"),
     berg_files=BergFiles(re.compile(r"^weights_subject-(\d{2})\.npy$"), "weights_subject-{s:02d}.npy",
                          re.compile(r"^metadata_subject-(\d{2})\.npy$"), "metadata_subject-{s:02d}.npy"),
-    variant_is_part=True, labels=labels)
+    variant_is_part=True, labels=labels, plot=Plot("distributions", "fsaverage_distributions", "NSD fMRI on fsaverage"))

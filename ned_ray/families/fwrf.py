@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import Family
+from .base import FWRF, Family, Plot
 
 __all__ = ["FAMILY", "ROIS", "SPLIT_ROIS"]
 
@@ -28,8 +28,15 @@ def labels(metadata: Any, shape: tuple[int, ...], resolved: Any, kept: dict) -> 
     return {"voxel": resolved.voxels if resolved.voxels is not None else np.arange(shape[0])}
 
 
+def ned_accuracy(metadata: Any) -> float:
+    """100 x the mean of NED's ``noise_normalized_encoding`` (r2 / noise ceiling, a fraction) over voxels:
+    the percent of the explainable variance."""
+    return float(100 * np.mean(metadata["encoding_models"]["encoding_accuracy"]["noise_normalized_encoding"]))
+
+
 FAMILY = Family(
-    "fwrf", "fmri", "nsd", "fwrf", tuple(range(1, 9)), "roi", ROIS, ("voxel",), "fMRI", backbone="fwrf",
+    "fwrf", "fmri", "nsd", "fwrf", tuple(range(1, 9)), "roi", ROIS, ("voxel",), "fMRI", backbone=FWRF,
     response_layout="(voxel,) in NED's voxel order (the roi_mask_volume's True entries, C order)",
     berg_outputs="(N, voxels) float32 for one ROI (pass roi=...)", variant_argument="roi", full_shape=full_shape,
-    labels=labels)
+    labels=labels, plot=Plot("distributions", "fmri_distributions", "NSD fMRI (fwrf)"), pool="fmri",
+    ned_options=("min_ncsnr",), ned_accuracy=ned_accuracy)

@@ -8,7 +8,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .base import VIT_B_32, BergFiles, Family
+from .base import VIT_B_32, BergFiles, Family, Plot
 from .rules import Rows, binary, check_keys, lookup, names, unit_time_rows
 
 __all__ = ["FAMILY", "MEG_REGIONS", "MEG_PREFIXES", "MEG_SPLITS"]
@@ -46,6 +46,12 @@ def labels(metadata: Any, shape: tuple[int, ...], resolved: Any, kept: dict) -> 
     return {"sensor": names[kept["sensors"]], "time": times[kept["timepoints"]]}
 
 
+def unit_groups(coords: dict, metadata: dict) -> list[str]:
+    """Each sensor's region, from its CTF name (M, then L/R/Z, then the region's letter)."""
+    regions = {r[0]: r.lower() for r in MEG_REGIONS}
+    return [regions.get(str(n)[2:3], "other") for n in coords["sensor"]]
+
+
 FAMILY = Family(
     "meg", "meg", "things_meg_1", "vit_b_32", (1, 2, 3, 4), "split", MEG_SPLITS, ("sensor", "time"), "MEG",
     backbone=VIT_B_32,
@@ -56,4 +62,4 @@ FAMILY = Family(
     accuracy=(("encoding_model", "correlation_results"), "mean r"),
     berg_files=BergFiles(re.compile(r"^weights_P(\d+)_(full|split[1-4])\.npy$"), "weights_P{s}_{v}.npy",
                          re.compile(r"^metadata_P(\d+)\.npy$"), "metadata_P{s}.npy"),
-    labels=labels)
+    labels=labels, plot=Plot("timecourses", "meg_timecourses", "MEG", unit_groups))

@@ -7,7 +7,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .base import VIT_B_32, BergFiles, Family
+from .base import VIT_B_32, BergFiles, Family, Plot
 from .rules import Rows, binary, check_keys, lookup, names
 
 __all__ = ["FAMILY"]
@@ -45,4 +45,4 @@ FAMILY = Family(
     accuracy=(("encoding_model", "correlation_results"), "mean r"),
     berg_files=BergFiles(re.compile(r"^weights_sub-0(\d)\.npy$"), "weights_sub-0{s}.npy",
                          re.compile(r"^metadata_sub-0(\d)\.npy$"), "metadata_sub-0{s}.npy"),
-    labels=labels)
+    labels=labels, plot=Plot("distributions", "things_fmri_distributions", "THINGS-fMRI"))

@@ -8,7 +8,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .base import VIT_B_32, BergFiles, Family
+from .base import VIT_B_32, BergFiles, Family, Plot
 from .rules import Rows, binary, check_keys, lookup, names, unit_time_rows
 
 __all__ = ["FAMILY"]
@@ -43,6 +43,15 @@ def labels(metadata: Any, shape: tuple[int, ...], resolved: Any, kept: dict) -> 
     return {"electrode": kept["electrodes"], "time": times[kept["timepoints"]]}
 
 
+def unit_groups(coords: dict, metadata: dict) -> list[str]:
+    """Each electrode's ROI (V1, V4, IT) from its metadata's assignments ("all" without them)."""
+    assignments = metadata["npz"].get("roi/roi_assignments")
+    names = metadata["json"]["ned_metadata"].get("roi", {}).get("roi_labels") or ["V1", "V4", "IT"]
+    if assignments is None:
+        return ["all"] * len(coords["electrode"])
+    return [str(names[int(a)]) for a in assignments[coords["electrode"]]]
+
+
 FAMILY = Family(
     "tvsd", "utah_array", "tvsd", "vit_b_32", ("N", "F"), None, (), ("electrode", "time"), "TVSD", backbone=VIT_B_32,
     response_layout="(electrode, time) row-major: 1024 x 300 before selection",
@@ -51,4 +60,4 @@ FAMILY = Family(
     accuracy=(("encoding_model", "oracle"), "mean oracle r"),
     berg_files=BergFiles(re.compile(r"^weights_monkey([A-Z])\.npy$"), "weights_monkey{s}.npy",
                          re.compile(r"^metadata_monkey([A-Z])\.npy$"), "metadata_monkey{s}.npy"),
-    labels=labels)
+    labels=labels, plot=Plot("timecourses", "tvsd_timecourses", "TVSD Utah arrays", unit_groups))

@@ -110,7 +110,7 @@ def berg_kept(mid: ModelId, metadata: dict, selection: dict[str, Any]) -> tuple[
     part = mid.family.part(mid.variant)
     shape = rows.shapes[part]
     kept = {k: (v[part] if isinstance(v, dict) else v) for k, v in rows.kept.items()}
-    if mid.family.key == "eeg":
+    if mid.family.repetitions:  # BERG's selections leave the repetitions whole
         shape = (ned_shape(mid, metadata)[0], *shape)
     return shape, kept
 
@@ -126,7 +126,7 @@ def selection_record(mid: ModelId, metadata: dict, resolved: Resolved, asked: di
     """(JSON part, npz arrays) describing what a selection kept, in NED's terms."""
     record: dict[str, Any] = {"asked": asked}
     arrays = {f"selection/{k}": v for k, v in resolved.to_arrays().items()}
-    if mid.family.key == "fwrf":
+    if "min_ncsnr" in mid.family.ned_options:
         record["voxels"] = None if resolved.voxels is None else {"npz": "selection/voxels", "count": len(resolved.voxels)}
     else:
         names, times = list(metadata["eeg"]["ch_names"]), np.asarray(metadata["eeg"]["times"])
@@ -140,7 +140,7 @@ def write_model_metadata(fs, root: str, mid: ModelId, metadata: dict, config: En
                          berg_selection: dict[str, Any] | None = None) -> None:
     """Write ``OUT/<model_id>/metadata.json`` and ``metadata.npz`` (same content on a rerun)."""
     tree, arrays = split_arrays(metadata)
-    if mid.family.key in ("fwrf", "eeg") and berg_selection is None:
+    if mid.family.ned_options and berg_selection is None:  # NED's models, selected with ned-ray's options
         shape, kept = resolved.shape(ned_shape(mid, metadata)), None
         selection, selected = selection_record(mid, metadata, resolved, config.selection().to_json())
     else:
@@ -162,7 +162,7 @@ def write_model_metadata(fs, root: str, mid: ModelId, metadata: dict, config: En
             "ned_ray_version": __version__,
             "format": format_name,
             "files": files,
-            "preprocessing": PREPROCESSING["fwrf" if mid.family.key == "fwrf" else "vit"],
+            "preprocessing": PREPROCESSING[mid.family.input],
             "response_layout": mid.family.response_layout,
             "response_dtype": "float32",
             "job_options": config.to_json(),

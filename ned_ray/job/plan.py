@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from tabulate import tabulate
 
 from ..errors import PlanError
 from ..ids import ModelId
@@ -116,11 +117,10 @@ class Plan:
                  f"decoded blocks in Ray's object store: at most ~{_size(self.queued_bytes)}"]
         header = ("pool", "models", "inputs", "device", "actors", "GPU/actor", "CPU/actor", "threads", "rows/call",
                   "weights")
-        rows = [header] + [(p.name, _models_label(p.models), ",".join(p.inputs), p.device, p.actors,
+        rows = [(p.name, _models_label(p.models), ",".join(p.inputs), p.device, p.actors,
                             f"{p.gpus_per_actor:g}", f"{p.cpus_per_actor:g}", str(p.cpu_threads), str(p.batch_rows),
                             _size(p.weights_bytes)) for p in self.pools]
-        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        lines.append(tabulate(rows, headers=header, tablefmt="plain", disable_numparse=True))
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -132,7 +132,7 @@ def _size(n: int) -> str:
 def _models_label(models: Sequence[str]) -> str:
     ids = [ModelId.parse(m) for m in models]
     parts = []
-    for family in dict.fromkeys(m.family for m in sorted(ids, key=lambda m: m.family.key != "fwrf")):
+    for family in dict.fromkeys(m.family for m in sorted(ids, key=lambda m: m.family.backbone.shared)):
         members = [m for m in ids if m.family == family]
         subjects = sorted({m.subject for m in members}, key=lambda v: (isinstance(v, str), v))
         parts.append(f"{len(members)} {family.title} (sub {_ranges(subjects)})")
@@ -156,15 +156,14 @@ def group_cost(models: Sequence[ModelId], sizes: Mapping[ModelId, int] | None = 
     """Relative compute per image of a group: one ViT pass for all its ViT models plus their
     heads' projections (2 flops per float32 weight, from ``sizes``: NED's EEG regressions are
     small), one fwrf backbone per fwrf model (two for split ROIs)."""
-    fwrf = sum(2 if m.is_split else 1 for m in models if m.family.key == "fwrf")
+    own = sum((2 if m.is_split else 1) * COST[m.family.input] for m in models if not m.family.backbone.shared)
     vit = [m for m in models if m.family.uses_vit]
     heads = sum((sizes or {}).get(m, 0) for m in vit) / 4 * 2 / VIT_FLOPS
-    return fwrf * COST["fwrf"] + ((COST["vit"] + heads) if vit else 0.0)
+    return own + ((COST["vit"] + heads) if vit else 0.0)
 
 
 def _inputs(models: Sequence[ModelId]) -> list[str]:
-    return [k for k, used in (("fwrf", any(m.family.key == "fwrf" for m in models)),
-                              ("vit", any(m.family.uses_vit for m in models))) if used]
+    return [k for k in INPUT_SHAPES if any(m.family.input == k for m in models)]
 
 
 def _device(config: EncodeConfig, cluster: ClusterShape) -> tuple[str, str]:
@@ -230,7 +229,7 @@ def make_plan(config: EncodeConfig, models: Sequence[ModelId], cluster: ClusterS
     notes: list[str] = []
     device, reason = _device(config, cluster)
     vit = sorted(m for m in models if m.family.uses_vit)
-    fmri = sorted(m for m in models if m.family.key == "fwrf")
+    fmri = sorted(m for m in models if not m.family.uses_vit)
     gpus = cluster.gpus_max if device == "cuda" else 0.0
     if device == "cuda" and not gpus:
         gpus = 1.0  # --device cuda on a cluster that shows none: plan for the first GPU to come
@@ -248,7 +247,7 @@ def make_plan(config: EncodeConfig, models: Sequence[ModelId], cluster: ClusterS
 
     def held(group: Sequence[ModelId]) -> float:
         """Device memory a group's weights claim: their bytes over the share of memory weights may take."""
-        fwrf = [m for m in group if m.family.key == "fwrf"]
+        fwrf = [m for m in group if not m.family.uses_vit]
         vit = [m for m in group if m.family.uses_vit]
         return (weight(fwrf) / WEIGHTS_SHARE if fwrf else 0.0) + (weight(vit) / VIT_WEIGHTS_SHARE if vit else 0.0)
 
@@ -347,8 +346,9 @@ def make_plan(config: EncodeConfig, models: Sequence[ModelId], cluster: ClusterS
     pools = []
     for index, (group, count, cost) in enumerate(zip(groups, counts, costs)):
         later = {k for g in groups[index + 1:] for k in _inputs(g)}
-        kind = "fmri" if group[0].family.key == "fwrf" else ("eeg" if all(m.family.key == "eeg" for m in group) else "vit")
-        numbered = sum(1 for g in groups if (g[0].family.key == "fwrf") == (kind == "fmri")) > 1
+        names = {m.family.pool or m.family.input for m in group}
+        kind = names.pop() if len(names) == 1 else group[0].family.input  # a group's models share one input
+        numbered = sum(1 for g in groups if g[0].family.input == group[0].family.input) > 1
         pools.append(PoolPlan(
             name=f"{kind}-{index + 1}" if numbered else kind,
             models=[str(m) for m in group], inputs=_inputs(group), drop=[k for k in _inputs(group) if k not in later],

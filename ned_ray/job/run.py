@@ -48,7 +48,7 @@ def resolve_selections(config: EncodeConfig, ned, models: list[ModelId], metadat
             if not mid.family.uses_vit or ned.entry(mid).format != "berg":
                 raise SelectionError(f"--selection: {mid} is one of NED's models; BERG's selections apply to BERG's "
                                      "ViT-B/32 files (select NED's models with --channels/--times/--min-ncsnr)")
-            if mid.family.key == "eeg" and (config.channels or config.times):
+            if "channels" in mid.family.ned_options and (config.channels or config.times):
                 raise SelectionError(f"{mid} has both --selection and --channels/--times; give one of them")
             resolve_berg_selection(mid.family.key, metadata[mid], berg[mid], f"--selection for {mid}")
             out[str(mid)] = {"berg": berg[mid]}

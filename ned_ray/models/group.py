@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import DeviceError, ModelLoadError
+from ..families import FWRF
 from ..ids import ModelId, UnknownModelError
 from ..nedfmt import MissingFileError, ModelFileError, NedDir
 from ..preprocess import check_images, fwrf_input, vit_input
@@ -98,9 +99,9 @@ def weights_bytes(ned: NedDir, model_ids: Sequence[ModelId], vit_weights: str | 
     sizes: dict[ModelId, int] = {}
     for mid in model_ids:
         entry = ned.entry(mid)
-        if mid.family.key == "fwrf":
+        if not mid.family.uses_vit:
             sizes[mid] = sum(ned.size(w) for w in entry.weights)
-        elif entry.format == "ned":
+        elif entry.format == "ned":  # NED's EEG: scaler, PCA (shared) and the subject's regression
             sizes[mid] = ned.size(entry.weights[2])
         else:
             sizes[mid] = ned.size(entry.weights[0]) // (len(mid.family.variants) if mid.family.variant_is_part else 1)
@@ -109,7 +110,7 @@ def weights_bytes(ned: NedDir, model_ids: Sequence[ModelId], vit_weights: str | 
     if vit:
         fs, path = vit_filesystem(find_vit_weights(vit_weights, ned), ned)
         shared = int(fs.size(path))
-        if any(m.family.key == "eeg" and ned.entry(m).format == "ned" for m in vit):  # 250 components + scaler, float64
+        if any(ned.entry(m).format == "ned" for m in vit):  # 250 components + scaler, float64
             files = ned.size(ned.EEG_SCALER) + ned.size(ned.EEG_PCA)
             shared += min(files, 8 * FEATURES * (N_COMPONENTS + 2))
     return sizes, shared
@@ -168,7 +169,7 @@ class ModelGroup:
         self.selections = _selections(self.ned, ids, selections)
         self.fmri: dict[ModelId, FwrfModel] = {}
         for m in ids:
-            if m.family.key == "fwrf":
+            if m.family.backbone == FWRF:
                 with _naming(m, self.ned):
                     self.fmri[m] = load_fwrf(self.ned, m, self.device)
                     _check_voxels(self.ned, m, self.fmri[m].n_voxels)
@@ -184,12 +185,12 @@ class ModelGroup:
     @property
     def inputs(self) -> tuple[str, ...]:
         """The preprocessed inputs this group consumes."""
-        return tuple(k for k, used in (("fwrf", bool(self.fmri)), ("vit", self.vit is not None)) if used)
+        return tuple(k for k in INPUTS if any(m.family.input == k for m in self.model_ids))
 
     def output_shape(self, model_id: ModelId) -> tuple[int, ...]:
         """Per-image response shape: (V,) for fwrf, (reps, channels, times) for EEG, and BERG's
         shapes after selection: (vertices,), (voxels,), (sensors, times), (electrodes, times)."""
-        if model_id.family.key == "fwrf":
+        if model_id in self.fmri:
             return (self.fmri[model_id].n_voxels,)
         return self._vit_shapes[str(model_id)]
 

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import SelectionError
+from ..families import BY_KEY
 from ..families.rules import lookup
 from ..selection.berg import resolve_selection
 
@@ -86,7 +87,7 @@ def read_head(family: str, weights: Any, metadata: Any, selection: Mapping[str, 
     scaler = lookup(weights, "scaler_param", where)
     mean, scale = np.asarray(lookup(scaler, "mean_", where)), np.asarray(lookup(scaler, "scale_", where))
     pca_param = lookup(weights, "pca_param", where)
-    if family == "eeg":
+    if BY_KEY[family].repetitions:  # a regression per repetition (BERG's EEG)
         reg_param = lookup(weights, "reg_param", where)
         reps = sorted(reg_param.keys(), key=lambda k: int(str(k).split("-")[-1]))
         regressions = [(_regression(reg_param[r], f"{where} [reg {r}]"), "") for r in reps]
@@ -97,7 +98,7 @@ def read_head(family: str, weights: Any, metadata: Any, selection: Mapping[str, 
             pcas = [(components[:regressions[0][0][0].shape[1]], pca_mean)]
         shapes = {"": (len(reps), *rows.shapes[""])}
     else:
-        keys = {"fsaverage": ("lh", "rh")}.get(family, ("",))
+        keys = BY_KEY[family].parts
         regressions = [(_regression(lookup(weights, f"{p}_reg_param" if p else "reg_param", where), f"{where} [{p or 'reg'}]"), p)
                        for p in keys]
         pcas = [_pca(pca_param, where)]

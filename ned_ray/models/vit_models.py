@@ -100,7 +100,7 @@ def load_vit_models(ned: NedDir, model_ids: Sequence[ModelId], device: str | tor
     :class:`EegHeads` (``projection`` float64 as NED, or float32), BERG's models as one
     :class:`HeadStack` (folded, float32), each BERG model with its ``selections`` entry."""
     berg = berg_models(ned, model_ids)
-    ned_eeg = [m for m in model_ids if m.family.key == "eeg" and m not in berg]
+    ned_eeg = [m for m in model_ids if m.family.uses_vit and m not in berg]  # NED's own ViT files: its EEG
     eeg = load_eeg(ned, [m.subject for m in ned_eeg], projection=projection) if ned_eeg else None
     stack = HeadStack(load_heads(ned, berg, selections)) if berg else None
     vit = load_vit(find_vit_weights(vit_weights, ned), ned)

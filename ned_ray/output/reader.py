@@ -144,9 +144,9 @@ class Output:
         except ImportError:
             raise MissingDependencyError("Output.to_nifti needs nibabel: pip install 'ned-ray[analysis]'") from None
         key = self._key(model_id)
-        if ModelId.parse(key).family.key != "fwrf":
-            raise OutputError(f"{key} is not an NSD fwrf model; only their responses map to NED's brain volume")
         meta = self.metadata(key)
+        if "fmri/roi_mask_volume" not in meta["npz"]:
+            raise OutputError(f"{key} is not an NSD fwrf model; only their responses map to NED's brain volume")
         mask, affine = meta["npz"]["fmri/roi_mask_volume"].astype(bool), meta["npz"]["fmri/fmri_affine"]
         _, values = self.responses(key)
         values = values if images is None else values[images]

@@ -9,25 +9,24 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from ..errors import ConfigError, SelectionError
-from ..families import BY_KEY, FAMILIES
+from ..families import BY_KEY
 from ..families.rules import Rows
 from ..ids import select
 
-__all__ = ["Rows", "resolve_selection", "berg_selections", "SELECTION_KEYS"]
-
-SELECTION_KEYS = {f.key: f.selection_keys for f in FAMILIES.values() if f.select_rows is not None}
+__all__ = ["Rows", "resolve_selection", "berg_selections"]
 
 
 def resolve_selection(family_key: str, metadata: Any, selection: Mapping[str, Any] | None = None,
                       where: str = "<metadata>") -> Rows:
     """The rows a BERG selection keeps, from the model's metadata alone (BERG's rules and messages)."""
-    if family_key not in SELECTION_KEYS:
-        raise ValueError(f"unknown BERG model family '{family_key}'; valid: {', '.join(SELECTION_KEYS)}")
-    rule = BY_KEY[family_key].select_rows
+    family = BY_KEY.get(family_key)
+    if family is None or family.select_rows is None:
+        valid = [f.key for f in BY_KEY.values() if f.select_rows is not None]
+        raise ValueError(f"unknown BERG model family '{family_key}'; valid: {', '.join(valid)}")
     if selection is not None and not isinstance(selection, Mapping):
-        raise SelectionError(f"a selection must be a dict of {list(SELECTION_KEYS[family_key])}, got "
+        raise SelectionError(f"a selection must be a dict of {list(family.selection_keys)}, got "
                              f"{type(selection).__name__}")
-    return rule(metadata, dict(selection or {}), where)
+    return family.select_rows(metadata, dict(selection or {}), where)
 
 
 def berg_selections(patterns: Mapping[str, Mapping[str, Any]], models: list) -> dict:

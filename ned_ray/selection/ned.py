@@ -98,9 +98,10 @@ class Selection:
         """The index arrays for one model, from its NED metadata; clear errors for names or ranges
         that select nothing. BERG's other families are selected with BERG's own selections
         (``--selection``): these options leave them whole."""
-        if model_id.family.key not in ("fwrf", "eeg"):
+        options = model_id.family.ned_options
+        if not options:
             return Resolved()
-        if model_id.family.key == "fwrf":
+        if "min_ncsnr" in options:
             if self.min_ncsnr is None:
                 return Resolved()
             ncsnr = np.asarray(metadata["fmri"]["ncsnr"], dtype=np.float64)

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from ned_ray.demo import demo_images, make_demo_models
+from ned_ray.ids import ModelId
 from ned_ray.models import vit_eeg
 from ned_ray.models.group import ModelGroup
-from ned_ray.nedfmt import VIT_IN_NED_DIR, MissingFileError, NedDir
+from ned_ray.nedfmt import VIT_IN_NED_DIR, MissingFileError, NedDir, berg_files
 from ned_ray.preprocess import vit_input, vit_normalise
 
 
@@ -65,7 +66,7 @@ def _berg_dir(tmp_path, ned_dir, per_rep_pca: bool) -> NedDir:
     weights = {"scaler_param": scaler, "reg_param": regs,
                "pca_param": {f"rep-{r}": pca for r in range(1, 5)} if per_rep_pca else pca}
     root = tmp_path / ("berg_rep" if per_rep_pca else "berg")
-    for rel, obj in ((src.berg_eeg_weights(1), weights), (src.berg_eeg_metadata(1), src.load_npy(src.eeg_metadata(1)))):
+    for rel, obj in zip(berg_files(ModelId.parse("eeg/things_eeg_2/vit_b_32/sub-01")), (weights, src.load_npy(src.eeg_metadata(1)))):
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
         np.save(buffer, np.array(obj, dtype=object), allow_pickle=True)
