@@ -129,8 +129,8 @@ def main() -> None:
     parser.add_argument("--no-eeg", action="store_true", help="leave out the 1.9 GB EEG model")
     args = parser.parse_args()
     os.environ["TORCH_HOME"] = args.torch_home
+    from ned_ray.modeldir import NedDir
     from ned_ray.models.group import ModelGroup
-    from ned_ray.nedfmt import NedDir
 
     ned = NedDir(args.berg_dir)
     ids = [m for m in MODELS if not (args.no_eeg and m.startswith("eeg"))]

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from realsize import build_eeg as build
 
+from ned_ray.modeldir import NedDir
 from ned_ray.models.group import ModelGroup
-from ned_ray.nedfmt import NedDir
 
 
 def main() -> None:

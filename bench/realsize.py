@@ -17,8 +17,8 @@ import torchvision
 
 from ned_ray.demo import _eeg_metadata, _fwrf_metadata
 from ned_ray.ids import SPLIT_ROIS
+from ned_ray.modeldir import VIT_IN_NED_DIR, NedDir
 from ned_ray.models.fwrf import FwrfEncoder, FwrfHead
-from ned_ray.nedfmt import VIT_IN_NED_DIR, NedDir
 
 FEATURES, COMPONENTS, OUTPUTS = 460800, 250, 63 * 140
 SUB01_VOXELS = {"V1": 1350, "V2": 1433, "V3": 1187, "hV4": 687, "EBA": 2971, "FBA-2": 430, "OFA": 355, "FFA-1": 484,

@@ -127,7 +127,7 @@ def in_process(ned_dir: str, models: str, folder: str, out: str) -> None:
 
     from ned_ray import ModelGroup
     from ned_ray.ids import select
-    from ned_ray.nedfmt import NedDir
+    from ned_ray.modeldir import NedDir
 
     ned = NedDir(ned_dir)
     group = ModelGroup(ned, select(list(ned.catalogue), models), "cpu")

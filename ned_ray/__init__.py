@@ -12,7 +12,7 @@ try:
 except PackageNotFoundError:  # running from a source tree without installing
     __version__ = "0.0.0+unknown"
 
-_LAZY = {"NED": ".api", "BERG": ".berg", "ModelGroup": ".models.group", "ModelId": ".ids", "NedDir": ".nedfmt",
+_LAZY = {"NED": ".api", "BERG": ".berg", "ModelGroup": ".models.group", "ModelId": ".ids", "NedDir": ".modeldir",
          "open_output": ".output", "EncodeConfig": ".job.options", "run_encode": ".job.run", "plan_encode": ".job.run"}
 __all__ = [*_LAZY, "__version__"]
 

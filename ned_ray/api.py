@@ -15,8 +15,8 @@ import h5py
 import numpy as np
 
 from .ids import MODALITIES, MODELS, ROIS, SUBJECTS, TRAIN_DATASETS, ModelId
+from .modeldir import NedDir
 from .models.group import ModelGroup, resolve_device
-from .nedfmt import NedDir
 
 __all__ = ["NED", "IMAGESETS"]
 

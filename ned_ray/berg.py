@@ -22,8 +22,8 @@ from .api import DirectoryFacade
 from .errors import SelectionError
 from .families import BERG_IDS
 from .ids import Family, ModelId
+from .modeldir import MissingFileError
 from .models.group import ModelGroup, resolve_device
-from .nedfmt import MissingFileError
 from .preprocess import check_images
 from .safeload import UnsafePickleError
 

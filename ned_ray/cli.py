@@ -23,7 +23,7 @@ from tabulate import tabulate
 from .errors import JobInterrupted, NedRayError
 from .families import BY_KEY
 from .job.options import add_encode_arguments
-from .nedfmt import NedDir
+from .modeldir import NedDir
 from .summaries import format_plan, format_summary, model_summary, output_summary, plan_json
 
 

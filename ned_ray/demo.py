@@ -26,9 +26,9 @@ from torchvision.models.vision_transformer import VisionTransformer
 
 from .errors import MissingDependencyError, storage_error
 from .ids import CHANNELS, SPLIT_ROIS
+from .modeldir import VIT_IN_NED_DIR, NedDir
 from .models.fwrf import FwrfEncoder, FwrfHead
 from .models.vit_eeg import vit_features
-from .nedfmt import VIT_IN_NED_DIR, NedDir
 from .preprocess import center_square, fwrf_input, fwrf_normalise, vit_input, vit_normalise
 
 __all__ = ["DEMO_NOTE", "make_demo_models", "demo_images"]

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pyarrow.compute as pc
 
-from .nedfmt import NedDir
+from .modeldir import NedDir
 
 __all__ = ["model_summary", "output_summary", "format_plan", "plan_json", "format_summary"]
 

@@ -87,7 +87,7 @@ def test_help_lists_every_command_and_each_has_examples():
 
 
 def test_models_table_and_json_give_voxels_and_accuracy(demo_dir, capsys):
-    from ned_ray.nedfmt import NedDir
+    from ned_ray.modeldir import NedDir
 
     assert main(["models", str(demo_dir), "--json"]) == 0
     rows = {r["id"]: r for r in json.loads(capsys.readouterr().out)}

@@ -70,7 +70,7 @@ def new_family(tmp_path: Path):
     """NEW registered, and a BERG-format directory holding the demo models plus one NEW model (the
     demo's THINGS-fMRI files under NEW's folder)."""
     from ned_ray.demo import make_demo_models, write_demo_images
-    from ned_ray.nedfmt import family_root
+    from ned_ray.modeldir import family_root
 
     ned_dir = tmp_path / "ned"
     make_demo_models(str(ned_dir), fmri_subjects=(1,), rois=("V1",), eeg_subjects=(1,), berg=True)
@@ -88,7 +88,7 @@ def test_a_new_family_runs_end_to_end_from_its_module_alone(new_family, tmp_path
     """Catalogue, selections, the job (local executor), metadata, the reader, xarray, the model listing,
     BERG's API and the figures all take the new family from its Family: no other file knows it."""
     from ned_ray import BERG, EncodeConfig, open_output, run_encode
-    from ned_ray.nedfmt import NedDir
+    from ned_ray.modeldir import NedDir
     from ned_ray.plots import plot_output
     from ned_ray.summaries import model_summary
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from ned_ray import NED
-from ned_ray.nedfmt import NedDir
+from ned_ray.modeldir import NedDir
 from ned_ray.safeload import Attributes, UnsafePickleError, load_npy_dict, load_torch_checkpoint
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ned_ray.ids import ModelId
-from ned_ray.nedfmt import NedDir
+from ned_ray.modeldir import NedDir
 from ned_ray.selection import Selection, parse_channels, parse_times
 
 EEG = ModelId.parse("eeg/things_eeg_2/vit_b_32/sub-01")

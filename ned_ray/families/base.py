@@ -67,7 +67,7 @@ class Family:
     select_rows: Callable[[Any, dict, str], Any] | None = None  # BERG's rule: (metadata, selection, where) -> Rows
     metadata_section: str | None = None  # the section every BERG metadata file of the family holds
     accuracy: tuple[tuple[str, str], str] | None = None  # BERG metadata (section, key) of the test accuracy, what it is
-    berg_files: BergFiles | None = None  # BERG's layout of its files (EEG's: NED's folder, see nedfmt)
+    berg_files: BergFiles | None = None  # BERG's names of its files (ned_ray.modeldir.paths)
     variant_argument: str | None = None  # the keyword of BERG's get_encoding_model that picks the variant
     variant_default: str | None = None  # its value when not given (None: required)
     variant_is_part: bool = False  # the variants are parts of one model file (fsaverage's hemispheres)

@@ -18,8 +18,8 @@ import numpy as np
 
 from .. import __version__
 from ..ids import ModelId
+from ..modeldir import NedDir
 from ..models.vit_eeg import find_vit_weights, vit_filesystem
-from ..nedfmt import NedDir
 from ..output import layout
 from ..selection import Resolved, resolve_selection
 from ..storage import file_identity, is_local, local_file_record, write_bytes

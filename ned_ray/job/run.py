@@ -18,8 +18,8 @@ from typing import Any, TextIO
 
 from ..errors import SelectionError
 from ..ids import ModelId
+from ..modeldir import open_ned
 from ..models.group import weights_bytes
-from ..nedfmt import open_ned
 from ..selection import berg_selections
 from ..selection import resolve_selection as resolve_berg_selection
 from ..storage import filesystem

@@ -21,8 +21,8 @@ import pyarrow as pa
 import torch
 
 from ..ids import ModelId
+from ..modeldir import open_ned
 from ..models.group import INPUTS, DeviceError, ModelGroup
-from ..nedfmt import open_ned
 from ..preprocess import center_square
 from ..selection import Resolved
 from .commit import Ranges

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..ids import ModelId
-from ..nedfmt import NedDir
+from ..modeldir import NedDir
 from ..preprocess import fwrf_normalise
 
 __all__ = ["FwrfEncoder", "FwrfHead", "FwrfModel", "load_fwrf", "phi"]

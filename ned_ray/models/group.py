@@ -19,7 +19,7 @@ import torch
 from ..errors import DeviceError, ModelLoadError
 from ..families import FWRF
 from ..ids import ModelId, UnknownModelError
-from ..nedfmt import MissingFileError, ModelFileError, NedDir
+from ..modeldir import MissingFileError, ModelFileError, NedDir
 from ..preprocess import check_images, fwrf_input, vit_input
 from ..safeload import UnsafePickleError
 from .fwrf import FwrfModel, load_fwrf

@@ -26,7 +26,7 @@ from torch import nn
 from torchvision.models.vision_transformer import VisionTransformer
 
 from ..ids import ModelId
-from ..nedfmt import VIT_IN_NED_DIR, MissingFileError, NedDir
+from ..modeldir import VIT_IN_NED_DIR, MissingFileError, NedDir
 from ..safeload import load_torch_checkpoint
 from ..storage import cached_copy, is_local
 from .vit_heads import exact_float32, project

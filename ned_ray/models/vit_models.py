@@ -17,7 +17,7 @@ from torch import nn
 from torchvision.models.vision_transformer import VisionTransformer
 
 from ..ids import ModelId
-from ..nedfmt import NedDir
+from ..modeldir import NedDir
 from ..preprocess import vit_normalise
 from .vit_eeg import EegHeads, find_vit_weights, load_eeg, load_vit, vit_features
 from .vit_heads import Head, HeadStack, Readout, read_head

@@ -137,7 +137,7 @@ def berg_demo_dir(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("case", MISSING)
 def test_a_missing_model_file_is_named_not_an_unknown_model(berg_demo_dir, fixture_image_folder, tmp_path, capsys, case):
     from ned_ray.ids import ModelId
-    from ned_ray.nedfmt import MissingFileError, NedDir
+    from ned_ray.modeldir import MissingFileError, NedDir
 
     model, relative = MISSING[case]
     ned = tmp_path / "ned"

@@ -22,8 +22,8 @@ from ned_ray.ids import UnknownModelError
 from ned_ray.job.decode import decode_image
 from ned_ray.job.options import EncodeConfig
 from ned_ray.job.run import run_encode
+from ned_ray.modeldir import NedDir
 from ned_ray.models.group import ModelGroup, ModelLoadError
-from ned_ray.nedfmt import NedDir
 from ned_ray.output import open_output
 from ned_ray.safeload import UnsafePickleError
 

@@ -17,7 +17,7 @@ from ned_ray.job.decode import decode_image
 from ned_ray.job.options import EncodeConfig
 from ned_ray.job.run import run_encode
 from ned_ray.job.sources import NoImagesError
-from ned_ray.nedfmt import NedDir
+from ned_ray.modeldir import NedDir
 from ned_ray.output import IncompleteOutputError, open_output
 
 from ..conftest import PARITY

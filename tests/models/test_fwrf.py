@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from ned_ray.ids import ModelId
+from ned_ray.modeldir import NedDir
 from ned_ray.models import fwrf
-from ned_ray.nedfmt import NedDir
 from ned_ray.preprocess import fwrf_input, fwrf_normalise
 
 

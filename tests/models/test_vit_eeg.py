@@ -11,9 +11,9 @@ import torch
 
 from ned_ray.demo import demo_images, make_demo_models
 from ned_ray.ids import ModelId
+from ned_ray.modeldir import VIT_IN_NED_DIR, MissingFileError, NedDir, berg_files
 from ned_ray.models import vit_eeg
 from ned_ray.models.group import ModelGroup
-from ned_ray.nedfmt import VIT_IN_NED_DIR, MissingFileError, NedDir, berg_files
 from ned_ray.preprocess import vit_input, vit_normalise
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from ned_ray import NED
 from ned_ray.ids import UnknownModelError
-from ned_ray.nedfmt import MissingFileError, NedDir
+from ned_ray.modeldir import MissingFileError, NedDir
 
 from .conftest import PARITY
 
