@@ -10,10 +10,10 @@ with :func:`register`); model code for a new backbone lives in ``ned_ray/models/
 from __future__ import annotations
 
 from . import eeg, fsaverage, fwrf, meg, things_fmri, tvsd
-from .base import FWRF, VIT_B_32, Backbone, BergFiles, Family, Plot
+from .base import BACKBONES, BY_INPUT, FWRF, VIT_B_32, Backbone, BergFiles, Family, Plot
 
-__all__ = ["Family", "Backbone", "BergFiles", "Plot", "FAMILIES", "BY_KEY", "BERG_IDS", "VIT_B_32", "FWRF", "family",
-           "register", "unregister"]
+__all__ = ["Family", "Backbone", "BergFiles", "Plot", "FAMILIES", "BY_KEY", "BERG_IDS", "VIT_B_32", "FWRF", "BACKBONES",
+           "BY_INPUT", "family", "register", "unregister"]
 
 _MODULES = (fwrf, eeg, fsaverage, things_fmri, meg, tvsd)
 FAMILIES: dict[tuple[str, str, str], Family] = {}  # (modality, train_dataset, model) -> family

@@ -6,22 +6,37 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
-__all__ = ["Family", "Backbone", "BergFiles", "Plot", "VIT_B_32", "FWRF"]
+__all__ = ["Family", "Backbone", "BergFiles", "Plot", "VIT_B_32", "FWRF", "BACKBONES", "BY_INPUT"]
 
 
 @dataclass(frozen=True)
 class Backbone:
-    """The image network a family's heads read: the preprocessed image column it takes (``input``,
-    a key of ``ned_ray.models.group.INPUTS``), and whether one pass feeds every model on it
-    (``shared``) or each model runs its own."""
+    """The image network a family's heads read: the preprocessed uint8 image column it takes
+    (``input``, a key of ``ned_ray.models.group.INPUTS``, ``side`` x ``side`` pixels), whether one
+    pass feeds every model on it (``shared``) or each model runs its own, its compute per image
+    relative to ViT-B/32 (``cost``, for the planner), and its preprocessing as outputs record it."""
 
     name: str
     input: str
     shared: bool
+    side: int
+    cost: float
+    preprocessing: str
+    whole_image: bool  # under --non-square shorter-side it reads the whole image (else the centre square)
 
 
-VIT_B_32 = Backbone("vit_b_32", "vit", shared=True)  # every BERG image family and NED's EEG: one pass feeds all
-FWRF = Backbone("fwrf", "fwrf", shared=False)  # NED trained one per subject and ROI
+VIT_B_32 = Backbone(  # every BERG image family and NED's EEG: one pass feeds all
+    "vit_b_32", "vit", shared=True, side=224, cost=1.0, whole_image=True,
+    preprocessing="RGB uint8, center-crop to square (--non-square shorter-side: the whole image); torchvision resize "
+                  "shorter side 256 bilinear antialias, rounded to uint8; center-crop 224; /255; ImageNet mean/std "
+                  "normalisation (ViT_B_32_Weights.IMAGENET1K_V1.transforms()); the 12 encoder blocks' outputs, "
+                  "token-major (460,800 features)")
+FWRF = Backbone(  # NED trained one per subject and ROI
+    "fwrf", "fwrf", shared=False, side=227, cost=0.4, whole_image=False,
+    preprocessing="RGB uint8, center-crop to square; torchvision Resize((227,227)) bilinear antialias, rounded to uint8; "
+                  "/255; minus the checkpoint's stim_mean (split ROIs: the second checkpoint's, as NED)")
+BACKBONES = (FWRF, VIT_B_32)  # the order of the decoded input columns
+BY_INPUT = {b.input: b for b in BACKBONES}
 
 
 @dataclass(frozen=True)

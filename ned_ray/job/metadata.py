@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
+from ..families import BACKBONES
 from ..ids import ModelId
 from ..modeldir import NedDir
 from ..models.vit_eeg import find_vit_weights, vit_filesystem
@@ -27,14 +28,7 @@ from .options import EncodeConfig
 
 __all__ = ["write_model_metadata", "split_arrays", "ned_shape", "PREPROCESSING"]
 
-_VIT = ("torchvision resize shorter side 256 bilinear antialias, rounded to uint8; center-crop 224; /255; ImageNet "
-        "mean/std normalisation (ViT_B_32_Weights.IMAGENET1K_V1.transforms()); the 12 encoder blocks' outputs, "
-        "token-major (460,800 features)")
-PREPROCESSING = {
-    "fwrf": "RGB uint8, center-crop to square; torchvision Resize((227,227)) bilinear antialias, rounded to uint8; /255; "
-            "minus the checkpoint's stim_mean (split ROIs: the second checkpoint's, as NED)",
-    "vit": "RGB uint8, center-crop to square (--non-square shorter-side: the whole image); " + _VIT,
-}
+PREPROCESSING = {b.input: b.preprocessing for b in BACKBONES}  # per decoded input, as each output records it
 
 
 

@@ -41,13 +41,14 @@ import numpy as np
 from tabulate import tabulate
 
 from ..errors import PlanError
+from ..families import BACKBONES
 from ..ids import ModelId
 from .cluster import ClusterShape
 from .options import EncodeConfig
 
 __all__ = ["Plan", "PoolPlan", "PlanError", "make_plan", "COST", "group_cost", "DECODE_CPUS", "WRITE_CPUS"]
 
-COST = {"vit": 1.0, "fwrf": 0.4}  # relative compute per image: ViT-B/32 (+ heads), one fwrf backbone
+COST = {b.input: b.cost for b in BACKBONES}  # relative compute per image of one backbone pass (ViT-B/32 = 1)
 VIT_FLOPS = 4.4e9  # multiply-adds x 2 of one ViT-B/32 image: a head's projection costs 2 per float32 weight
 DECODE_CPUS = 1.0  # Ray CPUs of one decode task
 WRITE_CPUS = 0.25  # Ray CPUs of one image-sink task (responses are written by the actors)
@@ -56,7 +57,7 @@ VIT_WEIGHTS_SHARE = 0.85  # for ViT models' weights: a batch of 64 images needs 
 CPU_ACTOR_CPUS = 0.5  # the most a CPU actor reserves (logical; its torch threads are set separately)
 GPU_ACTOR_CPUS = 1.0  # the most a GPU actor reserves (data movement, writing its parts)
 IN_FLIGHT = 2  # blocks per concurrent call sent to an actor: one computing (or writing), one arriving
-INPUT_SHAPES = {"fwrf": (3, 227, 227), "vit": (3, 224, 224)}  # uint8 inputs decoded per image, per model kind
+INPUT_SHAPES = {b.input: (3, b.side, b.side) for b in BACKBONES}  # uint8 inputs decoded per image, per model kind
 
 
 @dataclass
@@ -156,10 +157,10 @@ def group_cost(models: Sequence[ModelId], sizes: Mapping[ModelId, int] | None = 
     """Relative compute per image of a group: one ViT pass for all its ViT models plus their
     heads' projections (2 flops per float32 weight, from ``sizes``: NED's EEG regressions are
     small), one fwrf backbone per fwrf model (two for split ROIs)."""
-    own = sum((2 if m.is_split else 1) * COST[m.family.input] for m in models if not m.family.backbone.shared)
-    vit = [m for m in models if m.family.uses_vit]
-    heads = sum((sizes or {}).get(m, 0) for m in vit) / 4 * 2 / VIT_FLOPS
-    return own + ((COST["vit"] + heads) if vit else 0.0)
+    own = sum((2 if m.is_split else 1) * m.family.backbone.cost for m in models if not m.family.backbone.shared)
+    shared = [m for m in models if m.family.backbone.shared]
+    heads = sum((sizes or {}).get(m, 0) for m in shared) / 4 * 2 / VIT_FLOPS
+    return own + sum(b.cost for b in {m.family.backbone for m in shared}) + heads
 
 
 def _inputs(models: Sequence[ModelId]) -> list[str]:

@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from ..families import BY_INPUT
 from ..ids import ModelId
 from ..modeldir import open_ned
 from ..models.group import INPUTS, DeviceError, ModelGroup
@@ -84,7 +85,8 @@ class DecodeShard:
                     if chw is None:
                         tensors[kind].append(np.zeros(INPUT_SHAPES[kind], np.uint8))
                     else:  # fwrf always reads the centre square; ViT models the whole image under shorter-side
-                        tensors[kind].append(INPUTS[kind](chw if kind == "vit" else center_square(chw))[0].numpy())
+                        whole = BY_INPUT[kind].whole_image
+                        tensors[kind].append(INPUTS[kind](chw if whole else center_square(chw))[0].numpy())
         out: dict[str, Any] = {
             "image_index": np.asarray(columns["image_index"], np.int64),
             "image_id": np.asarray(columns["image_id"], dtype=object),

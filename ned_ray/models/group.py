@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import DeviceError, ModelLoadError
-from ..families import FWRF
+from ..families import BY_INPUT, FWRF
 from ..ids import ModelId, UnknownModelError
 from ..modeldir import MissingFileError, ModelFileError, NedDir
 from ..preprocess import check_images, fwrf_input, vit_input
@@ -223,7 +223,7 @@ class ModelGroup:
         return max(0, min(free_memory(self.device), int(self.memory_share * total) - own))
 
     def _probe_bytes(self, model: torch.nn.Module, kind: str) -> int:
-        side = 227 if kind == "fwrf" else 224
+        side = BY_INPUT[kind].side
         probe = torch.zeros(4, 3, side, side, dtype=torch.uint8, device=self.device)
         torch.cuda.synchronize(self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
