@@ -67,8 +67,9 @@ class EncodeConfig:
     """Options of one encode job. Only ``ned_dir``, ``images``, ``models`` and ``output`` are required."""
 
     ned_dir: str = _option(JOB, "NED's neural_encoding_dataset folder (path or s3://, gs://, ...)")
-    images: str = _option(JOB, "a folder, a glob, a .txt list of image URIs, a (N,3,H,W) uint8 .npy, or a Parquet "
-                               "file with image bytes")
+    images: str = _option(JOB, "a folder, a glob, a .txt list of image URIs, a (N,3,H,W) uint8 .npy, a Parquet "
+                               "file with image bytes, or WebDataset tar shards (a folder, glob or brace pattern "
+                               "such as 'shards/{0000..0099}.tar')")
     models: str = _option(JOB, "comma-separated model ids or globs, e.g. 'fmri/nsd/fwrf/sub-0*/V1,eeg/*', or 'all'")
     output: str = _option(RUN, "output folder (path or s3://, gs://, ...)")
     device: str = _option(RUN, None, "auto", choices=DEVICES)

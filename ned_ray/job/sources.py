@@ -7,6 +7,9 @@ reading images by shard.
   extension ned-ray does not read are listed too, with ``skip`` saying why (they become rows of
   ``images.parquet`` with status ``skipped``); a list's entries are all read (they were asked for).
 * a ``.npy`` array (N, 3, H, W) uint8: read by byte ranges, one request per shard.
+* WebDataset tar shards: a folder or glob of ``.tar`` files, or a brace pattern
+  (``shards/{0000..0099}.tar``); one row per sample, ``image_id = <shard>/<key>``
+  (:mod:`ned_ray.job.tarshards`: indexed once, read by ranged reads).
 * a Parquet file with an image-bytes column (``image``, ``bytes``, ``image_bytes``, ``content``, or a
   Hugging Face-style struct with ``bytes``) and an optional ``image_id``/``id``/``path`` column; a
   shard reads only the row groups that hold its rows. A Parquet file whose image column holds paths
@@ -19,7 +22,8 @@ being listed, its files are left out (and a note says so).
 The listing is an Arrow table (compact at millions of entries): ``image_id`` (the URI relative to the
 input root, the id column, or the row number), ``uri``, ``bytes`` and ``version`` (the store's
 size and ETag/generation/mtime, where listing gives them: folders and globs; local list entries;
-the whole file for .npy and Parquet), ``skip`` (why a file is not read, or empty).
+the whole file for .npy and Parquet; a tar member's size and its shard's version), ``skip`` (why a
+file is not read, or empty); tar shards add ``offset`` (where the member's bytes start).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import posixpath
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import braceexpand
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -39,8 +44,9 @@ from PIL import features
 from ..errors import NoImagesError
 from ..safeload import read_npy_header
 from ..storage import file_identity, filesystem, is_local
+from .tarshards import index_shards, read_members, sample_rows
 
-__all__ = ["ImageSource", "open_source", "NoImagesError", "READABLE", "Skipped", "LISTING_SCHEMA"]
+__all__ = ["ImageSource", "open_source", "NoImagesError", "READABLE", "Skipped", "LISTING_SCHEMA", "TAR_LISTING_SCHEMA"]
 
 # Raster formats Pillow decodes by itself (animated GIF/APNG/WebP: the first frame), read from folders
 # and globs; JPEG 2000 and AVIF where this Pillow build has their codecs.
@@ -54,6 +60,7 @@ PATH_COLUMNS = ("image", "img", "image_path", "image_uri", "image_url", "path", 
                 "file_path", "filename", "file_name")  # string columns that may hold image paths or URIs
 LISTING_SCHEMA = pa.schema([("image_id", pa.string()), ("uri", pa.string()), ("bytes", pa.int64()),
                             ("version", pa.string()), ("skip", pa.string())])
+TAR_LISTING_SCHEMA = LISTING_SCHEMA.append(pa.field("offset", pa.int64()))
 
 
 @dataclass(frozen=True)
@@ -74,7 +81,7 @@ class ImageSource:
     uint8 arrays, :class:`Skipped`, or the exception that reading raised."""
 
     uri: str
-    kind: str  # files | npy | parquet
+    kind: str  # files | tar | npy | parquet
     listing: pa.Table
     storage_options: dict[str, Any] = field(default_factory=dict)
     npy_offset: int = 0
@@ -102,15 +109,27 @@ class ImageSource:
         """A copy without the per-image listing: what a decode task needs besides its shard item."""
         return replace(self, listing=self.listing.slice(0, 0), duplicates=[], notes=[])
 
-    def read(self, start: int, stop: int, uris: list[str] | None = None,
-             skip: list[str] | None = None) -> list[bytes | np.ndarray | Skipped | Exception]:
-        """Raw items of images [start, stop); ``uris``/``skip`` are theirs when the listing is not held."""
-        if self.kind == "files":
-            uris = list(uris) if uris is not None else self.uris[start:stop]
-            skip = list(skip) if skip is not None else self.listing.column("skip").to_pylist()[start:stop]
-            wanted = [u for u, s in zip(uris, skip) if not s]
-            found = dict(zip(wanted, _read_files(wanted, self.storage_options)))
-            return [Skipped(s) if s else found[u] for u, s in zip(uris, skip)]
+    @property
+    def row_columns(self) -> list[str]:
+        """The listing columns :meth:`read` needs of each image (files and tar shards)."""
+        return {"files": ["uri", "skip"], "tar": ["uri", "skip", "offset", "bytes"]}.get(self.kind, [])
+
+    def read(self, start: int, stop: int, rows: pa.Table | None = None) -> list[bytes | np.ndarray | Skipped | Exception]:
+        """Raw items of images [start, stop); ``rows``: their listing rows (:attr:`row_columns`) when
+        this copy does not hold the listing."""
+        if self.kind in ("files", "tar"):
+            rows = rows if rows is not None else self.listing.slice(start, stop - start)
+            uris, skip = rows.column("uri").to_pylist(), rows.column("skip").to_pylist()
+            wanted = [i for i, s in enumerate(skip) if not s]
+            if self.kind == "files":
+                data = _read_files([uris[i] for i in wanted], self.storage_options)
+            else:
+                fs, _ = filesystem(self.uri, self.storage_options)
+                offsets, sizes = rows.column("offset").to_pylist(), rows.column("bytes").to_pylist()
+                data = read_members(fs, [fs._strip_protocol(uris[i]) for i in wanted], [offsets[i] for i in wanted],
+                                    [sizes[i] for i in wanted])
+            found = dict(zip(wanted, data))
+            return [Skipped(s) if s else found[i] for i, s in enumerate(skip)]
         fs, path = filesystem(self.uri, self.storage_options)
         if self.kind == "npy":
             row = int(np.prod(self.npy_shape[1:]))
@@ -375,14 +394,63 @@ def _image_column(uri: str, schema: pa.Schema, chosen: str | None) -> tuple[str,
                         f"paths in {', '.join(PATH_COLUMNS)}; found {', '.join(names)}); name it with --image-column")
 
 
+def _is_shard(path: str) -> bool:
+    return path.lower().endswith(".tar") and not posixpath.basename(path).startswith(".")
+
+
 def _files_source(uri: str, entries: list[tuple[str, int, str]], root: str, protocol: str,
-                  storage_options: dict[str, Any]) -> ImageSource:
+                  storage_options: dict[str, Any], fs=None) -> ImageSource:
+    """Listed files as an input: loose images, or tar shards where the files are shards and no image."""
     entries = sorted(entries)
+    if fs is not None and any(_is_shard(p) for p, _, _ in entries) and not any(not _skip_reason(p) for p, _, _ in entries):
+        return _tar_source(uri, fs, entries, root, protocol, storage_options)
     uris = [protocol + p if protocol else p for p, _, _ in entries]
     ids = [_relative(p, root) for p, _, _ in entries]
     listing = _table(ids, uris, [s for _, s, _ in entries], [v for _, _, v in entries],
                      [_skip_reason(p) for p, _, _ in entries])
     return ImageSource(uri, "files", listing, storage_options)
+
+
+def _tar_source(uri: str, fs, entries: list[tuple[str, int, str]], root: str, protocol: str,
+                storage_options: dict[str, Any]) -> ImageSource:
+    """Tar shards (and files beside them, listed as skipped) as an input: one row per sample."""
+    shards = [e for e in entries if _is_shard(e[0])]
+    indexes = dict(zip([p for p, _, _ in shards], index_shards(fs, [(p, s) for p, s, _ in shards])))
+    ids, uris, sizes, versions, skips, offsets = [], [], [], [], [], []
+    for path, size, version in entries:
+        shard_id, shard_uri = _relative(path, root), protocol + path if protocol else path
+        rows = (sample_rows(fs, path, shard_id, indexes[path], READABLE) if path in indexes else
+                [(shard_id, 0, size, "not a tar shard (this input is a set of tar shards)")])
+        for image_id, offset, member_size, skip in rows:
+            ids.append(image_id), uris.append(shard_uri), sizes.append(member_size), versions.append(version)
+            skips.append(skip), offsets.append(offset)
+    if not ids:
+        raise NoImagesError(f"no images found in '{uri}': its tar shards hold no members")
+    listing = pa.table([pa.array(ids, pa.string()), pa.array(uris, pa.string()), pa.array(sizes, pa.int64()),
+                        pa.array(versions, pa.string()), pa.array(skips, pa.string()), pa.array(offsets, pa.int64())],
+                       schema=TAR_LISTING_SCHEMA)
+    if all(skips):
+        raise NoImagesError(f"no images found in '{uri}': {len(shards)} tar shard(s), no sample with an image member "
+                            f"(e.g. {ids[0]}: {skips[0]})")
+    return ImageSource(uri, "tar", listing, storage_options)
+
+
+def _expanded(fs, path: str, uri: str) -> list[tuple[str, int, str]]:
+    """The files a brace pattern names (``shards/{0000..0099}.tar``), each of which must exist; one
+    listing per folder, not a request per file."""
+    paths = list(dict.fromkeys(braceexpand.braceexpand(path)))
+    folders: dict[str, dict[str, dict]] = {}
+    for folder in dict.fromkeys(posixpath.dirname(p) for p in paths):
+        try:
+            folders[folder] = {fs._strip_protocol(e["name"]).rstrip("/"): e for e in fs.ls(folder, detail=True)}
+        except (FileNotFoundError, NotADirectoryError):
+            folders[folder] = {}
+    found = [(p, folders[posixpath.dirname(p)].get(p.rstrip("/"))) for p in paths]
+    missing = [p for p, info in found if info is None or info.get("type") == "directory"]
+    if missing:
+        raise NoImagesError(f"the pattern '{uri}' names {len(paths)} files and {len(missing)} of them do not exist "
+                            f"(e.g. '{missing[0]}'); fix the pattern or restore the files")
+    return [(p, int(info.get("size") or 0), _version(info)) for p, info in found]
 
 
 def _no_readable(uri: str, listing: pa.Table) -> None:
@@ -458,9 +526,14 @@ def open_source(uri: str, storage_options: dict[str, Any] | None = None, column:
         entries = _list_folder(fs, path, inside)
         if not entries:
             raise NoImagesError(f"no images found in '{uri}': the folder is empty")
-        source = _files_source(uri, entries, path, protocol, storage_options)
+        source = _files_source(uri, entries, path, protocol, storage_options, fs)
         _no_readable(uri, source.listing)
         return _excluded(source, inside, exclude)
+    if "{" in path and "}" in path and not fs.exists(path):  # a brace pattern (a literal name with braces wins)
+        root_path = path.split("{")[0].rsplit("/", 1)[0]
+        source = _files_source(uri, _expanded(fs, path, uri), root_path, protocol, storage_options, fs)
+        _no_readable(uri, source.listing)
+        return source
     if any(ch in path for ch in "*?["):
         root_path = path.split("*")[0].split("?")[0].split("[")[0].rsplit("/", 1)[0]
         inside = _output_inside(fs, root_path, exclude, storage_options)
@@ -469,8 +542,8 @@ def open_source(uri: str, storage_options: dict[str, Any] | None = None, column:
         if not matches:
             raise NoImagesError(f"no images found: the pattern '{uri}' matches no file")
         entries = [(name, int(info.get("size") or 0), _version(info)) for name, info in matches.items()]
-        source = _files_source(uri, entries, root_path, protocol, storage_options)
+        source = _files_source(uri, entries, root_path, protocol, storage_options, fs)
         _no_readable(uri, source.listing)
         return _excluded(source, inside, exclude)
-    what = "does not exist" if not fs.exists(path) else "is not a folder, glob, .txt list, .npy or .parquet"
+    what = "does not exist" if not fs.exists(path) else "is not a folder, glob, brace pattern, .txt list, .npy or .parquet"
     raise NoImagesError(f"no images found: '{uri}' {what}")

@@ -68,9 +68,7 @@ class DecodeShard:
         for start, stop in zip(batch["start"].tolist(), batch["stop"].tolist()):
             rows = listing.slice(start, stop - start)
             ids = rows.column("image_id").to_pylist()
-            files = self.source.kind == "files"
-            items = self.source.read(start, stop, rows.column("uri").to_pylist() if files else None,
-                                     rows.column("skip").to_pylist() if files else None)
+            items = self.source.read(start, stop, rows.select(self.source.row_columns))
             for offset, item in enumerate(items):
                 rgb, error, width, height = decode_image(item, self.non_square, self.max_pixels)
                 columns["image_index"].append(start + offset)

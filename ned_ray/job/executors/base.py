@@ -72,7 +72,7 @@ def build_stages(config: EncodeConfig, source: ImageSource, plan: Plan, work: Wo
 
 def decode_listing(source: ImageSource) -> pa.Table:
     """The columns of the listing the decode stage reads."""
-    return source.listing.select(["image_id", "uri", "skip"])
+    return source.listing.select(["image_id", *source.row_columns])
 
 
 class Executor(ABC):
