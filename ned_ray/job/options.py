@@ -124,6 +124,9 @@ class EncodeConfig:
     image_column: str | None = _option(RUN, "a Parquet input's image column: image bytes, or image paths/URIs read "
                                             "like a .txt list (default: found by name; needed when several columns "
                                             "could hold paths)", None)
+    id_column: str | None = _option(RUN, "a Parquet input's image id column ('image.path': the path field of a Hugging "
+                                         "Face image struct; default: image_id/id/path/filename, else the struct's "
+                                         "path where every row has its own, else row numbers)", None)
     storage_options: dict[str, Any] = _option(RUN, "JSON dict passed to fsspec (e.g. endpoint settings)",
                                               factory=dict, parse=_storage_options)
 

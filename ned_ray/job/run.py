@@ -66,7 +66,8 @@ def _plan(config: EncodeConfig, ned, models: list[ModelId], cluster: ClusterShap
 def _open_source(config: EncodeConfig) -> ImageSource:
     """The job's input listing (the output's own files left out when it lies inside the input)."""
     with storage_errors("read images at", config.images):
-        return open_source(config.images, config.storage_options, column=config.image_column, exclude=config.output)
+        return open_source(config.images, config.storage_options, column=config.image_column, exclude=config.output,
+                           id_column=config.id_column)
 
 
 def plan_encode(config: EncodeConfig) -> dict[str, Any]:

@@ -44,9 +44,10 @@ from PIL import features
 from ..errors import NoImagesError
 from ..safeload import read_npy_header
 from ..storage import file_identity, filesystem, is_local
+from .parquet_input import describe, holds, image_column, image_ids, read_rows, relative_name
 from .tarshards import index_shards, read_members, sample_rows
 
-__all__ = ["ImageSource", "open_source", "NoImagesError", "READABLE", "Skipped", "LISTING_SCHEMA", "TAR_LISTING_SCHEMA"]
+__all__ = ["ImageSource", "open_source", "NoImagesError", "READABLE", "Skipped", "LISTING_SCHEMA", "OFFSET_LISTING_SCHEMA"]
 
 # Raster formats Pillow decodes by itself (animated GIF/APNG/WebP: the first frame), read from folders
 # and globs; JPEG 2000 and AVIF where this Pillow build has their codecs.
@@ -54,13 +55,10 @@ READABLE = tuple([".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".webp", ".
                   ".tga", ".ppm", ".pgm", ".pbm", ".pnm", ".qoi", ".ico", ".pcx", ".sgi", ".psd"]
                  + ([".jp2", ".j2k", ".jpx", ".jpf", ".j2c"] if features.check("jpg_2000") else [])
                  + ([".avif"] if features.check("avif") else []))
-BYTES_COLUMNS = ("image", "bytes", "image_bytes", "content", "img")
-ID_COLUMNS = ("image_id", "id", "path", "filename", "file_name")
-PATH_COLUMNS = ("image", "img", "image_path", "image_uri", "image_url", "path", "uri", "url", "file", "filepath",
-                "file_path", "filename", "file_name")  # string columns that may hold image paths or URIs
 LISTING_SCHEMA = pa.schema([("image_id", pa.string()), ("uri", pa.string()), ("bytes", pa.int64()),
                             ("version", pa.string()), ("skip", pa.string())])
-TAR_LISTING_SCHEMA = LISTING_SCHEMA.append(pa.field("offset", pa.int64()))
+# inputs read by position inside a file: tar shards (the member's byte offset), Parquet files (the row)
+OFFSET_LISTING_SCHEMA = LISTING_SCHEMA.append(pa.field("offset", pa.int64()))
 
 
 @dataclass(frozen=True)
@@ -86,7 +84,7 @@ class ImageSource:
     storage_options: dict[str, Any] = field(default_factory=dict)
     npy_offset: int = 0
     npy_shape: tuple[int, ...] = ()
-    parquet_column: str = ""
+    parquet_column: str = ""  # the image column of a Parquet input
     duplicates: list[dict[str, Any]] = field(default_factory=list)  # .txt lines naming a URI listed before
     notes: list[str] = field(default_factory=list)  # what a person should know about the listing (printed once)
 
@@ -112,7 +110,8 @@ class ImageSource:
     @property
     def row_columns(self) -> list[str]:
         """The listing columns :meth:`read` needs of each image (files and tar shards)."""
-        return {"files": ["uri", "skip"], "tar": ["uri", "skip", "offset", "bytes"]}.get(self.kind, [])
+        return {"files": ["uri", "skip"], "tar": ["uri", "skip", "offset", "bytes"], "parquet": ["uri", "offset"]}.get(
+            self.kind, [])
 
     def read(self, start: int, stop: int, rows: pa.Table | None = None) -> list[bytes | np.ndarray | Skipped | Exception]:
         """Raw items of images [start, stop); ``rows``: their listing rows (:attr:`row_columns`) when
@@ -135,20 +134,9 @@ class ImageSource:
             row = int(np.prod(self.npy_shape[1:]))
             data = fs.cat_file(path, start=self.npy_offset + start * row, end=self.npy_offset + stop * row)
             return list(np.frombuffer(data, np.uint8).reshape(stop - start, *self.npy_shape[1:]))
-        with fs.open(path, "rb") as fh:
-            pfile = pq.ParquetFile(fh)
-            first, groups = 0, []
-            for g in range(pfile.num_row_groups):  # only the row groups that hold [start, stop)
-                n = pfile.metadata.row_group(g).num_rows
-                if first < stop and first + n > start:
-                    groups.append((g, first))
-                first += n
-            table = pfile.read_row_groups([g for g, _ in groups], columns=[self.parquet_column])
-        offset = start - (groups[0][1] if groups else 0)
-        column = table.column(0).slice(offset, stop - start).combine_chunks()
-        if pa.types.is_struct(column.type):
-            column = column.field("bytes")
-        return [b if b is not None else ValueError("null image bytes") for b in column.to_pylist()]
+        rows = rows if rows is not None else self.listing.slice(start, stop - start)
+        paths = [fs._strip_protocol(u) for u in rows.column("uri").to_pylist()]
+        return read_rows(fs, paths, rows.column("offset").to_numpy(), self.parquet_column)
 
 
 def _protocol(uri: str) -> str:
@@ -344,66 +332,22 @@ def _list_source(uri: str, lines: pa.StringArray, keep: pa.BooleanArray, root: s
     return source
 
 
-def _is_binary(kind: pa.DataType) -> bool:
-    return pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_fixed_size_binary(kind)
-
-
-def _is_string(kind: pa.DataType) -> bool:
-    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
-
-
-def _holds(kind: pa.DataType) -> str | None:
-    """What an image column of this type holds: "bytes", "paths", or None (not an image column)."""
-    if _is_binary(kind) or (pa.types.is_struct(kind) and kind.get_field_index("bytes") >= 0
-                            and _is_binary(kind.field("bytes").type)):
-        return "bytes"
-    return "paths" if _is_string(kind) else None
-
-
-ACCEPTED = ("image bytes (binary, or a struct with a binary 'bytes' field, as Hugging Face datasets store them) or "
-            "image paths/URIs (string; relative paths are read against the Parquet file's folder)")
-
-
-def _image_column(uri: str, schema: pa.Schema, chosen: str | None) -> tuple[str, str]:
-    """(column, "bytes" | "paths"): the Parquet input's image column, as chosen (``--image-column``),
-    else the first bytes column of :data:`BYTES_COLUMNS`, else the only string column of
-    :data:`PATH_COLUMNS`. One line naming the column and the types accepted otherwise."""
-    names = schema.names
-    if chosen:
-        if chosen not in names:
-            raise NoImagesError(f"'{uri}': --image-column '{chosen}' is not a column (columns: {', '.join(names)})")
-        holds = _holds(schema.field(chosen).type)
-        if holds is None:
-            raise NoImagesError(f"'{uri}': column '{chosen}' holds {schema.field(chosen).type}; an image column holds "
-                                f"{ACCEPTED}")
-        return chosen, holds
-    for name in BYTES_COLUMNS:
-        if name in names and _holds(schema.field(name).type) == "bytes":
-            return name, "bytes"
-    paths = [c for c in PATH_COLUMNS if c in names and _holds(schema.field(c).type) == "paths"]
-    if len(paths) == 1:
-        return paths[0], "paths"
-    if len(paths) > 1:
-        raise NoImagesError(f"'{uri}': several columns could hold image paths ({', '.join(paths)}); choose one with "
-                            "--image-column")
-    wrong = [c for c in dict.fromkeys(BYTES_COLUMNS + PATH_COLUMNS) if c in names]
-    if wrong:
-        raise NoImagesError(f"'{uri}': column '{wrong[0]}' holds {schema.field(wrong[0]).type}; an image column holds "
-                            f"{ACCEPTED}")
-    raise NoImagesError(f"'{uri}': no image column (looked for image bytes in {', '.join(BYTES_COLUMNS)} and image "
-                        f"paths in {', '.join(PATH_COLUMNS)}; found {', '.join(names)}); name it with --image-column")
-
-
 def _is_shard(path: str) -> bool:
     return path.lower().endswith(".tar") and not posixpath.basename(path).startswith(".")
 
 
 def _files_source(uri: str, entries: list[tuple[str, int, str]], root: str, protocol: str,
-                  storage_options: dict[str, Any], fs=None) -> ImageSource:
-    """Listed files as an input: loose images, or tar shards where the files are shards and no image."""
+                  storage_options: dict[str, Any], fs=None, column: str | None = None,
+                  id_column: str | None = None) -> ImageSource:
+    """Listed files as an input: loose images; or, where the files hold no image, tar shards or
+    Parquet shards (the files of the other kind beside them are skipped rows or ignored)."""
     entries = sorted(entries)
-    if fs is not None and any(_is_shard(p) for p, _, _ in entries) and not any(not _skip_reason(p) for p, _, _ in entries):
-        return _tar_source(uri, fs, entries, root, protocol, storage_options)
+    if fs is not None and not any(not _skip_reason(p) for p, _, _ in entries):
+        if any(_is_shard(p) for p, _, _ in entries):
+            return _tar_source(uri, fs, entries, root, protocol, storage_options)
+        tables = [e for e in entries if e[0].lower().endswith(".parquet") and not posixpath.basename(e[0]).startswith(".")]
+        if tables:
+            return _parquet_source(uri, fs, tables, root, protocol, storage_options, column, id_column)
     uris = [protocol + p if protocol else p for p, _, _ in entries]
     ids = [_relative(p, root) for p, _, _ in entries]
     listing = _table(ids, uris, [s for _, s, _ in entries], [v for _, _, v in entries],
@@ -428,11 +372,51 @@ def _tar_source(uri: str, fs, entries: list[tuple[str, int, str]], root: str, pr
         raise NoImagesError(f"no images found in '{uri}': its tar shards hold no members")
     listing = pa.table([pa.array(ids, pa.string()), pa.array(uris, pa.string()), pa.array(sizes, pa.int64()),
                         pa.array(versions, pa.string()), pa.array(skips, pa.string()), pa.array(offsets, pa.int64())],
-                       schema=TAR_LISTING_SCHEMA)
+                       schema=OFFSET_LISTING_SCHEMA)
     if all(skips):
         raise NoImagesError(f"no images found in '{uri}': {len(shards)} tar shard(s), no sample with an image member "
                             f"(e.g. {ids[0]}: {skips[0]})")
     return ImageSource(uri, "tar", listing, storage_options)
+
+
+def _parquet_source(uri: str, fs, entries: list[tuple[str, int, str]], root: str, protocol: str,
+                    storage_options: dict[str, Any], column: str | None, id_column: str | None) -> ImageSource:
+    """Parquet files (one, or the shards of a dataset) as an input: one row per table row."""
+    shards = describe(fs, [p for p, _, _ in entries])
+    image, kind = image_column(uri, shards[0].schema, column)
+    if kind == "paths":
+        if len(shards) > 1:
+            raise NoImagesError(f"'{uri}': {len(shards)} Parquet files whose column '{image}' holds image paths; give "
+                                "one table of paths (or a .txt list), or tables of image bytes")
+        with fs.open(shards[0].path, "rb") as fh:
+            lines = pc.utf8_trim_whitespace(pq.ParquetFile(fh).read(columns=[image]).column(0).combine_chunks())
+        where = posixpath.dirname(uri if protocol else shards[0].path)
+        return _list_source(uri, lines, pc.is_valid(lines), where, storage_options, f"row(s) of column '{image}'")
+    for shard in shards[1:]:
+        if image not in shard.schema.names or holds(shard.schema.field(image).type) != "bytes":
+            found = shard.schema.field(image).type if image in shard.schema.names else "no such column"
+            raise NoImagesError(f"'{protocol}{shard.path}': its column '{image}' ({found}) does not hold image bytes as "
+                                f"'{protocol}{shards[0].path}' does; the Parquet files of one input share their image column")
+    total = sum(s.rows for s in shards)
+    if total == 0:
+        raise NoImagesError(f"no images found: '{uri}' has 0 rows")
+    ids, from_column = image_ids(uri, fs, shards, [relative_name(s.path, root) for s in shards], image, id_column)
+    order = pc.sort_indices(ids)
+    ordered = ids.take(order)
+    repeated = np.flatnonzero(pc.equal(ordered.slice(1), ordered.slice(0, len(ids) - 1)).to_numpy(zero_copy_only=False)) \
+        if len(ids) > 1 else []
+    if len(repeated):
+        first = order.to_numpy()[repeated[0]:repeated[0] + 2]
+        raise NoImagesError(f"'{uri}': column '{from_column}' has duplicate ids ('{ordered[int(repeated[0])]}' at rows "
+                            f"{min(first)} and {max(first)}); image ids must be unique (give --id-column, or drop the "
+                            "column to use row numbers)")
+    files = np.repeat(np.arange(len(shards)), [s.rows for s in shards])
+    uris = pa.array([protocol + s.path if protocol else s.path for s in shards], pa.string()).take(pa.array(files))
+    versions = pa.array([v for _, _, v in entries], pa.string()).take(pa.array(files))
+    offsets = np.concatenate([np.arange(s.rows) for s in shards])
+    listing = pa.table([ids, uris, pa.array(np.full(total, -1, np.int64)), versions,
+                        pa.repeat(pa.scalar("", pa.string()), total), pa.array(offsets)], schema=OFFSET_LISTING_SCHEMA)
+    return ImageSource(uri, "parquet", listing, storage_options, parquet_column=image)
 
 
 def _expanded(fs, path: str, uri: str) -> list[tuple[str, int, str]]:
@@ -461,9 +445,10 @@ def _no_readable(uri: str, listing: pa.Table) -> None:
 
 
 def open_source(uri: str, storage_options: dict[str, Any] | None = None, column: str | None = None,
-                exclude: str | None = None) -> ImageSource:
+                exclude: str | None = None, id_column: str | None = None) -> ImageSource:
     """List an input (on the driver: cheap, no image is read). ``column``: a Parquet input's image
-    column (bytes or paths); ``exclude``: the job's output, never listed as an input."""
+    column (bytes or paths); ``id_column``: its id column; ``exclude``: the job's output, never
+    listed as an input."""
     storage_options = storage_options or {}
     try:
         fs, path = filesystem(uri, storage_options)
@@ -486,30 +471,9 @@ def open_source(uri: str, storage_options: dict[str, Any] | None = None, column:
         listing = _table([str(i) for i in range(n)], [""] * n, [int(np.prod(shape[1:]))] * n, [version] * n, [""] * n)
         return ImageSource(uri, "npy", listing, storage_options, npy_offset=offset, npy_shape=tuple(shape))
 
-    if lower.endswith(".parquet") and not literal_dir:
-        with fs.open(path, "rb") as fh:
-            pfile = pq.ParquetFile(fh)
-            names = pfile.schema_arrow.names
-            column, holds = _image_column(uri, pfile.schema_arrow, column)
-            if holds == "paths":
-                root = posixpath.dirname(uri if protocol else path)
-                lines = pc.utf8_trim_whitespace(pfile.read(columns=[column]).column(0).combine_chunks())
-                return _list_source(uri, lines, pc.is_valid(lines), root, storage_options, f"row(s) of column '{column}'")
-            n = pfile.metadata.num_rows
-            if n == 0:
-                raise NoImagesError(f"no images found: '{uri}' has 0 rows")
-            id_column = next((c for c in ID_COLUMNS if c in names), None)
-            ids = [str(x) for x in pfile.read(columns=[id_column]).column(0).to_pylist()] if id_column else \
-                [str(i) for i in range(n)]
-        seen: dict[str, int] = {}
-        for row, image_id in enumerate(ids):
-            if image_id in seen:
-                raise NoImagesError(f"'{uri}': column '{id_column}' has duplicate ids ('{image_id}' at rows {seen[image_id]} "
-                                    f"and {row}); image ids must be unique (drop the column to use row numbers)")
-            seen[image_id] = row
-        version = _version(fs.info(path))
-        listing = _table(ids, [""] * n, [-1] * n, [version] * n, [""] * n)
-        return ImageSource(uri, "parquet", listing, storage_options, parquet_column=column)
+    if lower.endswith(".parquet") and not literal_dir and fs.isfile(path):  # (else a glob, or missing)
+        entry = (path, int(fs.info(path).get("size") or 0), _version(fs.info(path)))
+        return _parquet_source(uri, fs, [entry], posixpath.dirname(path), protocol, storage_options, column, id_column)
 
     if lower.endswith((".txt", ".lst")) and not literal_dir:
         root = posixpath.dirname(uri if protocol else path)  # local: absolute, so workers anywhere read it
@@ -526,12 +490,12 @@ def open_source(uri: str, storage_options: dict[str, Any] | None = None, column:
         entries = _list_folder(fs, path, inside)
         if not entries:
             raise NoImagesError(f"no images found in '{uri}': the folder is empty")
-        source = _files_source(uri, entries, path, protocol, storage_options, fs)
+        source = _files_source(uri, entries, path, protocol, storage_options, fs, column, id_column)
         _no_readable(uri, source.listing)
         return _excluded(source, inside, exclude)
     if "{" in path and "}" in path and not fs.exists(path):  # a brace pattern (a literal name with braces wins)
         root_path = path.split("{")[0].rsplit("/", 1)[0]
-        source = _files_source(uri, _expanded(fs, path, uri), root_path, protocol, storage_options, fs)
+        source = _files_source(uri, _expanded(fs, path, uri), root_path, protocol, storage_options, fs, column, id_column)
         _no_readable(uri, source.listing)
         return source
     if any(ch in path for ch in "*?["):
@@ -542,7 +506,7 @@ def open_source(uri: str, storage_options: dict[str, Any] | None = None, column:
         if not matches:
             raise NoImagesError(f"no images found: the pattern '{uri}' matches no file")
         entries = [(name, int(info.get("size") or 0), _version(info)) for name, info in matches.items()]
-        source = _files_source(uri, entries, root_path, protocol, storage_options, fs)
+        source = _files_source(uri, entries, root_path, protocol, storage_options, fs, column, id_column)
         _no_readable(uri, source.listing)
         return _excluded(source, inside, exclude)
     what = "does not exist" if not fs.exists(path) else "is not a folder, glob, brace pattern, .txt list, .npy or .parquet"

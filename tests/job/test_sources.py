@@ -86,7 +86,7 @@ def test_glob_and_list_file(folder, tmp_path):
     assert source.ids == ["imgs/a/1.jpg", "imgs/b/2.png", "imgs/c.bmp"]  # relative to the list's folder
     assert source.uris == [str(tmp_path / "imgs" / r) for r in ("a/1.jpg", "b/2.png", "c.bmp")]
     assert source.duplicates == [{"uri": str(tmp_path / "imgs" / "b" / "2.png"), "lines": [2, 6]}]  # reported
-    missing = source.description().read(0, 1, [str(tmp_path / "gone.png")], [""])
+    missing = source.description().read(0, 1, pa.table({"uri": [str(tmp_path / "gone.png")], "skip": [""]}))
     assert isinstance(missing[0], Exception)
 
 
