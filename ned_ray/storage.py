@@ -187,14 +187,18 @@ def _uri(fs, path: str) -> str:
     return path if is_local(fs) else fs.unstrip_protocol(path)
 
 
+ROW_GROUP_BYTES = 4 * 2**20  # uncompressed bytes per Parquet row group: what a streaming reader holds at once
+
+
 def parquet_bytes(table: pa.Table, plain: Sequence[str] = ()) -> bytes:
-    """A whole Parquet file (zstd). Columns in ``plain`` (float responses) are written without
-    dictionary encoding or statistics: neither helps float data, and they cost a quarter of the
-    write (bench/RESULTS.md, steady state)."""
+    """A whole Parquet file (zstd), in row groups of about :data:`ROW_GROUP_BYTES`. Columns in
+    ``plain`` (float responses) are written without dictionary encoding or statistics: neither
+    helps float data, and they cost a quarter of the write (bench/RESULTS.md, steady state)."""
     buffer = io.BytesIO()
     others = [c for c in table.column_names if c not in plain]
+    rows = max(1, int(ROW_GROUP_BYTES * table.num_rows // max(1, table.nbytes))) if table.num_rows else None
     pq.write_table(table, buffer, compression="zstd", use_dictionary=others if plain else True,
-                   write_statistics=others if plain else True)
+                   write_statistics=others if plain else True, row_group_size=rows)
     return buffer.getvalue()
 
 

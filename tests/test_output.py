@@ -69,3 +69,41 @@ def test_an_unfinished_output_does_not_open(demo_output, tmp_path):
         open_output(str(tmp_path / "half"))
     with pytest.raises(KeyError, match="has no model 'eeg/x'"):
         open_output(str(demo_output)).responses("eeg/x")
+
+
+# -- lazy reads: batches, rows, parts --------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def parted_output(demo_dir, tmp_path_factory):
+    """Two models over the built-in photographs in parts of 3 images (5 parts), Parquet and .npy."""
+    from ned_ray.demo import write_demo_images
+    from ned_ray.job.options import EncodeConfig
+    from ned_ray.job.run import run_encode
+
+    root = tmp_path_factory.mktemp("parted")
+    write_demo_images(root / "images")
+    run_encode(EncodeConfig(str(demo_dir), str(root / "images"), f"{EEG},fmri/nsd/fwrf/sub-01/V1", str(root / "out"),
+                            device="cpu", formats=("parquet", "npy"), shard_size=3, cpu_threads=1, executor="local"))
+    return root / "out"
+
+
+@pytest.mark.parametrize("layout", ["parquet", "npy", "earlier manifest"])
+def test_batches_stream_in_order_and_rows_read_only_the_parts_holding_them(parted_output, layout):
+    out = open_output(str(parted_output))
+    for model in out.models:
+        if layout == "npy":
+            out.manifest["models"][model]["parts"].pop("parquet")
+        if layout == "earlier manifest":  # written before index ranges were recorded: found from the parts
+            out.manifest["models"][model].pop("index_ranges")
+        index, values = out.responses(model)
+        assert len(out._parts(model)) == 5 and len(index) == 14
+        batches = list(out.iter_batches(model, rows_per_batch=2))
+        assert all(len(i) <= 2 for i, _ in batches) and np.array_equal(np.concatenate([i for i, _ in batches]), index)
+        np.testing.assert_array_equal(np.concatenate([v for _, v in batches]), values)
+        assert [p["lo"] for p in out._parts(model, out._rows(slice(4, 8)))] == [3, 6]  # 2 of the 5 parts
+        some, picked = out.responses(model, rows=slice(4, 8))
+        assert some.tolist() == [4, 5, 6, 7] and np.array_equal(picked, values[4:8])
+        assert out.responses(model, rows=[13, 0])[0].tolist() == [0, 13]
+        assert len(out.responses(model, rows=[99])[0]) == 0
+        if layout != "npy":
+            assert out.table(model, rows=range(2, 4)).column("image_index").to_pylist() == [2, 3]

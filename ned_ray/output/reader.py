@@ -14,14 +14,18 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import IncompleteOutputError, MissingDependencyError, ModelNotInOutputError, OutputError
 from ..ids import ModelId
+from ..safeload import read_npy_header
 from ..storage import filesystem
 from . import layout
 
 __all__ = ["open_output", "Output", "IncompleteOutputError"]
+
+READ_BLOCK = 4 * 2**20  # bytes per request when streaming a part from an object store (s3fs reads 50 MiB by default)
 
 
 @dataclass
@@ -39,15 +43,103 @@ class Output:
     def _fs(self):
         return filesystem(self.uri, self.storage_options)
 
-    def table(self, model_id: str | ModelId) -> pa.Table:
-        """Arrow table (image_index, image_id, response) of one model, sorted by image_index."""
-        key = self._key(model_id)
+    def _parts(self, key: str, rows: np.ndarray | None = None) -> list[dict[str, Any]]:
+        """The model's parts ({"lo", "hi", format: path}) in image_index order; with ``rows`` (sorted
+        image indexes), only the parts whose range holds one of them. The ranges come from the
+        manifest (outputs written before they were recorded: from each part's image_index)."""
+        entry = self.manifest["models"][key]
         fs, root = self._fs()
-        paths = [posixpath.join(root, p) for p in self.manifest["models"][key]["parts"].get("parquet", [])]
-        if not paths:
+        formats = {fmt: [posixpath.join(root, p) for p in paths] for fmt, paths in entry["parts"].items()}
+        n = len(next(iter(formats.values()), []))
+        ranges = entry.get("index_ranges")
+        if ranges is None:  # an earlier ned-ray's manifest: read each part's image indexes (small)
+            ranges = [[int(i.min()), int(i.max())] if len(i) else [0, -1] for i in self._part_indexes(fs, formats, n)]
+        parts = sorted(({"lo": lo, "hi": hi, **{fmt: paths[k] for fmt, paths in formats.items()}}
+                        for k, (lo, hi) in enumerate(ranges)), key=lambda p: p["lo"])
+        if rows is not None:
+            parts = [p for p in parts if np.searchsorted(rows, p["lo"]) < np.searchsorted(rows, p["hi"], side="right")]
+        return parts
+
+    @staticmethod
+    def _part_indexes(fs, formats: dict[str, list[str]], n: int) -> list[np.ndarray]:
+        if "npy" in formats:
+            data = fs.cat([p[:-4] + ".image_index.npy" for p in formats["npy"]])
+            return [np.load(io.BytesIO(data[p[:-4] + ".image_index.npy"])) for p in formats["npy"]]
+        return [pq.read_table(fs.open(p, "rb"), columns=["image_index"]).column(0).to_numpy() for p in formats["parquet"]]
+
+    @staticmethod
+    def _rows(rows: slice | range | np.ndarray | list[int] | None) -> np.ndarray | None:
+        """Image indexes asked for, sorted and unique (a slice or range of image_index, or indexes)."""
+        if rows is None:
+            return None
+        if isinstance(rows, (slice, range)):
+            if rows.stop is None or (rows.step or 1) < 0:
+                raise ValueError("rows must be a slice with a stop and a positive step (image_index values), or indexes")
+            rows = np.arange(rows.start or 0, rows.stop, rows.step or 1)
+        return np.unique(np.asarray(rows, np.int64))
+
+    def _read_part(self, fs, part: dict[str, Any], rows_per_batch: int):
+        """(image_index, flat float32 values) batches of one part, at most ``rows_per_batch`` rows each;
+        Parquet one row group at a time, .npy by ranged reads of its rows."""
+        if "parquet" in part:
+            with fs.open(part["parquet"], "rb", block_size=READ_BLOCK) as fh:  # object stores: 4 MiB requests
+                parquet = pq.ParquetFile(fh, pre_buffer=False, buffer_size=1 << 20)  # one row group at a time
+                for batch in parquet.iter_batches(batch_size=rows_per_batch, columns=["image_index", "response"],
+                                                  use_threads=False):
+                    flat = batch.column(1)
+                    values = flat.flatten().to_numpy(zero_copy_only=False).reshape(len(batch), flat.type.list_size)
+                    yield batch.column(0).to_numpy(), values
+            return
+        index = np.load(io.BytesIO(fs.cat_file(part["npy"][:-4] + ".image_index.npy")))
+        with fs.open(part["npy"], "rb") as fh:
+            shape, _, dtype = read_npy_header(fh, part["npy"])
+            offset = fh.tell()
+        row = int(np.prod(shape[1:])) * dtype.itemsize
+        for start in range(0, shape[0], rows_per_batch):
+            stop = min(shape[0], start + rows_per_batch)
+            data = fs.cat_file(part["npy"], start=offset + start * row, end=offset + stop * row)
+            yield index[start:stop], np.frombuffer(data, dtype).reshape(stop - start, -1)
+
+    def iter_batches(self, model_id: str | ModelId, rows_per_batch: int = 1024,
+                     rows: slice | range | np.ndarray | list[int] | None = None):
+        """Stream one model's responses: (image_index (n,), float32 responses (n, ...)) batches of at
+        most ``rows_per_batch`` rows, in image_index order, one part (and one row group) at a time:
+        memory is bounded by the batch, whatever the output's size. ``rows``: only these image
+        indexes (a slice/range of image_index, or indexes); only the parts holding them are read."""
+        if rows_per_batch < 1:
+            raise ValueError(f"rows_per_batch must be at least 1, got {rows_per_batch}")
+        key = self._key(model_id)
+        wanted, shape = self._rows(rows), self.shape(key)
+        fs, _ = self._fs()
+        for part in self._parts(key, wanted):
+            for index, values in self._read_part(fs, part, rows_per_batch):
+                if wanted is not None:
+                    keep = np.isin(index, wanted)
+                    index, values = index[keep], values[keep]
+                if len(index) and np.any(np.diff(index) < 0):  # parts are written in order: rarely needed
+                    order = np.argsort(index, kind="stable")
+                    index, values = index[order], values[order]
+                if len(index):
+                    yield index, values.reshape(len(index), *shape)
+
+    def table(self, model_id: str | ModelId, rows: slice | range | np.ndarray | list[int] | None = None) -> pa.Table:
+        """Arrow table (image_index, image_id, response) of one model, sorted by image_index;
+        ``rows`` as :meth:`iter_batches` (only the parts holding them are read)."""
+        key = self._key(model_id)
+        wanted = self._rows(rows)
+        parts = self._parts(key, wanted)
+        if "parquet" not in self.manifest["models"][key]["parts"]:
             raise OutputError(f"{self.uri}: model {key} was written without Parquet parts (--format npy); use responses()")
-        tables = [pq.read_table(io.BytesIO(data)) for data in fs.cat(paths).values()]
-        return pa.concat_tables(tables).sort_by("image_index")
+        fs, _ = self._fs()
+        paths = [p["parquet"] for p in parts]
+        tables = [pq.read_table(io.BytesIO(data)) for data in fs.cat(paths).values()] if paths else []
+        if not tables:  # no part holds the rows asked for
+            return pa.table({"image_index": pa.array([], pa.int64()), "image_id": pa.array([], pa.string()),
+                             "response": pa.array([], pa.list_(pa.float32(), int(np.prod(self.shape(key)))))})
+        table = pa.concat_tables(tables)
+        if wanted is not None:
+            table = table.filter(pc.is_in(table.column("image_index"), pa.array(wanted)))
+        return table.sort_by("image_index")
 
     def shape(self, model_id: str | ModelId) -> tuple[int, ...]:
         """Per-image response shape, from the model's metadata."""
@@ -62,23 +154,18 @@ class Output:
         enc = meta["json"]["ned_metadata"]["encoding_models"]["encoding_accuracy"]["correlation_single_repetitions"]
         return tuple(enc["shape"])
 
-    def responses(self, model_id: str | ModelId) -> tuple[np.ndarray, np.ndarray]:
-        """(image_index (n,), float32 responses (n, V) or (n, 4, 63, 140)), sorted by image_index."""
+    def responses(self, model_id: str | ModelId,
+                  rows: slice | range | np.ndarray | list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(image_index (n,), float32 responses (n, V) or (n, 4, 63, 140)), sorted by image_index;
+        ``rows`` as :meth:`iter_batches` (only the parts holding them are read)."""
         key = self._key(model_id)
-        parts = self.manifest["models"][key]["parts"]
-        fs, root = self._fs()
-        if "npy" in parts and "parquet" not in parts:
-            data = fs.cat([posixpath.join(root, p) for p in parts["npy"]])
-            idx = fs.cat([posixpath.join(root, p[:-4] + ".image_index.npy") for p in parts["npy"]])
-            values = np.concatenate([np.load(io.BytesIO(data[k])) for k in sorted(data)])
-            index = np.concatenate([np.load(io.BytesIO(idx[k])) for k in sorted(idx)])
-        else:
-            table = self.table(key)
-            index = table.column("image_index").to_numpy()
-            flat = table.column("response").combine_chunks()
-            values = flat.values.to_numpy(zero_copy_only=False).reshape(len(table), flat.type.list_size)
+        batches = list(self.iter_batches(key, rows_per_batch=1 << 30, rows=rows))
+        if not batches:
+            return np.zeros(0, np.int64), np.zeros((0, *self.shape(key)), np.float32)
+        index = np.concatenate([i for i, _ in batches])
+        values = np.concatenate([v for _, v in batches]) if len(batches) > 1 else batches[0][1]
         order = np.argsort(index, kind="stable")
-        return index[order], values[order].reshape(len(index), *self.shape(key))
+        return index[order], values[order]
 
     def images(self) -> pa.Table:
         """Every input image: image_index, image_id, status, error, width, height."""

@@ -113,6 +113,7 @@ def finalize(fs, root: str, output: str, models: Sequence[ModelId], formats: Seq
             str(mid): {
                 "rows": sum(m["rows"] for m in ledger.model_markers(mid)),
                 "parts": {fmt: [layout.part(mid, m["piece"], fmt) for m in ledger.model_markers(mid)] for fmt in formats},
+                "index_ranges": [[min(m["image_index"]), max(m["image_index"])] for m in ledger.model_markers(mid)],
                 "metadata": list(layout.metadata_files(mid)),
             } for mid in models},
         "chunks": len(pieces),
