@@ -107,3 +107,21 @@ def test_batches_stream_in_order_and_rows_read_only_the_parts_holding_them(parte
         assert len(out.responses(model, rows=[99])[0]) == 0
         if layout != "npy":
             assert out.table(model, rows=range(2, 4)).column("image_index").to_pylist() == [2, 3]
+
+
+def test_a_lazy_xarray_and_a_zarr_store_hold_what_the_eager_reader_does(parted_output, tmp_path):
+    import xarray as xr
+
+    out = open_output(str(parted_output))
+    for model in out.models:
+        eager = out.to_xarray(model)
+        lazy = out.to_xarray(model, chunks=4)
+        assert lazy.chunks[0] == (4, 4, 4, 2) and type(lazy.data).__module__.startswith("dask")  # nothing read yet
+        xr.testing.assert_identical(lazy.compute(), eager)
+        xr.testing.assert_identical(lazy.isel(image=slice(5, 7)).compute(), eager.isel(image=slice(5, 7)))
+        store = out.to_zarr(model, str(tmp_path / f"{model.replace('/', '_')}.zarr"), chunks=4)
+        with xr.open_zarr(store, consolidated=False) as back:
+            assert back.attrs["model_id"] == model
+            xr.testing.assert_equal(back["responses"].compute(), eager.rename("responses"))
+    with pytest.raises(FileExistsError):  # an existing store is never overwritten unless asked (mode="w")
+        out.to_zarr(out.models[0], store, chunks=4)

@@ -202,24 +202,81 @@ class Output:
                 "channel": names[npz["selection/channels"]] if "selection/channels" in npz else names,
                 "time": times[npz["selection/times"]] if "selection/times" in npz else times}
 
-    def to_xarray(self, model_id: str | ModelId):
+    def to_xarray(self, model_id: str | ModelId, chunks: int | None = None):
         """One model's responses as an ``xarray.DataArray`` with named dimensions and coordinates:
         (image, voxel) or (image, repetition, channel, time); ``image`` is labelled by image_id, with
-        image_index as a second coordinate. Needs xarray (``pip install 'ned-ray[analysis]'``)."""
+        image_index as a second coordinate. Needs xarray (``pip install 'ned-ray[analysis]'``).
+
+        ``chunks``: a lazy array backed by dask, one task per part (rechunked to ``chunks`` images):
+        nothing is read until computed, and computing reads only the parts it needs."""
         try:
             import xarray as xr
         except ImportError:
             raise MissingDependencyError("Output.to_xarray needs xarray: pip install 'ned-ray[analysis]'") from None
         key = self._key(model_id)
-        index, values = self.responses(key)
-        ids = self.images().column("image_id").to_numpy(zero_copy_only=False)
+        images = self.images()
+        ids = images.column("image_id").to_numpy(zero_copy_only=False)
+        if chunks is None:
+            index, values = self.responses(key)
+        else:
+            index, values = self._lazy(key, images, chunks)
         coords = self.coords(key)
         family = ModelId.parse(key).family
-        data = xr.DataArray(values, dims=("image", *coords), name=key,
+        return xr.DataArray(values, dims=("image", *coords), name=key,
                             coords={"image": ids[index], "image_index": ("image", index), **coords},
                             attrs={"model_id": key, "family": family.key,
                                    "units": f"{family.title} responses (as the model was trained: z-scored)"})
-        return data
+
+    def _lazy(self, key: str, images: pa.Table, chunks: int):
+        """(image_index, dask array) of a model: a model holds a row for every ``ok`` image, so each
+        part's rows are known from images.parquet without reading the part."""
+        try:
+            import dask
+            import dask.array as da
+        except ImportError:
+            raise MissingDependencyError("Output.to_xarray(chunks=...) needs dask: pip install 'ned-ray[analysis]'") from None
+        if chunks < 1:
+            raise ValueError(f"chunks must be at least 1 image, got {chunks}")
+        ok = pc.equal(images.column("status"), "ok")
+        index = np.sort(images.column("image_index").filter(ok).to_numpy())
+        shape = self.shape(key)
+        blocks = []
+        for part in self._parts(key):
+            rows = index[np.searchsorted(index, part["lo"]):np.searchsorted(index, part["hi"], side="right")]
+            if len(rows):
+                read = dask.delayed(self._part_values)(part, rows, shape)
+                blocks.append(da.from_delayed(read, shape=(len(rows), *shape), dtype=np.float32))
+        values = da.concatenate(blocks) if blocks else da.zeros((0, *shape), np.float32)
+        return index, values.rechunk({0: chunks})
+
+    def _part_values(self, part: dict[str, Any], rows: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        """One part's responses, checked to be the rows images.parquet says it holds."""
+        fs, _ = self._fs()
+        pieces = list(self._read_part(fs, part, 1 << 30))
+        index = np.concatenate([i for i, _ in pieces]) if pieces else np.zeros(0, np.int64)
+        values = np.concatenate([v for _, v in pieces]) if pieces else np.zeros((0, int(np.prod(shape))), np.float32)
+        order = np.argsort(index, kind="stable")
+        if not np.array_equal(index[order], rows):
+            raise OutputError(f"{self.uri}: part {part.get('parquet') or part.get('npy')} holds other rows than "
+                              "images.parquet's ok images; the output is damaged")
+        return values[order].reshape(len(rows), *shape)
+
+    def to_zarr(self, model_id: str | ModelId, store: str, chunks: int = 1024, **kwargs: Any) -> str:
+        """Write one model's responses, with their coordinates, as a Zarr store (a local path or any
+        fsspec URL; ``kwargs`` go to ``xarray.Dataset.to_zarr``, e.g. ``storage_options``), one chunk
+        of ``chunks`` images at a time. Needs xarray, dask and zarr (``pip install 'ned-ray[analysis]'``)."""
+        try:
+            import zarr  # noqa: F401
+        except ImportError:
+            raise MissingDependencyError("Output.to_zarr needs zarr: pip install 'ned-ray[analysis]'") from None
+        data = self.to_xarray(model_id, chunks=chunks)
+        dataset = data.to_dataset(name="responses")
+        dataset.attrs.update(data.attrs)
+        for name, coord in dataset.coords.items():  # names as variable-length strings (Zarr v3's specified string type)
+            if coord.dtype.kind == "U":
+                dataset = dataset.assign_coords({name: coord.astype(object)})
+        dataset.to_zarr(store, mode=kwargs.pop("mode", "w-"), consolidated=kwargs.pop("consolidated", False), **kwargs)
+        return store
 
     def to_nifti(self, model_id: str | ModelId, path: str, images: slice | list[int] | None = None,
                  fill: float = 0.0) -> str:
