@@ -81,7 +81,7 @@ def plan_encode(config: EncodeConfig) -> dict[str, Any]:
     ledger = Ledger.read(fs, root) if fs.exists(root) else Ledger()
     work = Work.of(ledger, models, len(source), config.shard_size)
     executor = choose_executor(config, len(source))
-    plan = _plan(config, ned, models, executor.cluster_shape(), len(work.remaining))
+    plan = _plan(config, ned, work.to_run(models), executor.cluster_shape(), len(work.remaining))
     return {"plan": plan, "executor": executor.name, "executor_reason": executor.reason, "n_images": len(source),
             "to_encode": work.images, "already_committed": work.skipped,
             "shards": -(-len(source) // config.shard_size), "models": [str(m) for m in models]}
@@ -139,6 +139,7 @@ def _execute(config: EncodeConfig, ned, models: list[ModelId], selections: dict,
     """Plan what is left to do and run it on ``executor``; None when nothing is left."""
     if not work.remaining:
         return None
+    models = work.to_run(models)  # models whose every image is committed are not loaded again
     plan = _plan(config, ned, models, executor.cluster_shape(), len(work.remaining))
     try:
         plan = executor.prepare(plan, lambda c, cluster: _plan(c, ned, models, cluster, len(work.remaining)),

@@ -189,6 +189,7 @@ class Work:
     committed: dict[str, Ranges]  # per model: images already committed
     images_committed: Ranges
     skipped: int  # images complete before this run
+    unfinished: list[str] = field(default_factory=list)  # models with images left to commit
 
     @classmethod
     def of(cls, ledger: Ledger, models: list[ModelId], n_images: int, shard_size: int) -> "Work":
@@ -196,7 +197,13 @@ class Work:
         images = ledger.done(None, n_images)
         complete = np.logical_and.reduce([images, *done.values()])
         return cls(_ranges(~complete, shard_size), {m: Ranges.from_mask(d) for m, d in done.items()},
-                   Ranges.from_mask(images), int(complete.sum()))
+                   Ranges.from_mask(images), int(complete.sum()), [m for m, d in done.items() if not d.all()])
+
+    def to_run(self, models: list[ModelId]) -> list[ModelId]:
+        """The models this run computes: those with images left (a model added to an output, the
+        unfinished ones of a resumed job); all of them when only images' status is left to write."""
+        left = [m for m in models if str(m) in self.unfinished]
+        return left or list(models)
 
     @property
     def images(self) -> int:

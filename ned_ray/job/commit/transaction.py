@@ -37,6 +37,9 @@ Invariants
 8. Listings that decide completeness bypass fsspec's caches (object stores cache them).
 9. Model weights bind an output once something of that model is committed: a rerun with other
    weights is refused; a file repaired after a failed load replaces the recorded one.
+10. A rerun whose options differ only in ``--models``, naming every model the output holds and more,
+   adds the new models: the run computes only them (their own backbone pass), the others' parts
+   and markers stay as they are, and the manifest (removed while the run lasts) lists them all.
 """
 
 from __future__ import annotations
@@ -216,8 +219,24 @@ class OutputTransaction:
             return
         changed = sorted(k for k in set(previous.get("identity", {})) | set(identity)
                          if previous.get("identity", {}).get(k) != identity.get(k))
+        if changed == ["models"]:
+            self._add_models(previous)
+            return
         raise OutputExistsError(f"output '{self.uri}' holds a job with other options (differs in: {', '.join(changed)}); "
                                 "use another --output, or --overwrite to replace it")
+
+    def _add_models(self, previous: dict[str, Any]) -> None:
+        """Only ``--models`` changed: models it adds join the output (invariant 10); models it leaves
+        out are refused (an output never loses a model but by --overwrite)."""
+        held, now = list(previous.get("models", [])), {str(m) for m in self.models}
+        dropped = [m for m in held if m not in now]
+        if dropped:
+            raise OutputExistsError(f"output '{self.uri}' holds {len(dropped)} model(s) that --models leaves out (e.g. "
+                                    f"{dropped[0]}); models can be added to an output, not removed: give --models with "
+                                    "all of them, another --output, or --overwrite to replace it")
+        added = sorted(now - set(held))
+        self._say(f"{self.uri}: adding {len(added)} model(s) to the output ({', '.join(added[:3])}"
+                  f"{', ...' if len(added) > 3 else ''}); the {len(held)} it holds keep their committed parts")
 
     def _clear_attempt(self, previous: dict[str, Any]) -> None:
         """Remove what a job that committed nothing wrote: its options, its models' metadata and any
