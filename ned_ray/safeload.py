@@ -28,7 +28,6 @@ import threading
 from typing import IO, Any
 
 import numpy as np
-import torch
 
 from .errors import UnsafePickleError
 
@@ -190,6 +189,8 @@ _TORCH_SAFE_GLOBALS = [
 
 def load_torch_checkpoint(file: IO[bytes] | str, source: str = "<pt>") -> Any:
     """``torch.load(file, weights_only=True)`` with NED's numpy globals allow-listed, on CPU."""
+    import torch  # here, not above: listing inputs and reading outputs (which use this module's .npy reader) need no torch
+
     try:
         with torch.serialization.safe_globals(_TORCH_SAFE_GLOBALS):
             return torch.load(file, map_location="cpu", weights_only=True)
