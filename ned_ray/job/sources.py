@@ -347,7 +347,12 @@ def _files_source(uri: str, entries: list[tuple[str, int, str]], root: str, prot
             return _tar_source(uri, fs, entries, root, protocol, storage_options)
         tables = [e for e in entries if e[0].lower().endswith(".parquet") and not posixpath.basename(e[0]).startswith(".")]
         if tables:
-            return _parquet_source(uri, fs, tables, root, protocol, storage_options, column, id_column)
+            source = _parquet_source(uri, fs, tables, root, protocol, storage_options, column, id_column)
+            others = [_relative(e[0], root) for e in entries if e not in tables]
+            if others:
+                source.notes.append(f"note: '{uri}': {len(others)} file(s) beside its Parquet files are not inputs "
+                                    f"(e.g. {others[0]})")
+            return source
     uris = [protocol + p if protocol else p for p, _, _ in entries]
     ids = [_relative(p, root) for p, _, _ in entries]
     listing = _table(ids, uris, [s for _, s, _ in entries], [v for _, _, v in entries],

@@ -53,7 +53,10 @@ def test_a_folder_of_parquet_shards_is_one_input_with_the_struct_paths_as_ids(tm
     assert source.read(8, 13) == [images[i] for i in source.ids[8:13]]  # rows across two files
     assert source.read(0, 30) == [images[i] for i in source.ids]
     glob = open_source(str(tmp_path / "ds" / "data" / "train-0000[01]-*.parquet"))
-    assert glob.ids == sorted(images)[:20]
+    assert glob.ids == sorted(images)[:20] and source.notes == []
+    (tmp_path / "ds" / "README.md").write_text("a dataset card")
+    assert open_source(str(tmp_path / "ds")).notes == [f"note: '{tmp_path / 'ds'}': 1 file(s) beside its Parquet files "
+                                                        "are not inputs (e.g. README.md)"]
 
 
 def test_ids_are_row_numbers_per_file_without_paths_and_a_chosen_column_must_be_unique(tmp_path):
