@@ -477,7 +477,8 @@ def open_source(uri: str, storage_options: dict[str, Any] | None = None, column:
         return ImageSource(uri, "npy", listing, storage_options, npy_offset=offset, npy_shape=tuple(shape))
 
     if lower.endswith(".parquet") and not literal_dir and fs.isfile(path):  # (else a glob, or missing)
-        entry = (path, int(fs.info(path).get("size") or 0), _version(fs.info(path)))
+        info = fs.info(path)
+        entry = (path, int(info.get("size") or 0), _version(info))
         return _parquet_source(uri, fs, [entry], posixpath.dirname(path), protocol, storage_options, column, id_column)
 
     if lower.endswith((".txt", ".lst")) and not literal_dir:
