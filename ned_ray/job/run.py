@@ -24,7 +24,7 @@ from ..selection import berg_selections
 from ..selection import resolve_selection as resolve_berg_selection
 from ..storage import filesystem
 from .cluster import ClusterShape
-from .commit import Ledger, OutputTransaction, Work
+from .commit import Ledger, OutputTransaction, Work, read_listing
 from .commit.transaction import storage_errors
 from .executors import Executor, build_stages, choose_executor
 from .interrupts import shielded, sigterm_interrupts
@@ -64,10 +64,23 @@ def _plan(config: EncodeConfig, ned, models: list[ModelId], cluster: ClusterShap
 
 
 def _open_source(config: EncodeConfig) -> ImageSource:
-    """The job's input listing (the output's own files left out when it lies inside the input)."""
+    """The job's input listing (the output's own files left out when it lies inside the input; tar
+    shards the output's recorded listing holds, unchanged, not indexed again)."""
     with storage_errors("read images at", config.images):
         return open_source(config.images, config.storage_options, column=config.image_column, exclude=config.output,
-                           id_column=config.id_column)
+                           id_column=config.id_column, known=_recorded_listing(config))
+
+
+def _recorded_listing(config: EncodeConfig):
+    """The listing an existing output recorded, or None (none yet, ``--overwrite``, or unreadable: the
+    transaction says why later). Only a cache: the transaction reconciles the listing under its lease."""
+    if config.overwrite:
+        return None
+    try:
+        fs, root = filesystem(config.output, config.storage_options)
+        return read_listing(fs, root)
+    except Exception:  # noqa: BLE001 - a cache: any failure here means no cache
+        return None
 
 
 def plan_encode(config: EncodeConfig) -> dict[str, Any]:

@@ -338,13 +338,13 @@ def _is_shard(path: str) -> bool:
 
 def _files_source(uri: str, entries: list[tuple[str, int, str]], root: str, protocol: str,
                   storage_options: dict[str, Any], fs=None, column: str | None = None,
-                  id_column: str | None = None) -> ImageSource:
+                  id_column: str | None = None, known: pa.Table | None = None) -> ImageSource:
     """Listed files as an input: loose images; or, where the files hold no image, tar shards or
     Parquet shards (the files of the other kind beside them are skipped rows or ignored)."""
     entries = sorted(entries)
     if fs is not None and not any(not _skip_reason(p) for p, _, _ in entries):
         if any(_is_shard(p) for p, _, _ in entries):
-            return _tar_source(uri, fs, entries, root, protocol, storage_options)
+            return _tar_source(uri, fs, entries, root, protocol, storage_options, known)
         tables = [e for e in entries if e[0].lower().endswith(".parquet") and not posixpath.basename(e[0]).startswith(".")]
         if tables:
             source = _parquet_source(uri, fs, tables, root, protocol, storage_options, column, id_column)
@@ -360,16 +360,40 @@ def _files_source(uri: str, entries: list[tuple[str, int, str]], root: str, prot
     return ImageSource(uri, "files", listing, storage_options)
 
 
+def _recorded_samples(known: pa.Table | None, versions: dict[str, str]) -> dict[str, list[tuple[str, int, int, str]]]:
+    """The rows an earlier listing (an output's) holds for each tar shard URI whose version it
+    recorded is ``versions[uri]`` still: those shards need no indexing."""
+    if known is None or "offset" not in known.column_names:
+        return {}
+    keep = pc.is_in(known.column("uri"), pa.array(list(versions), pa.string()))
+    rows = known.filter(keep)
+    found: dict[str, list[tuple[str, int, int, str]]] = {}
+    stale: set[str] = set()
+    for image_id, shard, size, version, skip, offset in zip(*(rows.column(c).to_pylist() for c in (
+            "image_id", "uri", "bytes", "version", "skip", "offset"))):
+        if version != versions[shard]:
+            stale.add(shard)
+        found.setdefault(shard, []).append((image_id, offset, size, skip))
+    return {shard: samples for shard, samples in found.items() if shard not in stale}
+
+
 def _tar_source(uri: str, fs, entries: list[tuple[str, int, str]], root: str, protocol: str,
-                storage_options: dict[str, Any]) -> ImageSource:
-    """Tar shards (and files beside them, listed as skipped) as an input: one row per sample."""
+                storage_options: dict[str, Any], known: pa.Table | None = None) -> ImageSource:
+    """Tar shards (and files beside them, listed as skipped) as an input: one row per sample. Shards
+    that ``known`` (an output's recorded listing) holds at their current version are not indexed again."""
     shards = [e for e in entries if _is_shard(e[0])]
-    indexes = dict(zip([p for p, _, _ in shards], index_shards(fs, [(p, s) for p, s, _ in shards])))
+    recorded = _recorded_samples(known, {(protocol + p if protocol else p): v for p, _, v in shards})
+    new = [(p, s) for p, s, _ in shards if (protocol + p if protocol else p) not in recorded]
+    indexes = dict(zip([p for p, _ in new], index_shards(fs, new))) if new else {}
     ids, uris, sizes, versions, skips, offsets = [], [], [], [], [], []
     for path, size, version in entries:
         shard_id, shard_uri = _relative(path, root), protocol + path if protocol else path
-        rows = (sample_rows(fs, path, shard_id, indexes[path], READABLE) if path in indexes else
-                [(shard_id, 0, size, "not a tar shard (this input is a set of tar shards)")])
+        if shard_uri in recorded:
+            rows = recorded[shard_uri]
+        elif path in indexes:
+            rows = sample_rows(fs, path, shard_id, indexes[path], READABLE)
+        else:
+            rows = [(shard_id, 0, size, "not a tar shard (this input is a set of tar shards)")]
         for image_id, offset, member_size, skip in rows:
             ids.append(image_id), uris.append(shard_uri), sizes.append(member_size), versions.append(version)
             skips.append(skip), offsets.append(offset)
@@ -450,10 +474,11 @@ def _no_readable(uri: str, listing: pa.Table) -> None:
 
 
 def open_source(uri: str, storage_options: dict[str, Any] | None = None, column: str | None = None,
-                exclude: str | None = None, id_column: str | None = None) -> ImageSource:
+                exclude: str | None = None, id_column: str | None = None, known: pa.Table | None = None) -> ImageSource:
     """List an input (on the driver: cheap, no image is read). ``column``: a Parquet input's image
     column (bytes or paths); ``id_column``: its id column; ``exclude``: the job's output, never
-    listed as an input."""
+    listed as an input; ``known``: the output's recorded listing (tar shards unchanged since are
+    not indexed again)."""
     storage_options = storage_options or {}
     try:
         fs, path = filesystem(uri, storage_options)
@@ -496,12 +521,12 @@ def open_source(uri: str, storage_options: dict[str, Any] | None = None, column:
         entries = _list_folder(fs, path, inside)
         if not entries:
             raise NoImagesError(f"no images found in '{uri}': the folder is empty")
-        source = _files_source(uri, entries, path, protocol, storage_options, fs, column, id_column)
+        source = _files_source(uri, entries, path, protocol, storage_options, fs, column, id_column, known)
         _no_readable(uri, source.listing)
         return _excluded(source, inside, exclude)
     if "{" in path and "}" in path and not fs.exists(path):  # a brace pattern (a literal name with braces wins)
         root_path = path.split("{")[0].rsplit("/", 1)[0]
-        source = _files_source(uri, _expanded(fs, path, uri), root_path, protocol, storage_options, fs, column, id_column)
+        source = _files_source(uri, _expanded(fs, path, uri), root_path, protocol, storage_options, fs, column, id_column, known)
         _no_readable(uri, source.listing)
         return source
     if any(ch in path for ch in "*?["):
@@ -512,7 +537,7 @@ def open_source(uri: str, storage_options: dict[str, Any] | None = None, column:
         if not matches:
             raise NoImagesError(f"no images found: the pattern '{uri}' matches no file")
         entries = [(name, int(info.get("size") or 0), _version(info)) for name, info in matches.items()]
-        source = _files_source(uri, entries, root_path, protocol, storage_options, fs, column, id_column)
+        source = _files_source(uri, entries, root_path, protocol, storage_options, fs, column, id_column, known)
         _no_readable(uri, source.listing)
         return _excluded(source, inside, exclude)
     what = "does not exist" if not fs.exists(path) else "is not a folder, glob, brace pattern, .txt list, .npy or .parquet"

@@ -155,7 +155,8 @@ def _by_id(out) -> dict[str, dict[str, np.ndarray]]:
     return found
 
 
-def test_a_job_over_tar_shards_encodes_what_loose_files_give_and_accounts_for_every_member(shards, demo_dir, tmp_path):
+def test_a_job_over_tar_shards_encodes_what_loose_files_give_and_accounts_for_every_member(shards, demo_dir, tmp_path,
+                                                                                          monkeypatch):
     folder, loose, good = shards
     summary = run_encode(_config(demo_dir, folder, tmp_path / "tar", executor="local"))
     assert summary["images"] == {**summary["images"], "ok": len(good), "error": 2, "skipped": 2}
@@ -170,10 +171,16 @@ def test_a_job_over_tar_shards_encodes_what_loose_files_give_and_accounts_for_ev
         for image_id in good:
             np.testing.assert_array_equal(tar[model][image_id], files[model][image_id])
 
+    indexed = []
+    index_shard = tarshards.index_shard
+    monkeypatch.setattr(tarshards, "index_shard", lambda fs, path, size: indexed.append(path) or index_shard(fs, path, size))
+    again = run_encode(_config(demo_dir, folder, tmp_path / "tar", executor="local"))
+    assert again["run"]["plan"] == "nothing to do" and indexed == []  # the recorded listing: no shard read again
     with open(folder / "shard-0000.tar", "ab") as fh:  # the shard changes: a rerun refuses, naming it
         fh.write(b"\0" * 1024)
     with pytest.raises(ListingChangedError, match="modified .*shard-0000.tar/s00"):
         run_encode(_config(demo_dir, folder, tmp_path / "tar", executor="local"))
+    assert [Path(p).name for p in indexed] == ["shard-0000.tar"]  # only the changed shard was indexed again
 
 
 @pytest.mark.slow
