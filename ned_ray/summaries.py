@@ -72,6 +72,9 @@ def format_plan(info: dict) -> str:
     """What ``--dry-run`` prints: the work, then the plan."""
     head = (f"{len(info['models'])} models x {info['n_images']} images in {info['shards']} shard(s): "
             f"{info['to_encode']} to encode, {info['already_committed']} already committed")
+    done = len(info["models"]) - len(info.get("computing", info["models"]))
+    if info.get("computing") and done:
+        head += f"; {len(info['computing'])} model(s) to compute, {done} complete (not loaded)"
     return head + f"\nexecutor: {info['executor']} ({info['executor_reason']})\n" + info["plan"].describe()
 
 

@@ -94,10 +94,12 @@ def plan_encode(config: EncodeConfig) -> dict[str, Any]:
     ledger = Ledger.read(fs, root) if fs.exists(root) else Ledger()
     work = Work.of(ledger, models, len(source), config.shard_size)
     executor = choose_executor(config, len(source))
-    plan = _plan(config, ned, work.to_run(models), executor.cluster_shape(), len(work.remaining))
+    computing = work.to_run(models) if work.remaining else []
+    plan = _plan(config, ned, computing or models, executor.cluster_shape(), len(work.remaining))
     return {"plan": plan, "executor": executor.name, "executor_reason": executor.reason, "n_images": len(source),
             "to_encode": work.images, "already_committed": work.skipped,
-            "shards": -(-len(source) // config.shard_size), "models": [str(m) for m in models]}
+            "shards": -(-len(source) // config.shard_size), "models": [str(m) for m in models],
+            "computing": [str(m) for m in computing]}
 
 
 def run_encode(config: EncodeConfig, progress: float | None = None, stream: TextIO | None = None) -> dict[str, Any]:

@@ -11,8 +11,9 @@ import pytest
 
 from ned_ray.errors import OutputExistsError
 from ned_ray.job.options import EncodeConfig
-from ned_ray.job.run import run_encode
+from ned_ray.job.run import plan_encode, run_encode
 from ned_ray.output import open_output
+from ned_ray.summaries import format_plan
 
 EEG = "eeg/things_eeg_2/vit_b_32/sub-01"
 FMRI = "fmri/nsd/fwrf/sub-01/V1"
@@ -44,6 +45,8 @@ def test_more_models_are_added_and_only_they_are_computed(executor, request, dem
     eeg_files = {k: v for k, v in _files(out).items() if k.startswith(("eeg/", "_commits/models-"))}
     before = open_output(str(out)).responses(EEG)
 
+    planned = plan_encode(_config(demo_dir, images, out, f"{EEG},{FMRI}", executor=executor))
+    assert planned["computing"] == [FMRI] and "1 model(s) to compute, 1 complete (not loaded)" in format_plan(planned)
     grown = run_encode(_config(demo_dir, images, out, f"{EEG},{FMRI}", executor=executor))
     assert grown["run"]["model_groups"] == [[FMRI]]  # the new model alone: one backbone pass, for it
     assert grown["run"]["encoded_images"] == 14 and sorted(grown["models"]) == [EEG, FMRI]
