@@ -21,6 +21,7 @@ __all__ = ["EncodeConfig", "add_encode_arguments", "config_from_args", "JOB", "R
 
 JOB, RUN = "job", "run"
 FORMATS = ("parquet", "npy")
+STORES = ("responses", "codes", "both")  # what an output keeps of each linear model (ned_ray.output.codes)
 NON_SQUARE = ("center-crop", "error", "shorter-side")
 PRECISIONS = ("fp32", "tf32", "bf16")
 EXECUTORS = ("auto", "ray", "local")
@@ -79,6 +80,9 @@ class EncodeConfig:
                              choices=PRECISIONS)
     shard_size: int = _option(JOB, "images per output part and commit (default 256)", 256)
     formats: tuple[str, ...] = _option(JOB, "parquet, npy or parquet,npy", ("parquet",), flag="format", type=str)
+    store: str = _option(JOB, "responses (default); codes: the ViT-B/32 models' small code per image and their heads "
+                              "once (responses rebuilt when read: a small fraction of the bytes); both. fwrf models "
+                              "have no small code: their responses are stored", "responses", choices=STORES)
     non_square: str = _option(JOB, "center-crop (default, as NED's tutorials), error, or shorter-side: the ViT models "
                                    "resize the whole image's shorter side to 256 and crop 224 (BERG's transform); "
                                    "fwrf models still read the centre square", "center-crop", choices=NON_SQUARE)

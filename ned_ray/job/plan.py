@@ -231,6 +231,9 @@ def make_plan(config: EncodeConfig, models: Sequence[ModelId], cluster: ClusterS
     device, reason = _device(config, cluster)
     vit = sorted(m for m in models if m.family.uses_vit)
     fmri = sorted(m for m in models if not m.family.uses_vit)
+    if config.store != "responses" and fmri:
+        notes.append(f"--store {config.store}: the {len(fmri)} fwrf model(s) have no small code (a backbone and pooling "
+                     "head per voxel): their responses are stored")
     gpus = cluster.gpus_max if device == "cuda" else 0.0
     if device == "cuda" and not gpus:
         gpus = 1.0  # --device cuda on a cluster that shows none: plan for the first GPU to come

@@ -16,8 +16,9 @@ import pyarrow as pa
 
 from ..ids import ModelId
 from ..output import layout
+from ..output.codes import CodeHead
 from ..output.layout import IMAGES_WRITER, piece_name, writer_key
-from ..storage import filesystem, parquet_bytes, write_bytes
+from ..storage import filesystem, fresh_exists, parquet_bytes, write_bytes
 from .commit.ledger import Ranges, split_pieces, write_marker
 
 __all__ = ["PartWriter", "ImagesSink"]
@@ -45,8 +46,10 @@ class PartWriter:
 
     def __init__(self, output: str, storage_options: dict, shapes: Mapping[ModelId, tuple[int, ...]],
                  formats: Sequence[str], shard_size: int, n_images: int, committed: Mapping[str, Ranges],
-                 planned: str, pool: str = "") -> None:
+                 planned: str, pool: str = "", store: str = "responses", heads: Mapping[ModelId, CodeHead] | None = None) -> None:
         self.output, self.storage_options, self.shapes, self.pool = output, storage_options, dict(shapes), pool
+        self.heads = dict(heads or {})  # the models whose codes are stored (--store codes|both)
+        self.responses = {m for m in self.shapes if store != "codes" or m not in self.heads}  # whose responses are
         models = list(self.shapes)
         self.formats, self.shard_size, self.n_images, self.planned = tuple(formats), shard_size, n_images, planned
         by_ranges: dict[Ranges, list[ModelId]] = {}
@@ -69,10 +72,39 @@ class PartWriter:
                 out.append((models, mask))
         return out
 
+    def _parts(self, mid: ModelId, piece: str, index: np.ndarray, ids: pa.Array, responses: np.ndarray | None,
+               codes: np.ndarray | None, rows: np.ndarray) -> dict[str, bytes]:
+        """The files of one model's piece: its code part (coded models), its response parts in every
+        format (unless only its codes are stored); ``rows``: the piece's ok rows among the computed."""
+        parts = {}
+        if mid in self.heads:
+            code = codes[rows] if len(rows) else np.zeros((0, self.heads[mid].width), np.float32)
+            table = response_table(index, ids, code).rename_columns(["image_index", "image_id", "code"])
+            parts[layout.code_part(mid, piece)] = parquet_bytes(table, plain=("code",))
+        if mid in self.responses:
+            values = responses[rows] if len(rows) else np.zeros((0, *self.shapes[mid]), np.float32)
+            if "parquet" in self.formats:
+                parts[layout.part(mid, piece, "parquet")] = parquet_bytes(response_table(index, ids, values),
+                                                                          plain=("response",))
+            if "npy" in self.formats:
+                parts[layout.part(mid, piece, "npy")] = _npy_bytes(values)
+                parts[layout.index_part(mid, piece)] = _npy_bytes(index)
+        return parts
+
+    def write_heads(self) -> None:
+        """Each coded model's head, once (the same bytes whichever encoder writes it)."""
+        fs, root = self._filesystem()
+        for mid, head in self.heads.items():
+            path = posixpath.join(root, layout.head_file(mid))
+            if not fresh_exists(fs, path):
+                write_bytes(fs, path, head.to_bytes())
+
     def write(self, batch: Mapping[str, np.ndarray], needed: list[tuple[list[ModelId], np.ndarray]],
               computed: np.ndarray, results: Mapping[ModelId, np.ndarray], device: str, node: str,
-              checks: Mapping[ModelId, tuple[float, float]]) -> int:
-        """Write and commit the needed rows; ``results[m]`` holds the rows ``computed`` (ok rows). Returns pieces."""
+              checks: Mapping[ModelId, tuple[float, float]], codes: Mapping[ModelId, np.ndarray] | None = None) -> int:
+        """Write and commit the needed rows; ``results[m]`` (responses) and ``codes[m]`` hold the rows
+        ``computed`` (ok rows). Returns pieces."""
+        codes = codes or {}
         fs, root = self._filesystem()
         index = np.asarray(batch["image_index"], np.int64)
         ok = np.asarray(batch["status"]) == "ok"
@@ -89,14 +121,7 @@ class PartWriter:
                 ids = pa.array([str(x) for x in batch["image_id"][good]], pa.string())
                 files: dict[str, int] = {}  # relative path -> bytes: finalize checks them before declaring complete
                 for mid in models:
-                    values = results[mid][position[good]] if len(good) else np.zeros((0, *self.shapes[mid]), np.float32)
-                    parts = {}
-                    if "parquet" in self.formats:
-                        table = response_table(index[good], ids, values)
-                        parts[layout.part(mid, name, "parquet")] = parquet_bytes(table, plain=("response",))
-                    if "npy" in self.formats:
-                        parts[layout.part(mid, name, "npy")] = _npy_bytes(values)
-                        parts[layout.index_part(mid, name)] = _npy_bytes(index[good])
+                    parts = self._parts(mid, name, index[good], ids, results.get(mid), codes.get(mid), position[good])
                     for rel, data in parts.items():
                         write_bytes(fs, posixpath.join(root, rel), data)
                         files[rel] = len(data)

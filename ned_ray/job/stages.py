@@ -116,8 +116,11 @@ class GroupEncoder:
         log.info("pool %s on %s (%s): batch sizes %s", pool.name, self.node, self.group.device, self.group.batch_sizes)
         self.selections = {m: Resolved.from_record(selections.get(str(m), {})) for m in self.group.model_ids}
         shapes = {m: self.selections[m].shape(self.group.output_shape(m)) for m in self.group.model_ids}
+        self.store = config.store
+        heads = {m: self._selected(m, h) for m, h in self.group.code_heads().items()} if self.store != "responses" else {}
         self.writer = PartWriter(config.output, config.storage_options, shapes, config.formats, config.shard_size,
-                                 n_images, committed, planned=pool.device, pool=pool.name)
+                                 n_images, committed, planned=pool.device, pool=pool.name, store=self.store, heads=heads)
+        self.writer.write_heads()
         self.drop = list(pool.drop)
         self.compute_lock = threading.Lock()  # one block computes at a time; another may be writing
 
@@ -135,14 +138,22 @@ class GroupEncoder:
                 if self.group.device.type == "cuda":
                     inputs = {k: v.pin_memory() for k, v in inputs.items()}
                 with self.compute_lock:
-                    raw = self.group.run(inputs)
+                    raw, codes = self.group.run_stored(inputs, self.store)
                     if self.group.precision != "fp32":  # reduced precision vs fp32 on the block's first image
-                        checks = self.group.deviation(inputs, raw)
+                        checks = self.group.deviation(inputs, {**raw, **codes}, self.store)
                 results = {m: self.selections[m].apply(v) for m, v in raw.items()}
-            self.writer.write(batch, needed, computed, results, self.group.device.type, self.node, checks)
+            self.writer.write(batch, needed, computed, results, self.group.device.type, self.node, checks, codes)
         for column in self.drop:
             batch.pop(column, None)
         return batch
+
+
+    def _selected(self, mid: ModelId, head):
+        """A model's head restricted to what ``--channels/--times/--min-ncsnr`` keep (BERG's selections
+        are applied when the weights load)."""
+        shape = self.group.output_shape(mid)
+        kept = self.selections[mid].apply(np.arange(int(np.prod(shape))).reshape(1, *shape))[0]
+        return head.select(kept.reshape(-1), kept.shape) if kept.size != head.outputs or kept.shape != head.shape else head
 
 
 def _actor_device(pool: PoolPlan, policy: str, node: str) -> str:

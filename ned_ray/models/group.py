@@ -257,8 +257,16 @@ class ModelGroup:
         uint8 goes to the device (normalisation happens there); each model's outputs come back in one
         copy. ``precision`` overrides the group's (used to measure reduced precision against fp32).
         """
+        return self.run_stored(inputs, "responses", precision)[0]
+
+    def run_stored(self, inputs: Mapping[str, torch.Tensor], store: str = "responses", precision: str | None = None
+                   ) -> tuple[dict[ModelId, np.ndarray], dict[ModelId, np.ndarray]]:
+        """(responses, codes) of every model, as ``store`` asks (responses, codes or both): the ViT
+        models' codes (:meth:`code_heads` maps them to responses) and, with ``codes``, their
+        responses not computed at all; fwrf models have no small code and give responses always."""
         precision = precision or self.precision
         out: dict[ModelId, np.ndarray] = {}
+        coded: dict[ModelId, np.ndarray] = {}
         if self.fmri:
             x = inputs["fwrf"].to(self.device, non_blocking=True)
             for mid, model in self.fmri.items():
@@ -267,19 +275,25 @@ class ModelGroup:
             x = inputs["vit"].to(self.device, non_blocking=True)
             size = self.batch_sizes["vit"]
             with self._precision(precision):
-                pieces = [self.vit(x[s:s + size]) for s in range(0, x.shape[0], size)]
-            for mid in self.model_ids:
-                if mid.family.uses_vit:
-                    name = str(mid)
-                    y = torch.cat([p[name] for p in pieces]) if len(pieces) > 1 else pieces[0][name]
-                    out[mid] = y.float().cpu().numpy()
-        return out
+                pieces = [self.vit.stored(x[s:s + size], store != "codes", store != "responses")
+                          for s in range(0, x.shape[0], size)]
+            for kind, found in ((0, out), (1, coded)):
+                for name in pieces[0][kind] if pieces else ():
+                    y = torch.cat([p[kind][name] for p in pieces]) if len(pieces) > 1 else pieces[0][kind][name]
+                    found[ModelId.parse(name)] = y.float().cpu().numpy()
+        return out, coded
 
-    def deviation(self, inputs: Mapping[str, torch.Tensor], outputs: Mapping[ModelId, np.ndarray],
+    def code_heads(self) -> dict[ModelId, Any]:
+        """Each ViT model's :class:`~ned_ray.output.codes.CodeHead`: its code -> its responses."""
+        return {ModelId.parse(name): head for name, head in self.vit.code_heads().items()} if self.vit is not None else {}
+
+    def deviation(self, inputs: Mapping[str, torch.Tensor], outputs: Mapping[ModelId, np.ndarray], store: str = "responses",
                   images: int = 1) -> dict[ModelId, tuple[float, float]]:
-        """(max |outputs - fp32|, std of the fp32 responses) per model, on the first ``images`` inputs."""
+        """(max |outputs - fp32|, std of the fp32 values) per model, on the first ``images`` inputs: the
+        values stored (``store``: a coded model's codes, the others' responses)."""
         first = {k: v[:images] for k, v in inputs.items()}
-        reference = self.run(first, precision="fp32")
+        responses, codes = self.run_stored(first, store, precision="fp32")
+        reference = {**responses, **codes}
         return {m: (float(np.abs(outputs[m][:images] - ref).max()), float(ref.std())) for m, ref in reference.items()}
 
     def encode(self, images: np.ndarray, batch_size: int = 100, square: bool = True) -> dict[ModelId, np.ndarray]:

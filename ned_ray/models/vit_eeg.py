@@ -27,6 +27,8 @@ from torchvision.models.vision_transformer import VisionTransformer
 
 from ..ids import ModelId
 from ..modeldir import VIT_IN_NED_DIR, MissingFileError, NedDir
+from ..output.codes import CodeHead
+from ..output.codes import Readout as CodeReadout
 from ..safeload import load_torch_checkpoint
 from ..storage import cached_copy, is_local
 from .vit_heads import exact_float32, project
@@ -203,9 +205,29 @@ class EegHeads(nn.Module):
         return 16 * 460_800 + 12 * outputs
 
     @torch.inference_mode()
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def codes(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, K) float32: the shared PCA code every subject's regressions read (NED casts it to float32)."""
+        if len(self.projections) != 1:
+            raise ValueError("codes are defined for one shared projection (NED's EEG files)")
+        return self.projections[0](features)
+
+    def code_head(self, subject_index: int) -> CodeHead:
+        """One subject's regressions from :meth:`codes`: a readout per repetition (float64, as NED)."""
         lay = self.layout
-        codes = [p(features) for p in self.projections]
+        n_ct = len(lay.ch_names) * len(lay.times)
+        readouts = []
+        for target in range(subject_index * lay.repetitions, (subject_index + 1) * lay.repetitions):
+            readout = next(r for r in self.readouts if target in r.targets)
+            cols = slice(readout.targets.index(target) * n_ct, (readout.targets.index(target) + 1) * n_ct)
+            readouts.append(CodeReadout(readout.code.start, readout.code.stop, readout.weight[:, cols].T.cpu().numpy(),
+                                        readout.bias[cols].cpu().numpy()))
+        return CodeHead(int(self.projections[0].offset.shape[0]), tuple(readouts),
+                        (lay.repetitions, len(lay.ch_names), len(lay.times)))
+
+    @torch.inference_mode()
+    def forward(self, features: torch.Tensor, codes: torch.Tensor | None = None) -> torch.Tensor:
+        lay = self.layout
+        codes = [p(features) for p in self.projections] if codes is None else [codes]
         n_ct = len(lay.ch_names) * len(lay.times)
         out = features.new_empty(features.shape[0], len(lay.subjects) * lay.repetitions, n_ct, dtype=torch.float32)
         for readout in self.readouts:

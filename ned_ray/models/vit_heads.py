@@ -26,6 +26,8 @@ from torch import nn
 from ..errors import SelectionError
 from ..families import BY_KEY
 from ..families.rules import lookup
+from ..output.codes import CodeHead
+from ..output.codes import Readout as CodeReadout
 from ..selection.berg import resolve_selection
 
 __all__ = ["Head", "Readout", "HeadStack", "read_head", "SelectionError", "exact_float32", "project"]
@@ -193,6 +195,7 @@ class HeadStack(nn.Module):
         pending: list[torch.Tensor] = []
         offsets: list[torch.Tensor] = []
         self.parts: dict[str, dict[str, tuple[int, ...]]] = {}
+        self.columns: dict[str, tuple[int, int]] = {}  # head -> (first code column, code width) of its projection
         self.slots: list[tuple[str, str, slice]] = []  # (head, part, code slice) per readout
         coefs, biases = [], []
         width = 0
@@ -210,6 +213,7 @@ class HeadStack(nn.Module):
                 if sum(w.numel() for w in pending) * 4 >= block_bytes:
                     blocks.append(torch.cat(pending) if len(pending) > 1 else pending[0])
                     pending = []
+            self.columns[name] = (projections[key], head.k)
             pca_starts = projections[key] + np.cumsum([0] + [c.shape[0] for c, _ in head.pcas])
             for readout in head.readouts:
                 self.slots.append((name, readout.part, slice(int(pca_starts[readout.pca]), int(pca_starts[readout.pca + 1]))))
@@ -233,12 +237,27 @@ class HeadStack(nn.Module):
         """Working memory of one image: its codes and every readout's float32 outputs."""
         return 4 * (self.width + sum(len(b) for b in self.biases))
 
+    def code_head(self, name: str) -> CodeHead:
+        """A head's readouts from its own code columns (:meth:`codes` ``[:, start:start + width]``)."""
+        start, width = self.columns[name]
+        readouts = tuple(CodeReadout(code.start - start, code.stop - start, coef.detach().T.cpu().numpy(),
+                                     bias.detach().cpu().numpy())
+                         for (head, _, code), coef, bias in zip(self.slots, self.coefs, self.biases) if head == name)
+        return CodeHead(width, readouts, self.parts[name][""])
+
     @torch.inference_mode()
-    def forward(self, features: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
+    def codes(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, width) float32: every distinct projection's code (the PCA outputs, offsets removed)."""
         with exact_float32(features.device):
             x = features.to(torch.float32)
             codes = torch.cat([project(x, w) for w in self.blocks], dim=1) if len(self.blocks) > 1 else project(x, self.blocks[0])
-            codes -= self.offset
+            return codes.sub_(self.offset)
+
+    @torch.inference_mode()
+    def forward(self, features: torch.Tensor, codes: torch.Tensor | None = None) -> dict[str, dict[str, torch.Tensor]]:
+        """Every head's outputs; ``codes``: :meth:`codes` of these features, when already computed."""
+        codes = self.codes(features) if codes is None else codes
+        with exact_float32(features.device):
             pieces: dict[tuple[str, str], list[torch.Tensor]] = {}
             for (name, part, code), coef, bias in zip(self.slots, self.coefs, self.biases):
                 pieces.setdefault((name, part), []).append(torch.addmm(bias, codes[:, code], coef))

@@ -18,6 +18,7 @@ from torchvision.models.vision_transformer import VisionTransformer
 
 from ..ids import ModelId
 from ..modeldir import NedDir
+from ..output.codes import CodeHead
 from ..preprocess import vit_normalise
 from .vit_eeg import EegHeads, find_vit_weights, load_eeg, load_vit, vit_features
 from .vit_heads import Head, HeadStack, Readout, read_head
@@ -51,16 +52,39 @@ class VitModels(nn.Module):
             (self.stack.bytes_per_image() if self.stack is not None else 0)
         return 4 * 1_000_000 + 4 * 460_800 + heads
 
+    def code_heads(self) -> dict[str, CodeHead]:
+        """Every hosted model's readouts from its code (:meth:`stored`'s codes)."""
+        heads = {m: self.eeg.code_head(i) for i, m in enumerate(self.eeg_ids)} if self.eeg is not None else {}
+        if self.stack is not None:
+            heads.update({name: self.stack.code_head(name) for name in self.stack.parts})
+        return heads
+
     @torch.inference_mode()
-    def forward(self, u8: torch.Tensor) -> dict[str, torch.Tensor]:
+    def stored(self, u8: torch.Tensor, responses: bool = True, codes: bool = False
+               ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """(responses, codes) per model id, as asked: the codes are each model's columns of its
+        projection (NED's EEG subjects share theirs); readouts run only for responses."""
         features = vit_features(self.vit, vit_normalise(u8))
         out: dict[str, torch.Tensor] = {}
+        coded: dict[str, torch.Tensor] = {}
         if self.eeg is not None:
-            y = self.eeg(features)
-            out.update({m: y[:, i] for i, m in enumerate(self.eeg_ids)})
+            code = self.eeg.codes(features)
+            if responses:
+                y = self.eeg(features, code)
+                out.update({m: y[:, i] for i, m in enumerate(self.eeg_ids)})
+            if codes:
+                coded.update({m: code for m in self.eeg_ids})
         if self.stack is not None:
-            out.update({name: parts[""] for name, parts in self.stack(features.float()).items()})
-        return out
+            code = self.stack.codes(features.float())
+            if responses:
+                out.update({name: parts[""] for name, parts in self.stack(features, code).items()})
+            if codes:
+                coded.update({name: code[:, start:start + width] for name, (start, width) in self.stack.columns.items()})
+        return out, coded
+
+    @torch.inference_mode()
+    def forward(self, u8: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.stored(u8)[0]
 
 
 def berg_models(ned: NedDir, model_ids: Sequence[ModelId]) -> list[ModelId]:

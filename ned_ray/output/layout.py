@@ -7,6 +7,8 @@ all build their paths here (paths are relative to ``OUT``, '/'-separated, on any
     OUT/<model_id>/part-NNNNN.parquet           image_index int64, image_id string, response fixed_size_list<float32>
     OUT/<model_id>/part-NNNNN.npy               float32 (n, V) or (n, 4, 63, 140)   [--format npy]
     OUT/<model_id>/part-NNNNN.image_index.npy   int64 (n,), the rows' image_index   [--format npy]
+    OUT/<model_id>/part-NNNNN.codes.parquet     image_index, image_id, code fixed_size_list<float32>  [--store codes|both]
+    OUT/<model_id>/head.npz                     HEAD: the model's readouts from its code (ned_ray.output.codes)
     OUT/<model_id>/metadata.json|.npz           NED's or BERG's metadata + provenance
     OUT/_images/part-NNNNN.parquet              IMAGE_PARTS: the images' status, per piece
     OUT/_commits/<writer>/part-NNNNN.json       COMMITS: commit markers (:mod:`ned_ray.job.commit`)
@@ -26,7 +28,7 @@ from ..storage import TMP_PREFIX  # written by storage.write_bytes
 
 __all__ = ["MANIFEST", "JOB_FILE", "LISTING", "LEASE", "COMMITS", "IMAGE_PARTS", "IMAGES", "IMAGES_WRITER",
            "METADATA_JSON", "METADATA_NPZ", "TMP_PREFIX", "FORMAT_VERSION", "writer_key", "piece_name", "part",
-           "index_part", "image_part", "marker", "metadata_files", "piece_of"]
+           "index_part", "image_part", "marker", "metadata_files", "piece_of", "code_part", "head_file", "HEAD"]
 
 FORMAT_VERSION = 1  # of what readers see (parts, images.parquet, manifest); markers are internal
 MANIFEST = "_manifest.json"
@@ -39,6 +41,7 @@ IMAGES = "images.parquet"
 IMAGES_WRITER = "images"  # the image sink's marker folder under COMMITS
 METADATA_JSON = "metadata.json"
 METADATA_NPZ = "metadata.npz"
+HEAD = "head.npz"
 
 
 def writer_key(models: Iterable[object]) -> str:
@@ -67,6 +70,16 @@ def part(model: object, piece: str, fmt: str) -> str:
 def index_part(model: object, piece: str) -> str:
     """The image indexes of a ``.npy`` response part."""
     return f"{model}/{piece}.image_index.npy"
+
+
+def code_part(model: object, piece: str) -> str:
+    """A model's codes of one piece (``--store codes|both``)."""
+    return f"{model}/{piece}.codes.parquet"
+
+
+def head_file(model: object) -> str:
+    """A model's head: its readouts from its code."""
+    return f"{model}/{HEAD}"
 
 
 def image_part(piece: str) -> str:

@@ -17,11 +17,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..errors import IncompleteOutputError, MissingDependencyError, ModelNotInOutputError, OutputError
+from ..errors import IncompleteOutputError, MissingDependencyError, ModelNotInOutputError, OutputDamagedError, OutputError
 from ..ids import ModelId
 from ..safeload import read_npy_header
 from ..storage import filesystem
 from . import layout
+from .codes import CodeHead, rebuild, sha256
 
 __all__ = ["open_output", "Output", "IncompleteOutputError"]
 
@@ -35,6 +36,7 @@ class Output:
     uri: str
     manifest: dict[str, Any]
     storage_options: dict[str, Any] = field(default_factory=dict)
+    _heads: dict[str, CodeHead] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def models(self) -> list[str]:
@@ -78,17 +80,39 @@ class Output:
             rows = np.arange(rows.start or 0, rows.stop, rows.step or 1)
         return np.unique(np.asarray(rows, np.int64))
 
-    def _read_part(self, fs, part: dict[str, Any], rows_per_batch: int):
-        """(image_index, flat float32 values) batches of one part, at most ``rows_per_batch`` rows each;
-        Parquet one row group at a time, .npy by ranged reads of its rows."""
-        if "parquet" in part:
-            with fs.open(part["parquet"], "rb", block_size=READ_BLOCK) as fh:  # object stores: 4 MiB requests
-                parquet = pq.ParquetFile(fh, pre_buffer=False, buffer_size=1 << 20)  # one row group at a time
-                for batch in parquet.iter_batches(batch_size=rows_per_batch, columns=["image_index", "response"],
-                                                  use_threads=False):
-                    flat = batch.column(1)
-                    values = flat.flatten().to_numpy(zero_copy_only=False).reshape(len(batch), flat.type.list_size)
-                    yield batch.column(0).to_numpy(), values
+    @staticmethod
+    def _parquet_batches(fs, path: str, column: str, rows_per_batch: int):
+        """(image_index, flat float32 values) batches of a part's ``column``, one row group at a time."""
+        with fs.open(path, "rb", block_size=READ_BLOCK) as fh:  # object stores: 4 MiB requests
+            parquet = pq.ParquetFile(fh, pre_buffer=False, buffer_size=1 << 20)
+            for batch in parquet.iter_batches(batch_size=rows_per_batch, columns=["image_index", column], use_threads=False):
+                flat = batch.column(1)
+                yield batch.column(0).to_numpy(), flat.flatten().to_numpy(zero_copy_only=False).reshape(len(batch), -1)
+
+    def _kind(self, key: str, source: str) -> str:
+        """The parts a read uses: ``auto``: response parts (Parquet, else .npy), else codes; ``responses``
+        or ``codes`` (rebuilt) as asked, or one line saying the output does not hold them."""
+        held = self.manifest["models"][key]["parts"]
+        responses = next((k for k in ("parquet", "npy") if k in held), None)
+        if source not in ("auto", "responses", "codes"):
+            raise ValueError(f"source must be auto, responses or codes, got {source!r}")
+        kind = (responses or "codes") if source == "auto" else (responses if source == "responses" else "codes")
+        if kind is None or kind not in held:
+            raise OutputError(f"{self.uri}: model {key} was stored without {source} (--store "
+                              f"{self.manifest['models'][key].get('store', 'responses')})")
+        return kind
+
+    def _read_part(self, fs, part: dict[str, Any], rows_per_batch: int, kind: str = "parquet", key: str = "",
+                   device: str = "cpu"):
+        """(image_index, flat float32 responses) batches of one part, at most ``rows_per_batch`` rows
+        each: Parquet one row group at a time, .npy by ranged reads of its rows, codes rebuilt."""
+        if kind == "parquet":
+            yield from self._parquet_batches(fs, part["parquet"], "response", rows_per_batch)
+            return
+        if kind == "codes":
+            head = self.head(key)
+            for index, codes in self._parquet_batches(fs, part["codes"], "code", rows_per_batch):
+                yield index, rebuild(codes, head, device).reshape(len(index), -1)
             return
         index = np.load(io.BytesIO(fs.cat_file(part["npy"][:-4] + ".image_index.npy")))
         with fs.open(part["npy"], "rb") as fh:
@@ -100,19 +124,37 @@ class Output:
             data = fs.cat_file(part["npy"], start=offset + start * row, end=offset + stop * row)
             yield index[start:stop], np.frombuffer(data, dtype).reshape(stop - start, -1)
 
+    def head(self, model_id: str | ModelId) -> CodeHead:
+        """A coded model's head (``--store codes|both``), checked against the manifest's sha256."""
+        key = self._key(model_id)
+        if key not in self._heads:
+            recorded = self.manifest["models"][key].get("head")
+            if recorded is None:
+                raise OutputError(f"{self.uri}: model {key} was stored without codes (--store responses)")
+            fs, root = self._fs()
+            data = fs.cat_file(posixpath.join(root, recorded["file"]))
+            if sha256(data) != recorded["sha256"]:
+                raise OutputDamagedError(f"{self.uri}: {recorded['file']} is not the head the manifest recorded (sha256 "
+                                         "differs); the output is damaged")
+            self._heads[key] = CodeHead.from_bytes(data)
+        return self._heads[key]
+
     def iter_batches(self, model_id: str | ModelId, rows_per_batch: int = 1024,
-                     rows: slice | range | np.ndarray | list[int] | None = None):
+                     rows: slice | range | np.ndarray | list[int] | None = None, source: str = "auto",
+                     device: str = "cpu"):
         """Stream one model's responses: (image_index (n,), float32 responses (n, ...)) batches of at
         most ``rows_per_batch`` rows, in image_index order, one part (and one row group) at a time:
         memory is bounded by the batch, whatever the output's size. ``rows``: only these image
-        indexes (a slice/range of image_index, or indexes); only the parts holding them are read."""
+        indexes (a slice/range of image_index, or indexes); only the parts holding them are read.
+        ``source``: ``auto`` (stored responses, else rebuilt from codes), ``responses``, or ``codes``
+        (rebuilt from the codes, on ``device``: "cpu" or a torch device such as "cuda")."""
         if rows_per_batch < 1:
             raise ValueError(f"rows_per_batch must be at least 1, got {rows_per_batch}")
         key = self._key(model_id)
-        wanted, shape = self._rows(rows), self.shape(key)
+        wanted, shape, kind = self._rows(rows), self.shape(key), self._kind(key, source)
         fs, _ = self._fs()
         for part in self._parts(key, wanted):
-            for index, values in self._read_part(fs, part, rows_per_batch):
+            for index, values in self._read_part(fs, part, rows_per_batch, kind, key, device):
                 if wanted is not None:
                     keep = np.isin(index, wanted)
                     index, values = index[keep], values[keep]
@@ -122,6 +164,21 @@ class Output:
                 if len(index):
                     yield index, values.reshape(len(index), *shape)
 
+    def codes(self, model_id: str | ModelId, rows: slice | range | np.ndarray | list[int] | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
+        """(image_index (n,), float32 codes (n, width)) of a coded model, sorted by image_index: the
+        small linear code its responses are made from (``head(model).readouts``)."""
+        key = self._key(model_id)
+        self._kind(key, "codes")
+        wanted, fs = self._rows(rows), self._fs()[0]
+        pieces = [(i, c) for part in self._parts(key, wanted)
+                  for i, c in self._parquet_batches(fs, part["codes"], "code", 1 << 30)]
+        index = np.concatenate([i for i, _ in pieces]) if pieces else np.zeros(0, np.int64)
+        values = np.concatenate([c for _, c in pieces]) if pieces else np.zeros((0, self.head(key).width), np.float32)
+        keep = np.isin(index, wanted) if wanted is not None else slice(None)
+        order = np.argsort(index[keep], kind="stable")
+        return index[keep][order], values[keep][order]
+
     def table(self, model_id: str | ModelId, rows: slice | range | np.ndarray | list[int] | None = None) -> pa.Table:
         """Arrow table (image_index, image_id, response) of one model, sorted by image_index;
         ``rows`` as :meth:`iter_batches` (only the parts holding them are read)."""
@@ -129,7 +186,8 @@ class Output:
         wanted = self._rows(rows)
         parts = self._parts(key, wanted)
         if "parquet" not in self.manifest["models"][key]["parts"]:
-            raise OutputError(f"{self.uri}: model {key} was written without Parquet parts (--format npy); use responses()")
+            raise OutputError(f"{self.uri}: model {key} has no Parquet response parts (--format npy, or --store codes); "
+                              "use responses() or iter_batches()")
         fs, _ = self._fs()
         paths = [p["parquet"] for p in parts]
         tables = [pq.read_table(io.BytesIO(data)) for data in fs.cat(paths).values()] if paths else []
@@ -154,12 +212,12 @@ class Output:
         enc = meta["json"]["ned_metadata"]["encoding_models"]["encoding_accuracy"]["correlation_single_repetitions"]
         return tuple(enc["shape"])
 
-    def responses(self, model_id: str | ModelId,
-                  rows: slice | range | np.ndarray | list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def responses(self, model_id: str | ModelId, rows: slice | range | np.ndarray | list[int] | None = None,
+                  source: str = "auto", device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
         """(image_index (n,), float32 responses (n, V) or (n, 4, 63, 140)), sorted by image_index;
-        ``rows`` as :meth:`iter_batches` (only the parts holding them are read)."""
+        ``rows``, ``source`` and ``device`` as :meth:`iter_batches` (only the parts holding the rows are read)."""
         key = self._key(model_id)
-        batches = list(self.iter_batches(key, rows_per_batch=1 << 30, rows=rows))
+        batches = list(self.iter_batches(key, rows_per_batch=1 << 30, rows=rows, source=source, device=device))
         if not batches:
             return np.zeros(0, np.int64), np.zeros((0, *self.shape(key)), np.float32)
         index = np.concatenate([i for i, _ in batches])
@@ -244,15 +302,16 @@ class Output:
         for part in self._parts(key):
             rows = index[np.searchsorted(index, part["lo"]):np.searchsorted(index, part["hi"], side="right")]
             if len(rows):
-                read = dask.delayed(self._part_values)(part, rows, shape)
+                read = dask.delayed(self._part_values)(part, rows, shape, self._kind(key, "auto"), key)
                 blocks.append(da.from_delayed(read, shape=(len(rows), *shape), dtype=np.float32))
         values = da.concatenate(blocks) if blocks else da.zeros((0, *shape), np.float32)
         return index, values.rechunk({0: chunks})
 
-    def _part_values(self, part: dict[str, Any], rows: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    def _part_values(self, part: dict[str, Any], rows: np.ndarray, shape: tuple[int, ...], kind: str,
+                     key: str) -> np.ndarray:
         """One part's responses, checked to be the rows images.parquet says it holds."""
         fs, _ = self._fs()
-        pieces = list(self._read_part(fs, part, 1 << 30))
+        pieces = list(self._read_part(fs, part, 1 << 30, kind, key))
         index = np.concatenate([i for i, _ in pieces]) if pieces else np.zeros(0, np.int64)
         values = np.concatenate([v for _, v in pieces]) if pieces else np.zeros((0, int(np.prod(shape))), np.float32)
         order = np.argsort(index, kind="stable")

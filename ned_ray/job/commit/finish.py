@@ -3,6 +3,7 @@ leftovers removed, ``images.parquet``, then ``_manifest.json`` last."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import posixpath
@@ -90,8 +91,32 @@ def device_summary(ledger: Ledger) -> list[dict[str, Any]]:
     return sorted(groups, key=lambda g: (g["pool"], g["writer"]))
 
 
+def stored(model: ModelId, store: str) -> str:
+    """What an output keeps of ``model`` under ``--store``: fwrf models have no small code (responses)."""
+    return store if model.family.uses_vit else "responses"
+
+
+def _model_entry(fs, root: str, output: str, mid: ModelId, formats: Sequence[str], store: str,
+                 markers: list[dict[str, Any]]) -> dict[str, Any]:
+    """A model's manifest entry: its rows, parts per kind (responses in each format, codes), the part
+    ranges, metadata, and for coded models the head with its sha256."""
+    kept = stored(mid, store)
+    parts = {fmt: [layout.part(mid, m["piece"], fmt) for m in markers] for fmt in formats} if kept != "codes" else {}
+    entry: dict[str, Any] = {"rows": sum(m["rows"] for m in markers), "store": kept}
+    if kept != "responses":
+        parts["codes"] = [layout.code_part(mid, m["piece"]) for m in markers]
+        path = posixpath.join(root, layout.head_file(mid))
+        if not fresh_exists(fs, path):
+            raise OutputDamagedError(f"output {output}: the head of {mid} ({layout.head_file(mid)}) is missing; rerun the "
+                                     "same command to write it")
+        entry["head"] = {"file": layout.head_file(mid), "sha256": hashlib.sha256(fs.cat_file(path)).hexdigest()}
+    entry.update({"parts": parts, "index_ranges": [[min(m["image_index"]), max(m["image_index"])] for m in markers],
+                  "metadata": list(layout.metadata_files(mid))})
+    return entry
+
+
 def finalize(fs, root: str, output: str, models: Sequence[ModelId], formats: Sequence[str], n_images: int,
-             job: dict[str, Any], ledger: Ledger | None = None) -> dict[str, Any]:
+             job: dict[str, Any], ledger: Ledger | None = None, store: str = "responses") -> dict[str, Any]:
     """Check the commits cover every image exactly once, write images.parquet, then the manifest."""
     ledger = ledger or Ledger.read(fs, root)
     _check_complete(ledger, output, models, n_images, fs, root)
@@ -109,13 +134,8 @@ def finalize(fs, root: str, output: str, models: Sequence[ModelId], formats: Seq
         "complete": True,
         "images": {"total": n_images, "ok": n_ok, "error": n_images - n_ok - n_skipped, "skipped": n_skipped,
                    "file": IMAGES},
-        "models": {
-            str(mid): {
-                "rows": sum(m["rows"] for m in ledger.model_markers(mid)),
-                "parts": {fmt: [layout.part(mid, m["piece"], fmt) for m in ledger.model_markers(mid)] for fmt in formats},
-                "index_ranges": [[min(m["image_index"]), max(m["image_index"])] for m in ledger.model_markers(mid)],
-                "metadata": list(layout.metadata_files(mid)),
-            } for mid in models},
+        "models": {str(mid): _model_entry(fs, root, output, mid, formats, store, ledger.model_markers(mid))
+                   for mid in models},
         "chunks": len(pieces),
         "devices": device_summary(ledger),
         "job": job,

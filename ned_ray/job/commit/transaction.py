@@ -303,7 +303,8 @@ class OutputTransaction:
             self._warn_fallbacks(ledger)
             return finalize(self.fs, self.root, self.uri, self.models, self.config.formats, self.n_images,
                             {**self.job, "plan": plan.to_json() if plan else None,
-                             "executor": {"name": executor.name, "reason": executor.reason}}, ledger)
+                             "executor": {"name": executor.name, "reason": executor.reason}}, ledger,
+                            self.config.store)
 
     def _warn_fallbacks(self, ledger: Ledger) -> None:
         """Once per job: pools planned on GPUs whose actors computed on CPU (recorded in the manifest)."""
