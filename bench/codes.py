@@ -1,0 +1,97 @@
+"""Compact outputs (``--store codes``): bytes per image per model both ways, and rebuild throughput.
+
+1. The demo models (every family; random weights, PCAs of 16 components) over ``--images`` images
+   (the built-in photographs, repeated), stored as responses and as codes: bytes per image per model,
+   measured from the part files (Parquet, zstd), and the rebuild rate of ``Output.responses`` from codes.
+2. Real sizes: each family's real output count with BERG's 250-component PCAs (NED's EEG: one shared
+   code; BERG's EEG: one PCA per repetition, 1,000 codes), random heads: bytes per image of float32
+   responses vs codes (raw arrays, before Parquet), and ``rebuild()`` images/s on this machine's CPU.
+
+    python bench/codes.py --images 512
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ned_ray import EncodeConfig, open_output, run_encode
+from ned_ray.demo import make_demo_models, write_demo_images
+from ned_ray.output.codes import CodeHead, Readout, rebuild
+
+REAL = {  # family: (outputs per image, code width, readouts)
+    "NED EEG (4 x 63 x 140)": (4 * 63 * 140, 250, 4),
+    "BERG EEG (4 x 63 x 140)": (4 * 63 * 140, 1000, 4),
+    "fsaverage, one hemisphere (163,842)": (163_842, 250, 1),
+    "THINGS-fMRI (211,339)": (211_339, 250, 1),
+    "THINGS-MEG (271 x 281)": (271 * 281, 250, 1),
+    "TVSD (1,024 x 300)": (1024 * 300, 250, 1),
+}
+
+
+def _part_bytes(folder: Path, model: str, pattern: str) -> int:
+    return sum(p.stat().st_size for p in (folder / model).glob(pattern))
+
+
+def demo(images: int, work: Path) -> None:
+    make_demo_models(str(work / "ned"), fmri_subjects=(1,), rois=("V1",), eeg_subjects=(1,), berg=True)
+    photos = write_demo_images(work / "photos")
+    folder = work / "images"
+    folder.mkdir()
+    for i in range(images):
+        source = photos[i % len(photos)]
+        (folder / f"{i:05d}{source.suffix}").write_bytes(source.read_bytes())
+    for store in ("responses", "codes"):
+        t = time.perf_counter()
+        run_encode(EncodeConfig(str(work / "ned"), str(folder), "all", str(work / store), device="cpu",
+                                executor="local", store=store))
+        print(f"--store {store}: job {time.perf_counter() - t:.1f} s")
+    plain, coded = open_output(str(work / "responses")), open_output(str(work / "codes"))
+    print(f"\ndemo models, {images} images (PCAs of 16 components)\n")
+    print("| model | responses, bytes/image | codes, bytes/image | ratio | rebuild, images/s |")
+    print("|---|---|---|---|---|")
+    for model in plain.models:
+        if coded.manifest["models"][model]["store"] == "responses":
+            continue
+        a = _part_bytes(work / "responses", model, "part-*.parquet") / images
+        b = _part_bytes(work / "codes", model, "part-*.codes.parquet") / images
+        t = time.perf_counter()
+        coded.responses(model)
+        rate = images / (time.perf_counter() - t)
+        print(f"| {model} | {a:,.0f} | {b:,.0f} | {a / b:,.0f}x | {rate:,.0f} |")
+
+
+def real(batch: int) -> None:
+    rng = np.random.default_rng(0)
+    print(f"\nreal sizes, random heads; rebuild() of {batch} images on CPU (float64 accumulation)\n")
+    print("| family | responses, bytes/image | codes, bytes/image | ratio | rebuild, images/s |")
+    print("|---|---|---|---|---|")
+    for family, (outputs, width, n) in REAL.items():
+        step = width // n if n > 1 and width > 250 else 0
+        readouts = tuple(Readout(r * step, r * step + 250, rng.standard_normal((outputs // n, 250), np.float32),
+                                 rng.standard_normal(outputs // n).astype(np.float32)) for r in range(n))
+        head = CodeHead(width, readouts, (outputs,))
+        codes = rng.standard_normal((batch, width), np.float32)
+        rebuild(codes[:2], head)
+        t = time.perf_counter()
+        rebuild(codes, head)
+        rate = batch / (time.perf_counter() - t)
+        print(f"| {family} | {outputs * 4:,} | {width * 4:,} | {outputs / width:,.0f}x | {rate:,.0f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=512)
+    parser.add_argument("--batch", type=int, default=256, help="images per rebuild() call at real sizes")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        demo(args.images, Path(tmp))
+    real(args.batch)
+
+
+if __name__ == "__main__":
+    main()
