@@ -109,3 +109,16 @@ def test_selections_shape_the_heads_and_both_executors_store_the_same_codes(exec
         assert (np.abs(rebuilt - expected) <= 1e-6 * expected.std() + 4 * np.spacing(np.abs(expected))).all()
     assert codes.shape(NED_EEG) == (4, 3, plain.shape(NED_EEG)[2])
     np.testing.assert_array_equal(codes.responses(FWRF)[1], plain.responses(FWRF)[1])
+
+
+def test_a_coded_output_on_s3_streams_its_rebuilt_responses(stored, s3_server):
+    from ned_ray.storage import filesystem
+
+    fs, _ = filesystem("s3://ned-ray-codes", s3_server)
+    fs.mkdir("ned-ray-codes")
+    fs.put(str(stored / "codes"), "ned-ray-codes/out", recursive=True)
+    remote, local = open_output("s3://ned-ray-codes/out", s3_server), open_output(str(stored / "codes"))
+    batches = list(remote.iter_batches(MEG, rows_per_batch=4))
+    assert [len(i) for i, _ in batches] == [4, 1, 4, 1, 4]  # parts of 5 images, batches of at most 4
+    np.testing.assert_array_equal(np.concatenate([v for _, v in batches]), local.responses(MEG)[1])
+    assert remote.head(MEG).width == local.head(MEG).width
