@@ -131,6 +131,7 @@ class GroupEncoder:
             pending = np.logical_or.reduce([mask for _, mask in needed])
             computed = np.flatnonzero(pending & (batch["status"] == "ok"))
             results: dict[ModelId, np.ndarray] = {}
+            codes: dict[ModelId, np.ndarray] = {}
             checks: dict[ModelId, tuple[float, float]] = {}
             if len(computed):
                 # the block's images at once: uint8, pinned for an asynchronous copy; each model batches them

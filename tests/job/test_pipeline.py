@@ -209,7 +209,7 @@ def test_rerun_resumes_and_other_options_are_refused(ray_cluster, demo_dir, tmp_
     again = run_encode(config)
     assert again["run"]["encoded_images"] == 0 and again["run"]["skipped_images"] == 14
     other = EncodeConfig(**{**config.__dict__, "models": "fmri/nsd/fwrf/sub-02/V1"})
-    with pytest.raises(OutputExistsError, match="differs in: models"):
+    with pytest.raises(OutputExistsError, match="holds 1 model.s. that --models leaves out"):  # models are added, not swapped
         run_encode(other)
     other.overwrite = True
     assert run_encode(other)["run"]["encoded_images"] == 14
