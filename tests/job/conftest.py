@@ -174,3 +174,20 @@ def store_with_images(request, tmp_path: Path, n: int) -> tuple[str, str, dict, 
     for i in range(n):
         fs.pipe_file(f"{root}/img_{i:04d}.png", random_png(i))
     return f"{base}/images", f"{base}/out", options, fs
+
+
+@pytest.fixture
+def local_reads(monkeypatch) -> list[int]:
+    """The sizes of every read from a local file through fsspec, from now on."""
+    import fsspec.implementations.local as local
+
+    reads: list[int] = []
+    original = local.LocalFileOpener.read
+
+    def counting(self, *args, **kwargs):
+        data = original(self, *args, **kwargs)
+        reads.append(len(data))
+        return data
+
+    monkeypatch.setattr(local.LocalFileOpener, "read", counting)
+    return reads

@@ -79,23 +79,13 @@ def test_shards_must_share_their_image_column(tmp_path):
         open_source(str(tmp_path / "ds"))
 
 
-def test_a_shard_reads_only_the_row_groups_of_its_rows(tmp_path, monkeypatch):
+def test_a_shard_reads_only_the_row_groups_of_its_rows(tmp_path, request):
     blobs = [np.random.default_rng(i).bytes(20_000) for i in range(80)]
     for k in range(2):
         pq.write_table(pa.table({"image": blobs[k * 40:(k + 1) * 40]}), tmp_path / f"part-{k}.parquet", row_group_size=4,
                        compression="none")
     source = open_source(str(tmp_path / "part-*.parquet"))
-    import fsspec.implementations.local as local
-
-    read = []
-    original = local.LocalFileOpener.read
-
-    def counting(self, *args, **kwargs):
-        data = original(self, *args, **kwargs)
-        read.append(len(data))
-        return data
-
-    monkeypatch.setattr(local.LocalFileOpener, "read", counting)
+    read = request.getfixturevalue("local_reads")  # counted from here on
     assert source.read(38, 43) == blobs[38:43]  # 2 rows of one file's last group, 3 of the next file's first
     assert sum(read) < 0.25 * 80 * 20_000, sum(read)  # 2 of the 20 row groups, and the two footers
 

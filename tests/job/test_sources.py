@@ -104,22 +104,12 @@ def test_npy_and_parquet_sources(tmp_path):
     assert open_source(str(tmp_path / "hf.parquet")).read(0, 1) == [b"abc"]
 
 
-def test_a_shard_of_a_parquet_input_reads_only_its_row_groups(tmp_path, monkeypatch):
+def test_a_shard_of_a_parquet_input_reads_only_its_row_groups(tmp_path, request):
     blobs = [np.random.default_rng(i).bytes(20_000) for i in range(80)]
     path = tmp_path / "many.parquet"
     pq.write_table(pa.table({"image": blobs}), path, row_group_size=4, compression="none")  # 20 row groups
     source = open_source(str(path))
-    import fsspec.implementations.local as local
-
-    read = []
-    original = local.LocalFileOpener.read
-
-    def counting(self, *args, **kwargs):
-        data = original(self, *args, **kwargs)
-        read.append(len(data))
-        return data
-
-    monkeypatch.setattr(local.LocalFileOpener, "read", counting)
+    read = request.getfixturevalue("local_reads")  # counted from here on
     assert source.read(9, 13) == blobs[9:13]  # rows 9..12: row groups 2 and 3
     assert sum(read) < 0.2 * path.stat().st_size, (sum(read), path.stat().st_size)  # 2 of 20 groups + footer
 
