@@ -50,7 +50,7 @@ def main() -> None:
         start = time.perf_counter()
         group = ModelGroup(str(root), [f"eeg/things_eeg_2/vit_b_32/sub-{s:02d}" for s in range(1, args.subjects + 1)], "cpu")
         seconds = time.perf_counter() - start
-        held = sum(t.numel() * t.element_size() for t in [*group.vit.parameters(), *group.vit.buffers()])
+        held = sum(t.numel() * t.element_size() for t in [*group.shared.parameters(), *group.shared.buffers()])
         loaded = rss()
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         out = group.encode(np.zeros((8, 3, 224, 224), np.uint8))

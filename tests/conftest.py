@@ -78,7 +78,7 @@ BERG_CASES = {
 }
 
 
-def berg_selection(berg_fixtures: Path, case: str) -> dict:
+def berg_selection(berg_fixtures: Path, case: str) -> dict:  # (or the AlexNet fixtures' folder)
     """The selection BERG was given in a fixture case, rebuilt as the fixture README says."""
     path = berg_fixtures / "expected" / f"selection_{case}.npz"
     if not path.exists():
@@ -107,13 +107,7 @@ def berg_runs(berg_fixtures: Path, eeg: bool) -> list[tuple[str, str]]:
 def berg_dir(tmp_path_factory: pytest.TempPathFactory, berg_fixtures: Path) -> Path:
     """The fixtures' BERG directory with the weight files of the fMRI, MEG and Utah-array models
     rebuilt by their own script (about 180 MB; the 1.9 GB EEG file is left out)."""
-    import shutil
-
-    target = tmp_path_factory.mktemp("berg") / "berg_dir"
-    shutil.copytree(berg_fixtures / "berg_dir", target, copy_function=shutil.copyfile)
-    for folder in [target, *target.rglob("*")]:  # ../shared is read-only: its folders copy read-only too
-        if folder.is_dir():
-            folder.chmod(0o755)
+    target = _writable_copy(berg_fixtures / "berg_dir", tmp_path_factory.mktemp("berg") / "berg_dir")
     for family in ("modality-fmri", "modality-meg", "modality-utah_array"):
         subprocess.run([sys.executable, str(berg_fixtures / "make_berg_weights.py"), str(target), "--spec",
                         str(berg_fixtures / "weights_spec.json"), "--only", family], check=True, capture_output=True)
@@ -128,6 +122,58 @@ def berg_eeg_file(berg_dir: Path, berg_fixtures: Path) -> Path:
                     str(berg_fixtures / "weights_spec.json"), "--only", "modality-eeg"], check=True, capture_output=True)
     return berg_dir / ("encoding_models/modality-eeg/train_dataset-things_eeg_2/model-vit_b_32/encoding_models_weights/"
                        "weights_subject-01.npy")
+
+
+ALEXNET_CASES = {  # berg-fixtures/alexnet/README.md: case -> (BERG model id, get_encoding_model kwargs)
+    "eeg_sub-01": ("eeg-things_eeg_2-alexnet", {"subject": 1}),
+    "eeg_sub-01_sel": ("eeg-things_eeg_2-alexnet", {"subject": 1}),
+    "eegu_sub-01": ("eeg-things_eeg_2-alexnet_untrained", {"subject": 1}),
+    "fsavg_sub-01": ("fmri-nsd_fsaverage-alexnet", {"subject": 1}),
+    "fsavg_sub-01_V1v": ("fmri-nsd_fsaverage-alexnet", {"subject": 1}),
+    "fsavgu_sub-01_vertices": ("fmri-nsd_fsaverage-alexnet_untrained", {"subject": 1}),
+}
+
+
+@pytest.fixture(scope="session")
+def alexnet_fixtures(berg_fixtures: Path) -> Path:
+    return berg_fixtures / "alexnet"
+
+
+def _writable_copy(source: Path, target: Path) -> Path:
+    import shutil
+
+    shutil.copytree(source, target, copy_function=shutil.copyfile)
+    for folder in [target, *target.rglob("*")]:  # ../shared is read-only: its folders copy read-only too
+        if folder.is_dir():
+            folder.chmod(0o755)
+    return target
+
+
+@pytest.fixture(scope="session")
+def alexnet_berg_dir(tmp_path_factory: pytest.TempPathFactory, alexnet_fixtures: Path) -> Path:
+    """The AlexNet fixtures' BERG directory with its four weight files rebuilt by their script
+    (1.85 GB: two EEG files of 4 x 250 components over 205,672 features, two fsaverage files)."""
+    target = _writable_copy(alexnet_fixtures / "berg_dir", tmp_path_factory.mktemp("berg_alexnet") / "berg_dir")
+    subprocess.run([sys.executable, str(alexnet_fixtures / "make_alexnet_berg_weights.py"), str(target)],
+                   check=True, capture_output=True)
+    return target
+
+
+@pytest.fixture(scope="session")
+def alexnet_file(tmp_path_factory: pytest.TempPathFactory, alexnet_fixtures: Path) -> Path:
+    """The fixtures' stand-in for torchvision's ImageNet AlexNet (244 MB, made by their script)."""
+    target = tmp_path_factory.mktemp("alexnet") / "alexnet-owt-7be5be79.pth"
+    result = subprocess.run([sys.executable, str(alexnet_fixtures / "make_alexnet_weights.py"), str(target)],
+                            capture_output=True, text=True, check=True)
+    assert "fc6a23d7cccf08cfe918e6ca36d37534a45f128afec959e703018159b8e97f8d" in result.stdout, result.stdout
+    return target
+
+
+@pytest.fixture
+def alexnet_weights(alexnet_file: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point ned-ray at the stand-in AlexNet for one test (as a user's $NED_RAY_ALEXNET_WEIGHTS)."""
+    monkeypatch.setenv("NED_RAY_ALEXNET_WEIGHTS", str(alexnet_file))
+    return alexnet_file
 
 
 @pytest.fixture(scope="session")

@@ -9,22 +9,27 @@ import numpy as np
 import pytest
 
 from ned_ray.berg import BERG, InvalidParameterError, ModelLoadError, ModelNotFoundError, StimulusError
+from ned_ray.safeload import Attributes, load_npy_dict
 
-from .conftest import BERG_CASES, BERG_FIXTURES, PARITY, berg_expected, berg_runs, berg_selection
+from .conftest import ALEXNET_CASES, BERG_CASES, BERG_FIXTURES, PARITY, berg_expected, berg_runs, berg_selection
+
+ALEXNET_FIXTURES = BERG_FIXTURES / "alexnet"
 
 
-def _check_case(berg: BERG, berg_fixtures, case: str, images: str) -> None:
-    model_id, kwargs = BERG_CASES[case]
-    model = berg.get_encoding_model(model_id, device="cpu", selection=berg_selection(berg_fixtures, case) or None,
+def _check_case(berg: BERG, berg_fixtures, case: str, images: str, expected=None, cases=BERG_CASES) -> None:
+    """BERG's output of a fixture case (in ``expected``: a fixtures folder) through ned-ray's BERG API."""
+    expected = expected or berg_fixtures
+    model_id, kwargs = cases[case]
+    model = berg.get_encoding_model(model_id, device="cpu", selection=berg_selection(expected, case) or None,
                                     **kwargs)
     got = berg.encode(model, np.load(berg_fixtures / f"{images}.npy"), show_progress=False)
     got = list(got) if isinstance(got, tuple) else [got]
     assert isinstance(berg.encode(model, np.load(berg_fixtures / "images_small.npy")[:1]),
                       tuple) == case.startswith("fsavg")  # fsaverage: the (lh, rh) tuple, as BERG
-    for part, (ours, want) in enumerate(zip(got, berg_expected(berg_fixtures, case, images), strict=True)):
+    for part, (ours, want) in enumerate(zip(got, berg_expected(expected, case, images), strict=True)):
         assert ours.dtype == np.float32 and ours.shape == want.shape, (case, ours.shape, want.shape)
         figure = float(np.abs(ours - want).max() / want.std())
-        PARITY[f"BERG {case}{'' if len(got) == 1 else ('.lh', '.rh')[part]} x {images} (API)"] = figure
+        PARITY[f"BERG {model_id} {case}{'' if len(got) == 1 else ('.lh', '.rh')[part]} x {images} (API)"] = figure
         assert figure <= 1e-4, (case, images, figure)
 
 
@@ -37,6 +42,31 @@ def test_berg_parity_through_the_api(berg_dir, berg_fixtures, vit_cache, case, i
 @pytest.mark.parametrize("case,images", berg_runs(BERG_FIXTURES, eeg=True))
 def test_berg_eeg_parity_through_the_api(berg_dir, berg_eeg_file, berg_fixtures, vit_cache, case, images):
     _check_case(BERG(berg_dir), berg_fixtures, case, images)
+
+
+@pytest.mark.parametrize("case,images", berg_runs(ALEXNET_FIXTURES, eeg=False) + berg_runs(ALEXNET_FIXTURES, eeg=True))
+def test_alexnet_parity_through_the_api(alexnet_berg_dir, berg_fixtures, alexnet_fixtures, alexnet_weights, case, images):
+    _check_case(BERG(alexnet_berg_dir), berg_fixtures, case, images, alexnet_fixtures, ALEXNET_CASES)
+
+
+@pytest.mark.slow
+def test_alexnet_eeg_files_with_pickled_sklearn_pcas(alexnet_berg_dir, berg_fixtures, alexnet_fixtures, tmp_path,
+                                                     alexnet_weights):
+    """BERG's newest creation code pickles sklearn PCA objects where its loaders read dicts (BERG
+    itself fails on such files); ned-ray reads both containers, to the same numbers."""
+    import shutil
+    import subprocess
+    import sys
+
+    target = tmp_path / "berg_dir"
+    shutil.copytree(alexnet_berg_dir / "encoding_models/modality-eeg/train_dataset-things_eeg_2/model-alexnet/metadata",
+                    target / "encoding_models/modality-eeg/train_dataset-things_eeg_2/model-alexnet/metadata")
+    subprocess.run([sys.executable, str(alexnet_fixtures / "make_alexnet_berg_weights.py"), str(target), "--container",
+                    "sklearn", "--only", "things_eeg_2/model-alexnet/"], check=True, capture_output=True)
+    weights = next(target.rglob("weights_subject-01.npy"))
+    with weights.open("rb") as fh:
+        assert isinstance(load_npy_dict(fh)["pca_param"]["rep-1"], Attributes)  # an sklearn object, not a dict
+    _check_case(BERG(target), berg_fixtures, "eeg_sub-01", "images_small", alexnet_fixtures, ALEXNET_CASES)
 
 
 def test_catalogue_and_metadata(berg_dir, vit_cache, capsys):

@@ -28,12 +28,12 @@ def test_each_family_states_what_the_job_and_the_apis_need(key):
     assert ModelId.parse(f.example()).family is f  # its example is one of its ids
     assert f.response_layout and f.berg_outputs and f.dims and f.title
     assert (f.full_shape is not None) == (key in ("fwrf", "eeg"))  # NED's formats state theirs; BERG's use the rule
-    assert f.uses_vit == (f.backbone == VIT_B_32) == (key != "fwrf")  # one ViT pass feeds every ViT family
+    assert f.has_heads == (f.backbone == VIT_B_32) == (key != "fwrf")  # one ViT pass feeds every ViT family
     assert f.backbone in (VIT_B_32, FWRF) and f.input == f.backbone.input and f.plot.kind in ("timecourses", "distributions")
     assert (f.plot.kind == "timecourses") == ("time" in f.dims) == (f.plot.unit_groups is not None)
     assert bool(f.ned_options) == (f.ned_accuracy is not None) == (key in ("fwrf", "eeg"))  # NED's own two families
     assert f.repetitions == ("repetition" in f.dims)
-    if f.uses_vit:  # BERG's families: selection rules, the metadata section checked, the accuracy field, the files
+    if f.has_heads:  # BERG's families: selection rules, the metadata section checked, the accuracy field, the files
         assert f.select_rows is not None and f.selection_keys and f.metadata_section
         assert f.accuracy is not None and f.berg_files is not None
     else:

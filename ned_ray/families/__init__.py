@@ -2,20 +2,21 @@
 
 A family module states everything about its models: ids (subjects, variants), response axes and
 layout, BERG's files and selection rules, how it is plotted and the backbone it shares
-(:mod:`.base`). Adding a family on an existing backbone is one module here, listed in ``_MODULES``,
+(:mod:`.base`); a module may define several (``FAMILIES``: :mod:`.alexnet`'s four). Adding a family on
+an existing backbone is one module here, listed in ``_MODULES``,
 plus its tests (tests/test_families.py runs a family defined outside the package end to end, added
 with :func:`register`); model code for a new backbone lives in ``ned_ray/models/``.
 """
 
 from __future__ import annotations
 
-from . import eeg, fsaverage, fwrf, meg, things_fmri, tvsd
-from .base import BACKBONES, BY_INPUT, FWRF, VIT_B_32, Backbone, BergFiles, Family, Plot
+from . import alexnet, eeg, fsaverage, fwrf, meg, things_fmri, tvsd
+from .base import ALEXNET, ALEXNET_UNTRAINED, BACKBONES, BY_INPUT, BY_NAME, FWRF, VIT_B_32, Backbone, BergFiles, Family, Plot
 
-__all__ = ["Family", "Backbone", "BergFiles", "Plot", "FAMILIES", "BY_KEY", "BERG_IDS", "VIT_B_32", "FWRF", "BACKBONES",
-           "BY_INPUT", "family", "register", "unregister"]
+__all__ = ["Family", "Backbone", "BergFiles", "Plot", "FAMILIES", "BY_KEY", "BERG_IDS", "VIT_B_32", "FWRF", "ALEXNET",
+           "ALEXNET_UNTRAINED", "BACKBONES", "BY_INPUT", "BY_NAME", "family", "register", "unregister"]
 
-_MODULES = (fwrf, eeg, fsaverage, things_fmri, meg, tvsd)
+_MODULES = (fwrf, eeg, fsaverage, things_fmri, meg, tvsd, alexnet)
 FAMILIES: dict[tuple[str, str, str], Family] = {}  # (modality, train_dataset, model) -> family
 BY_KEY: dict[str, Family] = {}
 BERG_IDS: dict[str, Family] = {}
@@ -38,7 +39,8 @@ def unregister(old: Family) -> None:
 
 
 for _module in _MODULES:
-    register(_module.FAMILY)
+    for _family in getattr(_module, "FAMILIES", None) or (_module.FAMILY,):
+        register(_family)
 
 
 def family(key: str) -> Family:

@@ -6,15 +6,17 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
-__all__ = ["Family", "Backbone", "BergFiles", "Plot", "VIT_B_32", "FWRF", "BACKBONES", "BY_INPUT"]
+__all__ = ["Family", "Backbone", "BergFiles", "Plot", "VIT_B_32", "FWRF", "ALEXNET", "ALEXNET_UNTRAINED", "BACKBONES",
+           "BY_INPUT", "BY_NAME"]
 
 
 @dataclass(frozen=True)
 class Backbone:
     """The image network a family's heads read: the preprocessed uint8 image column it takes
-    (``input``, a key of ``ned_ray.models.group.INPUTS``, ``side`` x ``side`` pixels), whether one
-    pass feeds every model on it (``shared``) or each model runs its own, its compute per image
-    relative to ViT-B/32 (``cost``, for the planner), and its preprocessing as outputs record it."""
+    (``input``, a key of ``ned_ray.models.group.INPUTS``, ``side`` x ``side`` pixels; backbones with
+    the same transform share the column), whether one pass feeds every model on it (``shared``: BERG's
+    design, linear heads on its features) or each model runs its own, its compute per image relative
+    to ViT-B/32 (``cost``, for the planner), and its preprocessing as outputs record it."""
 
     name: str
     input: str
@@ -35,8 +37,21 @@ FWRF = Backbone(  # NED trained one per subject and ROI
     "fwrf", "fwrf", shared=False, side=227, cost=0.4, whole_image=False,
     preprocessing="RGB uint8, center-crop to square; torchvision Resize((227,227)) bilinear antialias, rounded to uint8; "
                   "/255; minus the checkpoint's stim_mean (split ROIs: the second checkpoint's, as NED)")
-BACKBONES = (FWRF, VIT_B_32)  # the order of the decoded input columns
-BY_INPUT = {b.input: b for b in BACKBONES}
+_ALEXNET_FEATURES = ("; torchvision AlexNet's nodes features.2, 5, 7, 9, 12 and classifier.2, 5, 6, each flattened "
+                     "(C,H,W) and concatenated (205,672 features)")
+_CROP_224 = VIT_B_32.preprocessing.split("; the 12 encoder blocks")[0]  # AlexNet_Weights.IMAGENET1K_V1's is the same
+ALEXNET = Backbone(  # BERG's AlexNet models, on the same 224-px crop as ViT-B/32 (berg-spec §9)
+    "alexnet", "vit", shared=True, side=224, cost=0.16, whole_image=True,
+    preprocessing=_CROP_224 + _ALEXNET_FEATURES + " of the ImageNet network (alexnet-owt-7be5be79.pth)")
+ALEXNET_UNTRAINED = Backbone(
+    "alexnet_untrained", "vit", shared=True, side=224, cost=0.16, whole_image=True,
+    preprocessing=_CROP_224 + _ALEXNET_FEATURES + " of the untrained network BERG builds (torch.manual_seed(20200220), "
+                  "torchvision's initialisation)")
+BACKBONES = (FWRF, VIT_B_32, ALEXNET, ALEXNET_UNTRAINED)  # the first of each input orders the decoded columns
+BY_INPUT: dict[str, Backbone] = {}  # an input's side and crop: those of its first backbone
+for _backbone in BACKBONES:
+    BY_INPUT.setdefault(_backbone.input, _backbone)
+BY_NAME = {b.name: b for b in BACKBONES}
 
 
 @dataclass(frozen=True)
@@ -75,7 +90,7 @@ class Family:
     variants: tuple[str, ...]
     dims: tuple[str, ...]  # per-image response axes (xarray dims)
     title: str  # for figures and listings
-    backbone: Backbone  # VIT_B_32 (one pass shared by every family on it), or FWRF (one per model)
+    backbone: Backbone  # a shared one (VIT_B_32, ALEXNET, ...: one pass feeds every model on it) or FWRF (one per model)
     response_layout: str  # the per-image response, as recorded in each output's metadata
     berg_outputs: str  # what BERG's encode returns for one of its models
     selection_keys: tuple[str, ...] = ()  # BERG's selection keys (berg-spec §4-§8)
@@ -105,9 +120,10 @@ class Family:
         return f"{self.modality}-{self.train_dataset}-{self.model}"
 
     @property
-    def uses_vit(self) -> bool:
-        """Whether the model reads ViT-B/32 block features (every family but fwrf)."""
-        return self.backbone == VIT_B_32
+    def has_heads(self) -> bool:
+        """Whether its models are linear heads on a shared backbone's features (BERG's design: every
+        family but fwrf), hosted together per backbone and storable as codes."""
+        return self.backbone.shared
 
     @property
     def input(self) -> str:

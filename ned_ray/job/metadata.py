@@ -17,18 +17,16 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from ..families import BACKBONES
 from ..ids import ModelId
 from ..modeldir import NedDir
-from ..models.vit_eeg import find_vit_weights, vit_filesystem
+from ..models.shared import backbone_file, backbone_record
+from ..models.vit_eeg import vit_filesystem
 from ..output import layout
 from ..selection import Resolved, resolve_selection
 from ..storage import file_identity, is_local, local_file_record, write_bytes
 from .options import EncodeConfig
 
-__all__ = ["write_model_metadata", "split_arrays", "ned_shape", "PREPROCESSING"]
-
-PREPROCESSING = {b.input: b.preprocessing for b in BACKBONES}  # per decoded input, as each output records it
+__all__ = ["write_model_metadata", "split_arrays", "ned_shape"]
 
 
 
@@ -54,7 +52,7 @@ def split_arrays(tree: Any, prefix: str = "") -> tuple[Any, dict[str, np.ndarray
     return tree, arrays
 
 
-def _vit_record(location: str, ned: NedDir, known: list[dict[str, Any]] | None) -> dict[str, Any]:
+def _backbone_record(location: str, ned: NedDir, known: list[dict[str, Any]] | None) -> dict[str, Any]:
     fs, path = vit_filesystem(location, ned)
     if is_local(fs):
         return {**local_file_record(path, [{**k, "file": path} for k in known or [] if k.get("file") == location]),
@@ -64,11 +62,12 @@ def _vit_record(location: str, ned: NedDir, known: list[dict[str, Any]] | None) 
 
 def model_files(ned: NedDir, mid: ModelId, config: EncodeConfig, cache: dict[str, dict[str, Any]] | None = None,
                 known: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-    """Every file a model is computed from (the ViT backbone too, for EEG), identified without
+    """Every file a model is computed from (its shared backbone's too), identified without
     downloading anything: sha256 of local files (hashed once per file version: ``known`` records of
     an output, or the per-user hash cache), the store's size + ETag/generation of remote ones.
 
     ``cache`` (file -> record) lets models that share files (EEG's scaler, PCA, ViT) record them once.
+    A backbone without a file (BERG's untrained AlexNet) is recorded by how it is built and its digest.
     """
     cache = {} if cache is None else cache
     entry = ned.entry(mid)
@@ -76,11 +75,13 @@ def model_files(ned: NedDir, mid: ModelId, config: EncodeConfig, cache: dict[str
         if ned.uri(rel) not in cache:
             cache[ned.uri(rel)] = ned.file_record(rel, known)
     files = [cache[ned.uri(rel)] for rel in (*entry.weights, entry.metadata)]
-    if mid.family.uses_vit:
-        vit = find_vit_weights(config.vit_weights, ned)
-        if vit not in cache:
-            cache[vit] = _vit_record(vit, ned, known)
-        files.append(cache[vit])
+    if mid.family.has_heads:
+        backbone = mid.family.backbone
+        location = backbone_file(backbone, ned, {"vit_b_32": config.vit_weights, "alexnet": config.alexnet_weights})
+        key = location or backbone.name
+        if key not in cache:
+            cache[key] = _backbone_record(location, ned, known) if location else backbone_record(backbone)
+        files.append(cache[key])
     return files
 
 
@@ -147,7 +148,7 @@ def write_model_metadata(fs, root: str, mid: ModelId, metadata: dict, config: En
     arrays.update({f"coords/{dim}": np.asarray(v) for dim, v in labels.items()})
     document = {
         "model_id": str(mid),
-        "berg_model": {"id": mid.berg[0], "kwargs": mid.berg[1]} if mid.family.uses_vit else None,
+        "berg_model": {"id": mid.berg[0], "kwargs": mid.berg[1]} if mid.family.has_heads else None,
         "response_shape": list(shape),
         "dims": list(labels),
         "selection": selection,
@@ -156,7 +157,7 @@ def write_model_metadata(fs, root: str, mid: ModelId, metadata: dict, config: En
             "ned_ray_version": __version__,
             "format": format_name,
             "files": files,
-            "preprocessing": PREPROCESSING[mid.family.input],
+            "preprocessing": mid.family.backbone.preprocessing,
             "response_layout": mid.family.response_layout,
             "response_dtype": "float32",
             "job_options": config.to_json(),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import MISSING, Field, asdict, dataclass, field, fields
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from ..errors import ConfigError
 from ..selection import Selection
@@ -95,6 +95,8 @@ class EncodeConfig:
     max_pixels: int = _option(JOB, "larger images are refused, from their header (decompression bombs)", 100_000_000)
     cpu_threads: int = _option(RUN, "torch threads per CPU actor (0: auto)", 0)
     vit_weights: str | None = _option(JOB, "path or URL of torchvision's vit_b_32-d86f8d99.pth", None)
+    alexnet_weights: str | None = _option(JOB, "path or URL of torchvision's alexnet-owt-7be5be79.pth (BERG's trained "
+                                               "AlexNet models)", None)
     channels: str | None = _option(JOB, "EEG: keep these channels (comma-separated names, e.g. 'O1,Oz,O2'); "
                                         "default all 63", None)
     times: str | None = _option(JOB, "EEG: keep time points in START:END seconds (e.g. 0.1:0.3)", None)
@@ -182,6 +184,16 @@ class EncodeConfig:
         """What defines the output's content (the ``JOB`` options): a rerun must match it to resume."""
         job = {f.name for f in fields(self) if f.metadata["part"] == JOB}
         return {k: v for k, v in self.to_json().items() if k in job}
+
+    @staticmethod
+    def recorded_identity(job: Mapping[str, Any]) -> dict[str, Any]:
+        """The identity a ``_job.json`` recorded, with the options an earlier ned-ray did not have
+        (``store``, ``alexnet_weights``) at their defaults: such an output still resumes."""
+        recorded = dict(job.get("identity") or {})
+        if not recorded:
+            return {}
+        defaults = {f.name: f.default for f in fields(EncodeConfig) if f.metadata["part"] == JOB and f.default is not MISSING}
+        return {**defaults, **recorded}
 
     def selection(self) -> Selection:
         """The response selection of NED's models (channels, times, voxels) this job keeps."""

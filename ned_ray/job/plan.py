@@ -41,14 +41,13 @@ import numpy as np
 from tabulate import tabulate
 
 from ..errors import PlanError
-from ..families import BACKBONES
+from ..families import BY_INPUT
 from ..ids import ModelId
 from .cluster import ClusterShape
 from .options import EncodeConfig
 
-__all__ = ["Plan", "PoolPlan", "PlanError", "make_plan", "COST", "group_cost", "DECODE_CPUS", "WRITE_CPUS"]
+__all__ = ["Plan", "PoolPlan", "PlanError", "make_plan", "group_cost", "DECODE_CPUS", "WRITE_CPUS"]
 
-COST = {b.input: b.cost for b in BACKBONES}  # relative compute per image of one backbone pass (ViT-B/32 = 1)
 VIT_FLOPS = 4.4e9  # multiply-adds x 2 of one ViT-B/32 image: a head's projection costs 2 per float32 weight
 DECODE_CPUS = 1.0  # Ray CPUs of one decode task
 WRITE_CPUS = 0.25  # Ray CPUs of one image-sink task (responses are written by the actors)
@@ -57,7 +56,7 @@ VIT_WEIGHTS_SHARE = 0.85  # for ViT models' weights: a batch of 64 images needs 
 CPU_ACTOR_CPUS = 0.5  # the most a CPU actor reserves (logical; its torch threads are set separately)
 GPU_ACTOR_CPUS = 1.0  # the most a GPU actor reserves (data movement, writing its parts)
 IN_FLIGHT = 2  # blocks per concurrent call sent to an actor: one computing (or writing), one arriving
-INPUT_SHAPES = {b.input: (3, b.side, b.side) for b in BACKBONES}  # uint8 inputs decoded per image, per model kind
+INPUT_SHAPES = {k: (3, b.side, b.side) for k, b in BY_INPUT.items()}  # uint8 inputs decoded per image, per model kind
 
 
 @dataclass
@@ -216,21 +215,23 @@ def _allocate(slots: int, costs: Sequence[float]) -> list[int]:
 
 
 def make_plan(config: EncodeConfig, models: Sequence[ModelId], cluster: ClusterShape,
-              weights_bytes: Mapping[ModelId, int] | None = None, shared_bytes: int = 0,
+              weights_bytes: Mapping[ModelId, int] | None = None, shared_bytes: int | Mapping[str, int] = 0,
               n_shards: int | None = None) -> Plan:
     """The plan for ``models`` on ``cluster`` under ``config`` (pure: no Ray, no files).
 
-    ``weights_bytes``: each model's own weight files; ``shared_bytes``: what all ViT models share
-    (ViT, NED's scaler and PCA). They keep every group within its actors' memory budget. ``n_shards``: shards
-    to encode; pools start as many actors as there are shards (up to their maximum).
+    ``weights_bytes``: each model's own weight files; ``shared_bytes``: what the models of each shared
+    backbone share, by backbone name (ViT-B/32: its file, NED's scaler and PCA; an int: ViT-B/32's).
+    They keep every group within its actors' memory budget. ``n_shards``: shards to encode; pools
+    start as many actors as there are shards (up to their maximum).
     """
     if not models:
         raise PlanError("no models to run")
     sizes = dict(weights_bytes or {})
+    shared = {"vit_b_32": shared_bytes} if isinstance(shared_bytes, int) else dict(shared_bytes)
     notes: list[str] = []
     device, reason = _device(config, cluster)
-    vit = sorted(m for m in models if m.family.uses_vit)
-    fmri = sorted(m for m in models if not m.family.uses_vit)
+    vit = sorted(m for m in models if m.family.has_heads)
+    fmri = sorted(m for m in models if not m.family.has_heads)
     if config.store != "responses" and fmri:
         notes.append(f"--store {config.store}: the {len(fmri)} fwrf model(s) have no small code (a backbone and pooling "
                      "head per voxel): their responses are stored")
@@ -247,12 +248,13 @@ def make_plan(config: EncodeConfig, models: Sequence[ModelId], cluster: ClusterS
         memory = cluster.node_memory()
 
     def weight(group: Sequence[ModelId]) -> int:
-        return sum(sizes.get(m, 0) for m in group) + (shared_bytes if any(m.family.uses_vit for m in group) else 0)
+        backbones = {m.family.backbone.name for m in group if m.family.has_heads}
+        return sum(sizes.get(m, 0) for m in group) + sum(shared.get(b, 0) for b in backbones)
 
     def held(group: Sequence[ModelId]) -> float:
         """Device memory a group's weights claim: their bytes over the share of memory weights may take."""
-        fwrf = [m for m in group if not m.family.uses_vit]
-        vit = [m for m in group if m.family.uses_vit]
+        fwrf = [m for m in group if not m.family.has_heads]
+        vit = [m for m in group if m.family.has_heads]
         return (weight(fwrf) / WEIGHTS_SHARE if fwrf else 0.0) + (weight(vit) / VIT_WEIGHTS_SHARE if vit else 0.0)
 
     def budget(share: float) -> float:
@@ -365,8 +367,11 @@ def make_plan(config: EncodeConfig, models: Sequence[ModelId], cluster: ClusterS
     if device == "cuda" and share < 1:
         notes.append(f"{len(groups)} groups on {gpus:g} GPU(s): actors share GPUs ({share:g} GPU each) and size their "
                      "batches from their own share of the GPU's memory")
-    if len(vit) > 1:
-        notes.append(f"the {len(vit)} ViT-B/32 models share one ViT pass per image" + (" per group" if len(vit_groups) > 1 else ""))
+    for backbone in dict.fromkeys(m.family.backbone for m in vit):
+        on = [m for m in vit if m.family.backbone == backbone]
+        if len(on) > 1:
+            notes.append(f"the {len(on)} {backbone.name} models share one {backbone.name} pass per image"
+                         + (" per group" if len(vit_groups) > 1 else ""))
     # decoded blocks that may wait in the object store: what the actors hold in flight, one more per
     # actor, and what the decode tasks are producing; without this budget Ray Data lets decoding run
     # up to half the object store ahead of slow (CPU) actors (bench/RESULTS.md)

@@ -45,9 +45,9 @@ def resolve_selections(config: EncodeConfig, ned, models: list[ModelId], metadat
     out: dict[str, dict[str, Any]] = {}
     for mid in models:
         if mid in berg:
-            if not mid.family.uses_vit or ned.entry(mid).format != "berg":
+            if not mid.family.has_heads or ned.entry(mid).format != "berg":
                 raise SelectionError(f"--selection: {mid} is one of NED's models; BERG's selections apply to BERG's "
-                                     "ViT-B/32 files (select NED's models with --channels/--times/--min-ncsnr)")
+                                     "files (select NED's models with --channels/--times/--min-ncsnr)")
             if "channels" in mid.family.ned_options and (config.channels or config.times):
                 raise SelectionError(f"{mid} has both --selection and --channels/--times; give one of them")
             resolve_berg_selection(mid.family.key, metadata[mid], berg[mid], f"--selection for {mid}")
@@ -59,7 +59,7 @@ def resolve_selections(config: EncodeConfig, ned, models: list[ModelId], metadat
 
 def _plan(config: EncodeConfig, ned, models: list[ModelId], cluster: ClusterShape, n_shards: int) -> Plan:
     """The plan for these models on ``cluster`` (pure: :func:`~.plan.make_plan`)."""
-    sizes, shared = weights_bytes(ned, models, config.vit_weights)
+    sizes, shared = weights_bytes(ned, models, config.vit_weights, config.alexnet_weights)
     return make_plan(config, models, cluster, sizes, shared, n_shards)
 
 

@@ -112,7 +112,8 @@ class GroupEncoder:
         ned = open_ned(config.ned_dir, config.storage_options, config.model_cache)
         self.group = ModelGroup(ned, pool.models, self.device, config.vit_weights, config.precision,
                                 config.batch_size, memory_share=pool.memory_share if self.device == "cuda" else 1.0,
-                                selections={m: s["berg"] for m, s in selections.items() if "berg" in s})
+                                selections={m: s["berg"] for m, s in selections.items() if "berg" in s},
+                                alexnet_weights=config.alexnet_weights)
         log.info("pool %s on %s (%s): batch sizes %s", pool.name, self.node, self.group.device, self.group.batch_sizes)
         self.selections = {m: Resolved.from_record(selections.get(str(m), {})) for m in self.group.model_ids}
         shapes = {m: self.selections[m].shape(self.group.output_shape(m)) for m in self.group.model_ids}

@@ -1,10 +1,11 @@
 """A :class:`ModelGroup`: the models one worker (a Ray actor, or the Python API) hosts together.
 
-Every ViT-B/32 model (NED's EEG subjects, BERG's EEG, fsaverage, THINGS-fMRI, MEG and TVSD heads)
-lives in one :class:`~ned_ray.models.vit_models.VitModels`: one backbone pass per image feeds them
-all. Each fwrf model keeps its own backbone (NED trained one per subject and ROI). The group says
-which preprocessed inputs it needs (``"fwrf"``: 227 px, ``"vit"``: 224 px crop), so images are
-decoded and resized once for all of its models.
+Every model on a shared backbone (ViT-B/32: NED's EEG subjects, BERG's EEG, fsaverage, THINGS-fMRI,
+MEG and TVSD heads; BERG's AlexNets) lives in one :class:`~ned_ray.models.shared.SharedModels`: one
+pass per backbone and image feeds every head on it. Each fwrf model keeps its own backbone (NED
+trained one per subject and ROI). The group says which preprocessed inputs it needs (``"fwrf"``:
+227 px, ``"vit"``: the 224 px crop ViT-B/32 and AlexNet read), so images are decoded and resized once
+for all of its models.
 """
 
 from __future__ import annotations
@@ -17,15 +18,16 @@ import numpy as np
 import torch
 
 from ..errors import DeviceError, ModelLoadError
-from ..families import BY_INPUT, FWRF
+from ..families import BY_INPUT, FWRF, VIT_B_32
 from ..ids import ModelId, UnknownModelError
 from ..modeldir import MissingFileError, ModelFileError, NedDir
 from ..preprocess import check_images, fwrf_input, vit_input
 from ..safeload import UnsafePickleError
+from .alexnet import find_alexnet_weights
 from .fwrf import FwrfModel, load_fwrf
+from .shared import SharedModels, load_shared_models
 from .vit_eeg import N_COMPONENTS, find_vit_weights, vit_filesystem
 from .vit_heads import SelectionError
-from .vit_models import VitModels, load_vit_models
 
 __all__ = ["ModelGroup", "ModelLoadError", "DeviceError", "resolve_device", "INPUTS", "PRECISIONS", "free_memory", "weights_bytes"]
 
@@ -86,33 +88,40 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 FEATURES = 460_800  # ViT-B/32 block features per image (EEG)
+ALEXNET_BYTES = 61_100_840 * 4  # torchvision's AlexNet in float32 (the untrained one has no file)
 
 
-def weights_bytes(ned: NedDir, model_ids: Sequence[ModelId], vit_weights: str | None = None) -> tuple[dict[ModelId, int], int]:
+def weights_bytes(ned: NedDir, model_ids: Sequence[ModelId], vit_weights: str | None = None,
+                  alexnet_weights: str | None = None) -> tuple[dict[ModelId, int], dict[str, int]]:
     """Memory the models' weights take once loaded, estimated from file sizes (nothing is read).
 
-    Returns (per model, shared by all ViT models). fwrf: its checkpoints. NED's EEG: its
-    regressions. BERG's models: their file (folded components in float32; an fsaverage file counted
-    once for both hemispheres). Shared: the ViT file, plus NED's scaler and 250 principal components
-    in float64.
+    Returns (per model, shared by the models of each backbone, by its name). fwrf: its checkpoints.
+    NED's EEG: its regressions. BERG's models: their file (folded components in float32; an
+    fsaverage file counted once for both hemispheres). Shared: the backbone's weights (ViT-B/32's
+    file, plus NED's scaler and 250 principal components in float64; AlexNet's 61 M float32 values).
     """
     sizes: dict[ModelId, int] = {}
     for mid in model_ids:
         entry = ned.entry(mid)
-        if not mid.family.uses_vit:
+        if not mid.family.has_heads:
             sizes[mid] = sum(ned.size(w) for w in entry.weights)
         elif entry.format == "ned":  # NED's EEG: scaler, PCA (shared) and the subject's regression
             sizes[mid] = ned.size(entry.weights[2])
         else:
             sizes[mid] = ned.size(entry.weights[0]) // (len(mid.family.variants) if mid.family.variant_is_part else 1)
-    vit = [m for m in model_ids if m.family.uses_vit]
-    shared = 0
-    if vit:
-        fs, path = vit_filesystem(find_vit_weights(vit_weights, ned), ned)
-        shared = int(fs.size(path))
-        if any(ned.entry(m).format == "ned" for m in vit):  # 250 components + scaler, float64
-            files = ned.size(ned.EEG_SCALER) + ned.size(ned.EEG_PCA)
-            shared += min(files, 8 * FEATURES * (N_COMPONENTS + 2))
+    shared: dict[str, int] = {}
+    for backbone in {m.family.backbone for m in model_ids if m.family.has_heads}:
+        if backbone == VIT_B_32:
+            fs, path = vit_filesystem(find_vit_weights(vit_weights, ned), ned)
+            shared[backbone.name] = int(fs.size(path))
+            if any(m.family.backbone == VIT_B_32 and ned.entry(m).format == "ned" for m in model_ids):
+                files = ned.size(ned.EEG_SCALER) + ned.size(ned.EEG_PCA)  # 250 components + scaler, float64
+                shared[backbone.name] += min(files, 8 * FEATURES * (N_COMPONENTS + 2))
+        elif backbone.name == "alexnet":
+            fs, path = vit_filesystem(find_alexnet_weights(alexnet_weights), None)
+            shared[backbone.name] = int(fs.size(path))
+        else:
+            shared[backbone.name] = ALEXNET_BYTES
     return sizes, shared
 
 
@@ -124,8 +133,8 @@ def _selections(ned: NedDir, ids: Sequence[ModelId],
         mid = ModelId.parse(key) if isinstance(key, str) else key
         if mid not in ids:
             raise ValueError(f"a selection is given for {mid}, which this group does not host")
-        if not mid.family.uses_vit or ned.entry(mid).format != "berg":
-            raise SelectionError(f"{mid}: BERG selections apply to BERG's ViT-B/32 files; NED's models are "
+        if not mid.family.has_heads or ned.entry(mid).format != "berg":
+            raise SelectionError(f"{mid}: BERG selections apply to BERG's files; NED's models are "
                                  "selected with --channels/--times/--min-ncsnr (ned_ray.selection)")
         if value:
             out[mid] = dict(value)
@@ -138,7 +147,8 @@ class ModelGroup:
     def __init__(self, ned: NedDir | str, model_ids: Sequence[ModelId | str], device: str | torch.device = "auto",
                  vit_weights: str | None = None, precision: str = "fp32", batch_size: int = 0,
                  memory_share: float = 1.0, projection: str = "auto",
-                 selections: Mapping[ModelId | str, Mapping[str, Any]] | None = None) -> None:
+                 selections: Mapping[ModelId | str, Mapping[str, Any]] | None = None,
+                 alexnet_weights: str | None = None) -> None:
         """Load ``model_ids`` from ``ned`` onto ``device``.
 
         ``precision``: fp32 (NED's numbers), tf32 (TF32 matmuls/convolutions on CUDA; fp32 on CPU) or
@@ -150,7 +160,8 @@ class ModelGroup:
         float32 rate; parity stays within 1e-4 x std, measured on NED's fixtures: tests/models).
         BERG's heads always run folded in float32. ``selections``: BERG's selection dict per BERG
         model (berg-spec §4-§8: channels, timepoints, roi, vertices, sensors, electrodes...), applied
-        to the weights at load, so only the kept outputs are computed.
+        to the weights at load, so only the kept outputs are computed. ``vit_weights``,
+        ``alexnet_weights``: where the trained backbones' files are (else where each looks by itself).
         """
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
@@ -173,13 +184,15 @@ class ModelGroup:
                 with _naming(m, self.ned):
                     self.fmri[m] = load_fwrf(self.ned, m, self.device)
                     _check_voxels(self.ned, m, self.fmri[m].n_voxels)
-        vit_ids = [m for m in ids if m.family.uses_vit]
-        self.vit: VitModels | None = None
-        if vit_ids:
-            names = f"{', '.join(map(str, vit_ids[:3]))}{', ...' if len(vit_ids) > 3 else ''}"
-            with _naming(vit_ids[0] if len(vit_ids) == 1 else names, self.ned):
-                self.vit = load_vit_models(self.ned, vit_ids, self.device, vit_weights, self.projection, self.selections)
-            self._vit_shapes = self.vit.shapes()
+        shared_ids = [m for m in ids if m.family.has_heads]
+        self.shared: SharedModels | None = None
+        if shared_ids:
+            names = f"{', '.join(map(str, shared_ids[:3]))}{', ...' if len(shared_ids) > 3 else ''}"
+            weights = {"vit_b_32": vit_weights, "alexnet": alexnet_weights}
+            with _naming(shared_ids[0] if len(shared_ids) == 1 else names, self.ned):
+                self.shared = load_shared_models(self.ned, shared_ids, self.device, weights, self.projection,
+                                                 self.selections)
+            self._shared_shapes = self.shared.shapes()
         self.batch_sizes: dict[str, int] = {kind: batch_size or self.batch_size_for(kind) for kind in self.inputs}
 
     @property
@@ -192,7 +205,7 @@ class ModelGroup:
         shapes after selection: (vertices,), (voxels,), (sensors, times), (electrodes, times)."""
         if model_id in self.fmri:
             return (self.fmri[model_id].n_voxels,)
-        return self._vit_shapes[str(model_id)]
+        return self._shared_shapes[str(model_id)]
 
     def preprocess(self, images: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
         """uint8 square images -> the uint8 tensors this group needs (CPU work)."""
@@ -204,7 +217,7 @@ class ModelGroup:
         The per-image working memory is measured with a 4-image probe on CUDA and estimated from the
         architecture on CPU; the largest model of the kind decides. Capped by ``MAX_BATCH``.
         """
-        models = list(self.fmri.values()) if kind == "fwrf" else [self.vit]
+        models = list(self.fmri.values()) if kind == "fwrf" else [self.shared]
         if self.device.type == "cuda":
             per_image = max(self._probe_bytes(model, kind) for model in models)
         else:
@@ -271,11 +284,11 @@ class ModelGroup:
             x = inputs["fwrf"].to(self.device, non_blocking=True)
             for mid, model in self.fmri.items():
                 out[mid] = self._batched(model, x, self.batch_sizes["fwrf"], precision).cpu().numpy()
-        if self.vit is not None:
+        if self.shared is not None:
             x = inputs["vit"].to(self.device, non_blocking=True)
             size = self.batch_sizes["vit"]
             with self._precision(precision):
-                pieces = [self.vit.stored(x[s:s + size], store != "codes", store != "responses")
+                pieces = [self.shared.stored(x[s:s + size], store != "codes", store != "responses")
                           for s in range(0, x.shape[0], size)]
             for kind, found in ((0, out), (1, coded)):
                 for name in pieces[0][kind] if pieces else ():
@@ -284,8 +297,8 @@ class ModelGroup:
         return out, coded
 
     def code_heads(self) -> dict[ModelId, Any]:
-        """Each ViT model's :class:`~ned_ray.output.codes.CodeHead`: its code -> its responses."""
-        return {ModelId.parse(name): head for name, head in self.vit.code_heads().items()} if self.vit is not None else {}
+        """Each shared-backbone model's :class:`~ned_ray.output.codes.CodeHead`: its code -> its responses."""
+        return {ModelId.parse(name): head for name, head in self.shared.code_heads().items()} if self.shared is not None else {}
 
     def deviation(self, inputs: Mapping[str, torch.Tensor], outputs: Mapping[ModelId, np.ndarray], store: str = "responses",
                   images: int = 1) -> dict[ModelId, tuple[float, float]]:

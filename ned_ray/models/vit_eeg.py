@@ -9,7 +9,7 @@ NED's subjects share the scaler and the PCA, so :class:`EegHeads` hosting many s
 250-d code once per image and applies every subject's heads in one matrix product. BERG's
 per-subject files (``weights_subject-SS.npy``) carry their own scaler and a PCA per repetition:
 they are heads of :mod:`ned_ray.models.vit_heads`. Both run on one backbone pass
-(:mod:`ned_ray.models.vit_models`).
+(:mod:`ned_ray.models.shared`).
 """
 
 from __future__ import annotations

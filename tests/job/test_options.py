@@ -65,7 +65,8 @@ def test_the_identity_is_the_job_half():
     assert set(job) | set(run) == {f.name for f in fields(EncodeConfig)} and not set(job) & set(run)
     assert sorted(config.identity()) == sorted(job) == sorted(  # what outputs of earlier versions recorded
         ["ned_dir", "images", "models", "non_square", "shard_size", "formats", "max_pixels", "vit_weights",
-         "precision", "channels", "times", "min_ncsnr", "berg_selection", "store"])  # + store (issue 21)
+         "precision", "channels", "times", "min_ncsnr", "berg_selection", "store", "alexnet_weights"])  # + store (issue
+    # 21), alexnet_weights (issue 22)
     assert config.identity()["channels"] == "O1,Oz"
     assert EncodeConfig("ned", "imgs", "all", "elsewhere", device="cuda", executor="local").identity() == \
         EncodeConfig("ned", "imgs", "all", "out").identity()  # how a job runs is not what it computes

@@ -100,7 +100,7 @@ def test_eeg_only():
     p = plan("2x16cpu+4gpu", models=EEG_ALL)
     check_invariants(p, ClusterShape.parse("2x16cpu+4gpu"))
     assert [(q.name, q.inputs, q.max_actors, q.gpus_per_actor) for q in p.pools] == [("eeg", ["vit"], 8, 1.0)]
-    assert any("share one ViT pass" in n for n in p.notes)
+    assert any("share one vit_b_32 pass" in n for n in p.notes)
 
 
 def test_all_fmri_and_eeg_models_and_memory_splits():

@@ -44,9 +44,9 @@ def ten_subjects(tmp_path_factory):
 def test_ten_subjects_run_the_backbone_and_the_code_once_per_batch(ten_subjects):
     group = ModelGroup(ten_subjects, [f"eeg/things_eeg_2/vit_b_32/sub-{s:02d}" for s in range(1, 11)], "cpu")
     calls = {"backbone": 0, "projection": 0, "readout": 0}
-    hooks = [group.vit.vit.conv_proj.register_forward_hook(lambda *a: calls.__setitem__("backbone", calls["backbone"] + 1))]
-    hooks += [m.register_forward_hook(lambda *a: calls.__setitem__("projection", calls["projection"] + 1)) for m in group.vit.eeg.projections]
-    hooks += [m.register_forward_hook(lambda *a: calls.__setitem__("readout", calls["readout"] + 1)) for m in group.vit.eeg.readouts]
+    hooks = [group.shared.networks["vit_b_32"].vit.conv_proj.register_forward_hook(lambda *a: calls.__setitem__("backbone", calls["backbone"] + 1))]
+    hooks += [m.register_forward_hook(lambda *a: calls.__setitem__("projection", calls["projection"] + 1)) for m in group.shared.eeg.projections]
+    hooks += [m.register_forward_hook(lambda *a: calls.__setitem__("readout", calls["readout"] + 1)) for m in group.shared.eeg.readouts]
     images = demo_images(64)
     responses = group.encode(images, batch_size=5)  # 14 images -> 3 batches
     for hook in hooks:
@@ -80,7 +80,7 @@ def _berg_dir(tmp_path, ned_dir, per_rep_pca: bool) -> NedDir:
 def test_berg_per_subject_file_gives_neds_numbers(tmp_path, ned_dir, fixtures, fixture_images, vit_cache, per_rep_pca):
     berg = _berg_dir(tmp_path, ned_dir, per_rep_pca)
     group = ModelGroup(berg, ["eeg/things_eeg_2/vit_b_32/sub-01"], "cpu")
-    assert group.vit.eeg is None and group.vit.stack is not None  # a BERG head
+    assert group.shared.eeg is None and group.shared.stack is not None  # a BERG head
     ours = group.encode(fixture_images["images_small"])[group.model_ids[0]]
     expected = np.load(fixtures / "expected" / "eeg_sub-01__images_small.npy")
     assert np.abs(ours - expected).max() <= 1e-4 * expected.std()
@@ -126,7 +126,7 @@ def test_folded_float32_projection_keeps_neds_numbers(ned_dir, fixtures, fixture
 
     group = ModelGroup(ned_dir, ["eeg/things_eeg_2/vit_b_32/sub-01", "eeg/things_eeg_2/vit_b_32/sub-02"], "cpu",
                        projection="float32")
-    assert group.projection == "float32" and group.vit.eeg.projections[0].components.dtype == torch.float32
+    assert group.projection == "float32" and group.shared.eeg.projections[0].components.dtype == torch.float32
     assert ModelGroup(ned_dir, ["eeg/things_eeg_2/vit_b_32/sub-01"], "cpu").projection == "float64"  # auto on CPU
     for images in ("images", "images_227", "images_small"):
         out = group.encode(fixture_images[images])

@@ -93,7 +93,7 @@ def device_summary(ledger: Ledger) -> list[dict[str, Any]]:
 
 def stored(model: ModelId, store: str) -> str:
     """What an output keeps of ``model`` under ``--store``: fwrf models have no small code (responses)."""
-    return store if model.family.uses_vit else "responses"
+    return store if model.family.has_heads else "responses"
 
 
 def _model_entry(fs, root: str, output: str, mid: ModelId, formats: Sequence[str], store: str,

@@ -135,7 +135,7 @@ class OutputTransaction:
             return None
         job_path = self._path(layout.JOB_FILE)
         job = json.loads(fs.cat_file(job_path)) if fresh_exists(fs, job_path) else {}
-        if job.get("identity") != config.identity():
+        if EncodeConfig.recorded_identity(job) != config.identity():
             return None
         if job.get("listing", {}).get("fingerprint") != listing_fingerprint(source.listing):
             return None
@@ -210,15 +210,14 @@ class OutputTransaction:
         if not fresh_exists(fs, job_path):
             return
         previous = json.loads(fs.cat_file(job_path))
-        identity = config.identity()
-        if previous.get("identity") == identity:
+        identity, recorded = config.identity(), EncodeConfig.recorded_identity(previous)
+        if recorded == identity:
             return
         if not Ledger.read(fs, root):
             log.warning("output %s: replacing an earlier attempt that committed nothing", self.uri)
             self._clear_attempt(previous)
             return
-        changed = sorted(k for k in set(previous.get("identity", {})) | set(identity)
-                         if previous.get("identity", {}).get(k) != identity.get(k))
+        changed = sorted(k for k in set(recorded) | set(identity) if recorded.get(k) != identity.get(k))
         if changed == ["models"]:
             self._add_models(previous)
             return

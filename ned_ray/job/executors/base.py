@@ -22,7 +22,7 @@ from typing import Any, Callable, ClassVar, TextIO
 
 import pyarrow as pa
 
-from ...families import BACKBONES
+from ...families import BY_INPUT
 from ..cluster import ClusterShape
 from ..commit import Work
 from ..options import EncodeConfig
@@ -60,7 +60,7 @@ def build_stages(config: EncodeConfig, source: ImageSource, plan: Plan, work: Wo
                  listing: pa.Table | Callable[[], pa.Table] | None = None) -> Stages:
     """The stages of ``plan`` over ``work``. ``listing``: the decode stage's view of the listing
     (default: the table itself; the Ray executor passes one shared through its object store)."""
-    kinds = tuple(b.input for b in BACKBONES if any(b.input in p.inputs for p in plan.pools))
+    kinds = tuple(k for k in BY_INPUT if any(k in p.inputs for p in plan.pools))
     decode = DecodeShard(source.description(), decode_listing(source) if listing is None else listing, kinds,
                          config.non_square, config.max_pixels)
     encoders = [EncoderStage(pool, (config, pool, {m: selections[m] for m in pool.models},
