@@ -21,6 +21,7 @@ from . import errors
 from .api import DirectoryFacade
 from .errors import SelectionError
 from .families import BERG_IDS
+from .families.rules import check_keys
 from .ids import Family, ModelId
 from .modeldir import MissingFileError
 from .models.group import ModelGroup, resolve_device
@@ -28,7 +29,25 @@ from .preprocess import check_images
 from .safeload import UnsafePickleError
 
 __all__ = ["BERG", "BergModel", "BERGError", "ModelNotFoundError", "ModelLoadError", "InvalidParameterError",
-           "StimulusError"]
+           "StimulusError", "UNSERVED"]
+
+_VIDEO, _TEXT, _MULTI = "a video model", "a language (text) model", "a video, audio and text model"
+_IMAGE = "an image model of another design (a network trained end to end, not linear heads on a shared backbone)"
+_CLIP = "an image model on CLIP ViT-B/32 features, whose backbone ned-ray does not host"
+_GATEWAY = "a gateway to Brain-Score's models"
+# BERG's model ids (its model cards, gifale95/BERG berg/models/model_cards/) that ned-ray does not serve
+UNSERVED: dict[str, str] = {
+    "calcium_2p-natural_videos-3DCNN": _VIDEO, "2p_ca-natural_videos-3DCNN": _VIDEO, "calcium_2p-wang_2025-3DCNN": _VIDEO,
+    "fmri-bmd-s3d": _VIDEO, "ecog-podcast_ecog-gpt2_xl": _TEXT, "ecog-zada2025-gpt2_xl": _TEXT,
+    "fmri-cneuromod-text2fmri": _TEXT, "fmri-cneuromod_algo2025-text2fmri": _TEXT, "text2fmri": _TEXT,
+    "fmri-eng1000-ridge": _TEXT, "fmri-lebel-eng1000": _TEXT, "fmri-lebel2023-opt_1_3b": _TEXT,
+    "fmri-tuckute_2024-GPT2_XL": _TEXT, "fmri-cneuromod_algo2025-vibe": _MULTI, "fmri-cneuromods-vibe": _MULTI,
+    "fmri-dascoli_2026-tribe_v2": _MULTI, "fmri-multi_study-tribe_v2": _MULTI,
+    "fmri-mosaic-CNN8_multihead_subAll_verticesVisual": _IMAGE, "fmri-mosaic-CNN8_multihead_subNSD_verticesAll": _IMAGE,
+    "fmri-mosaic-cnn8_visual": _IMAGE, "fmri-mosaic_nsd-cnn8_nsd_all": _IMAGE, "fmri-nsd_fsaverage-huze": _IMAGE,
+    "fmri-nsd-mem": _IMAGE, "meg-things_meg1-clip_vit_b_32": _CLIP, "utah_array-tvsd-clip_vit_b_32": _CLIP,
+    "brainscore": _GATEWAY, "brainscore_vision": _GATEWAY, "brainscore_language": _GATEWAY,
+}
 
 
 class BERGError(errors.NedRayError):
@@ -86,13 +105,42 @@ class BERG(DirectoryFacade):
         super().__init__(berg_dir, vit_weights, storage_options)
         self.berg_dir = self._path
 
-    # -- the catalogue -------------------------------------------------------------------------
-    def list_models(self) -> list[str]:
-        """BERG ids of the models this directory holds (BERG lists its whole registry)."""
-        return sorted({m.family.berg_id for m in self.directory.catalogue})
+    # -- the catalogue (BERG's registry: the models ned-ray serves) --------------------------------
+    def list_models(self, expand_brainscore_vision: bool = False, expand_brainscore_language: bool = False) -> list[str]:
+        """BERG's ``list_models``: the sorted ids of every model ned-ray serves (BERG lists its
+        registry; :meth:`models_here` lists what this directory holds). ned-ray serves no Brain-Score
+        gateway, so asking to expand one prints a line saying so and changes nothing."""
+        if expand_brainscore_vision or expand_brainscore_language:
+            print("ned-ray serves no Brain-Score models: nothing to expand (BERG's models ned-ray does not serve: "
+                  "ned_ray.berg.UNSERVED)")
+        return sorted(BERG_IDS)
 
-    def get_model_catalog(self) -> dict[str, dict[str, Any]]:
-        """Per BERG id held here: modality, dataset, subjects (and splits) present, output, selection keys."""
+    def get_model_catalog(self, print_format: bool = False) -> dict[str, list[str]]:
+        """BERG's ``get_model_catalog``: modality -> sorted training datasets of the served models;
+        ``print_format`` also prints BERG's hierarchical listing."""
+        catalog: dict[str, set[str]] = {}
+        for family in BERG_IDS.values():
+            catalog.setdefault(family.modality, set()).add(family.train_dataset)
+        formatted = {modality: sorted(datasets) for modality, datasets in catalog.items()}
+        if print_format:
+            print("Available Modalities and Datasets:")
+            print("=================================")
+            for modality, datasets in sorted(formatted.items()):
+                print(f"• {modality.upper()}")
+                for dataset in datasets:
+                    print(f"  └─ {dataset}")
+                print()
+        return formatted
+
+    def get_model_variants(self, model_id: str) -> list[str]:
+        """BERG's ``get_model_variants``: the pretrained variants of a model (Hugging Face repositories
+        for BERG's text and video models); every model ned-ray serves has none: ``[]``."""
+        self._family(model_id)
+        return []
+
+    def models_here(self) -> dict[str, dict[str, Any]]:
+        """Per BERG id this directory holds: modality, dataset, subjects (and splits) present, output,
+        selection keys (ned-ray's addition; ``ned-ray models DIR`` prints the same)."""
         catalog: dict[str, dict[str, Any]] = {}
         for mid in self.directory.catalogue:
             family = mid.family
@@ -105,12 +153,13 @@ class BERG(DirectoryFacade):
                 entry.setdefault(f"{family.variant_argument}s", []).append(mid.variant)
         return catalog
 
-    def describe(self, model_id: str) -> str:
-        """Print (and return) a model's card: subjects, arguments, output, selection keys."""
+    def describe(self, model_id: str) -> None:
+        """BERG's ``describe``: print a model's card (subjects, arguments, output, selection keys)."""
         family = self._family(model_id)
-        info = self.get_model_catalog().get(model_id, {"subjects": []})
+        info = self.models_here().get(model_id, {"subjects": []})
         lines = [f"{model_id}  (ned-ray ids: {family.path}/sub-XX{'/' + family.variant if family.variant else ''})",
-                 f"  modality {family.modality}, trained on {family.train_dataset}, model {family.model}",
+                 f"  modality {family.modality}, trained on {family.train_dataset}, model {family.model} "
+                 f"(backbone {family.backbone.name})",
                  f"  subjects published: {list(family.subjects)}; in this directory: {info['subjects']}",
                  f"  output: {family.berg_outputs}"]
         argument, default = family.variant_argument, family.variant_default
@@ -119,14 +168,14 @@ class BERG(DirectoryFacade):
                 f" (default '{default}'); here: {info.get(argument + 's', [])}" if default else ""))
         if family.selection_keys:
             lines.append(f"  selection keys: {list(family.selection_keys)}")
-        text = "\n".join(lines)
-        print(text)
-        return text
+        print("\n".join(lines))
 
     def _family(self, model_id: Any) -> Family:
+        if isinstance(model_id, str) and model_id in UNSERVED:
+            raise ModelNotFoundError(f"Model '{model_id}' is one of BERG's models that ned-ray does not serve "
+                                     f"({UNSERVED[model_id]}). Models ned-ray serves: {sorted(BERG_IDS)}")
         if not isinstance(model_id, str) or model_id not in BERG_IDS:
-            held = self.list_models()
-            raise ModelNotFoundError(f"Model '{model_id}' not found. Available models: {held or sorted(BERG_IDS)}")
+            raise ModelNotFoundError(f"Model '{model_id}' not found in registry. Available models: {sorted(BERG_IDS)}")
         return BERG_IDS[model_id]
 
     def _model_ids(self, model_id: str, subject: Any, kwargs: dict[str, Any]) -> list[ModelId]:
@@ -160,6 +209,14 @@ class BERG(DirectoryFacade):
         files :class:`ModelLoadError` naming the file.
         """
         subject = kwargs.pop("subject", None)
+        family = self._family(model_id)
+        if family.select_rows is None and family.variant_argument and isinstance(selection, dict):
+            try:  # NED's fwrf: BERG picks the ROI with selection={"roi": "V1"} (roi="V1" works too)
+                check_keys(selection, (family.variant_argument,))
+            except SelectionError as exc:
+                raise InvalidParameterError(str(exc)) from None
+            kwargs = {**kwargs, **selection}
+            selection = None
         ids = self._model_ids(model_id, subject, kwargs)
         if device not in ("auto", "cpu", "cuda"):
             raise InvalidParameterError(f"device must be one of ['auto', 'cpu', 'cuda'], got {device!r}")

@@ -117,7 +117,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     work = Path(args.workdir)
     ned_dir, images, out = work / "ned_dir", work / "images", work / "out"
-    if not (ned_dir / "encoding_models" / "modality-meg").is_dir():  # also when made before BERG's demo models
+    if not (ned_dir / "encoding_models" / "modality-fmri" / "train_dataset-nsd_fsaverage" /
+            "model-alexnet_untrained").is_dir():  # also when made before the BERG or AlexNet demo models
         make_demo_models(str(ned_dir), berg=True)
     if not images.is_dir():
         write_demo_images(images)

@@ -3,7 +3,8 @@
 ``make_demo_models(DIR)`` writes fMRI ``fwrf`` checkpoints (full architecture, few voxels; one split
 ROI) and EEG files (shared scaler and PCA, per-subject regressions, metadata) exactly in NED's
 layout, plus a small ViT in ned-ray's backbone slot, so the demo and the tests need no download;
-with ``berg=True`` also one small model of each BERG family in BERG's layout.
+with ``berg=True`` also one small model of each BERG family in BERG's layout, and BERG's
+untrained-AlexNet fsaverage model (the real untrained network: it has no weight file to download).
 **These are not trained models**: their responses mean nothing about brains. Every metadata dict
 says so under ``ned_ray_demo``, and the directory has a README.txt saying the same.
 
@@ -196,6 +197,63 @@ def _berg_demo(fs, root: str, rng: np.random.Generator, scaler: dict, pca: dict,
                                                      "ncsnr": rng.gamma(2, 0.25, 1024)}})
 
 
+def _fitted_projection(feats: np.ndarray, n_components: int) -> tuple[dict, dict, int]:
+    """(scaler, PCA, k) fitted to demo features in BERG's dict layout, so that codes are O(1)."""
+    feats = feats.astype(np.float64)
+    mean, std = feats.mean(0), feats.std(0)
+    floor = 0.25 * np.median(std)  # no feature may blow up on new images
+    if floor <= 0:  # most features constant (dead ReLUs): the median of the others
+        floor = 0.25 * np.median(std[std > 0]) if (std > 0).any() else 1.0
+    std = np.maximum(std, floor)
+    z = (feats - mean) / std
+    _, singular, vt = np.linalg.svd(z - z.mean(0), full_matrices=False)
+    k = min(n_components, vt.shape[0])
+    scaler = {"scale_": std, "mean_": mean, "var_": std**2, "n_features_in_": feats.shape[1], "n_samples_seen_": len(feats)}
+    variance = singular[:k] ** 2 / max(1, len(feats) - 1)
+    pca = {"components_": vt[:k].astype(np.float32), "explained_variance_": variance,
+           "explained_variance_ratio_": variance / (singular**2).sum() * max(1, len(feats) - 1),
+           "singular_values_": singular[:k], "mean_": z.mean(0), "n_components_": k, "n_samples_": len(feats),
+           "noise_variance_": 0.0, "n_features_in_": feats.shape[1]}
+    return scaler, pca, k
+
+
+def _demo_views(images: np.ndarray) -> list[np.ndarray]:
+    """Varied views of the demo photographs, to fit demo projections on."""
+    return [images, images[..., ::-1], images[:, :, 16:-16, 16:-16], images[:, :, :-48, 48:]]
+
+
+def _alexnet_demo(fs, root: str, rng: np.random.Generator, n_components: int) -> None:
+    """BERG's untrained-AlexNet fsaverage model (subject 1, 1,000 vertices per hemisphere): the real
+    untrained network (it needs no download), a scaler and PCA fitted to its features of the demo
+    photographs, random regressions."""
+    from .families.alexnet import FSAVERAGE_ROIS
+    from .models.alexnet import alexnet_features, untrained_alexnet
+
+    network = untrained_alexnet()
+    with torch.inference_mode():
+        feats = torch.cat([alexnet_features(network, vit_normalise(vit_input(np.ascontiguousarray(v))))
+                           for v in _demo_views(demo_images())]).numpy()
+    scaler, pca, k = _fitted_projection(feats, n_components)
+    variance = np.asarray(pca["explained_variance_"])
+    scale = 1 / math.sqrt(k) / np.sqrt(np.maximum(variance, variance[0] * 1e-2))
+    n = 1000
+    weights = {"scaler_param": scaler, "pca_param": pca}
+    for h in ("lh", "rh"):
+        weights[f"{h}_reg_param"] = {"coef_": (rng.normal(0, 1, (n, k)) * scale).astype(np.float32),
+                                     "intercept_": rng.normal(0, 0.1, n).astype(np.float32), "n_features_in_": k}
+    rois = {h: {r: np.sort(rng.choice(n, int(rng.integers(5, n // 10)), replace=False)).astype(np.int64)
+                for r in FSAVERAGE_ROIS} for h in ("lh", "rh")}
+    meta = {"fmri": {f"{h}_{key}": value for h in ("lh", "rh")
+                     for key, value in (("ncsnr", rng.gamma(2, 0.25, n)), ("fsaverage_rois", rois[h]))},
+            "encoding_models": {f"{h}_correlation_nsdcore": rng.uniform(0, 0.6, n) for h in ("lh", "rh")},
+            "ned_ray_demo": DEMO_NOTE}
+    folder = posixpath.join(root, "encoding_models", "modality-fmri/train_dataset-nsd_fsaverage/model-alexnet_untrained")
+    for sub, name, obj in (("encoding_models_weights", "weights_subject-01.npy", weights),
+                           ("metadata", "metadata_subject-01.npy", meta)):
+        fs.makedirs(posixpath.join(folder, sub), exist_ok=True)
+        _save_npy(fs, posixpath.join(folder, sub, name), obj)
+
+
 def make_demo_models(out_dir: str, fmri_subjects: Sequence[int] = (1, 2),
                      rois: Sequence[str] = ("V1", "FFA-1", "lateral"), eeg_subjects: Sequence[int] = (1, 2, 3),
                      n_components: int = 16, seed: int = 0, berg: bool = False) -> NedDir:
@@ -229,27 +287,15 @@ def make_demo_models(out_dir: str, fmri_subjects: Sequence[int] = (1, 2),
         fs.makedirs(posixpath.dirname(ned_root.path(VIT_IN_NED_DIR)), exist_ok=True)
         _save_torch(fs, ned_root.path(VIT_IN_NED_DIR), vit.state_dict())
         # Scaler and PCA fitted to the demo ViT's features of the demo photographs, so codes are O(1).
-        images = demo_images()
-        crops = [images, images[..., ::-1], images[:, :, 16:-16, 16:-16], images[:, :, :-48, 48:]]  # varied views
         with torch.inference_mode():
-            feats = torch.cat([vit_features(vit, vit_normalise(vit_input(np.ascontiguousarray(c)))) for c in crops])
-        feats = feats.double().numpy()
-        mean, std = feats.mean(0), feats.std(0)
-        std = np.maximum(std, 0.25 * np.median(std))  # no feature may blow up on new images
-        z = (feats - mean) / std
-        _, singular, vt = np.linalg.svd(z - z.mean(0), full_matrices=False)
-        k = min(n_components, vt.shape[0])
-        weights_dir = posixpath.dirname(ned_root.path(ned_root.EEG_SCALER))
-        fs.makedirs(weights_dir, exist_ok=True)
-        scaler = {"scale_": std, "mean_": mean, "var_": std**2, "n_features_in_": feats.shape[1],
-                  "n_samples_seen_": len(feats)}
-        variance = singular[:k] ** 2 / max(1, len(feats) - 1)
-        pca = {"components_": vt[:k].astype(np.float32), "explained_variance_": variance,
-               "explained_variance_ratio_": variance / (singular**2).sum() * max(1, len(feats) - 1),
-               "singular_values_": singular[:k], "mean_": z.mean(0), "n_components_": k, "n_samples_": len(feats),
-               "noise_variance_": 0.0, "n_features_in_": feats.shape[1]}
+            feats = torch.cat([vit_features(vit, vit_normalise(vit_input(np.ascontiguousarray(c))))
+                               for c in _demo_views(demo_images())])
+        scaler, pca, k = _fitted_projection(feats.numpy(), n_components)
+        variance = np.asarray(pca["explained_variance_"])
+        fs.makedirs(posixpath.dirname(ned_root.path(ned_root.EEG_SCALER)), exist_ok=True)
         if berg:
             _berg_demo(fs, root, rng, scaler, pca, k)
+            _alexnet_demo(fs, root, rng, n_components)
         if eeg_subjects:
             _save_npy(fs, ned_root.path(ned_root.EEG_SCALER), scaler)
             _save_npy(fs, ned_root.path(ned_root.EEG_PCA), pca)

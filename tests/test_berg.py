@@ -71,13 +71,14 @@ def test_alexnet_eeg_files_with_pickled_sklearn_pcas(alexnet_berg_dir, berg_fixt
 
 def test_catalogue_and_metadata(berg_dir, vit_cache, capsys):
     berg = BERG(berg_dir)
+    here = berg.models_here()
     assert {"fmri-nsd_fsaverage-vit_b_32", "fmri-things_fmri_1-vit_b_32", "meg-things_meg_1-vit_b_32",
-            "utah_array-tvsd-vit_b_32"} <= set(berg.list_models())
-    catalog = berg.get_model_catalog()
-    assert catalog["meg-things_meg_1-vit_b_32"]["train_splits"] == ["full", "split2"]
-    assert catalog["utah_array-tvsd-vit_b_32"]["subjects"] == ["F"]
-    text = berg.describe("meg-things_meg_1-vit_b_32")
-    assert "train_split" in capsys.readouterr().out and "sensors" in text
+            "utah_array-tvsd-vit_b_32"} == set(here)
+    assert here["meg-things_meg_1-vit_b_32"]["train_splits"] == ["full", "split2"]
+    assert here["utah_array-tvsd-vit_b_32"]["subjects"] == ["F"]
+    assert berg.describe("meg-things_meg_1-vit_b_32") is None  # BERG prints the card
+    text = capsys.readouterr().out
+    assert "train_split" in text and "sensors" in text
     meta = berg.get_model_metadata("meg-things_meg_1-vit_b_32", subject=1)
     assert set(meta) == {"meg", "sensors", "encoding_model"}
     model = berg.get_encoding_model("utah_array-tvsd-vit_b_32", subject="F", device="cpu",
@@ -86,9 +87,61 @@ def test_catalogue_and_metadata(berg_dir, vit_cache, capsys):
     assert out.shape == (2, 192, 300) and "utah-array" in meta
 
 
+SERVED = ["eeg-things_eeg_2-alexnet", "eeg-things_eeg_2-alexnet_untrained", "eeg-things_eeg_2-vit_b_32", "fmri-nsd-fwrf",
+          "fmri-nsd_fsaverage-alexnet", "fmri-nsd_fsaverage-alexnet_untrained", "fmri-nsd_fsaverage-vit_b_32",
+          "fmri-things_fmri_1-vit_b_32", "meg-things_meg_1-vit_b_32", "utah_array-tvsd-vit_b_32"]
+
+
+def test_bergs_current_catalogue_calls(berg_dir, capsys):
+    """BERG's newest signatures and return types (berg/core/berg.py): the registry is what ned-ray serves."""
+    berg = BERG(berg_dir)
+    assert berg.list_models() == SERVED
+    assert capsys.readouterr().out == ""
+    assert berg.list_models(expand_brainscore_vision=True, expand_brainscore_language=True) == SERVED
+    assert "serves no Brain-Score models" in capsys.readouterr().out
+    catalog = berg.get_model_catalog()
+    assert catalog == {"eeg": ["things_eeg_2"], "fmri": ["nsd", "nsd_fsaverage", "things_fmri_1"],
+                       "meg": ["things_meg_1"], "utah_array": ["tvsd"]}
+    assert berg.get_model_catalog(print_format=True) == catalog
+    printed = capsys.readouterr().out
+    assert printed.startswith("Available Modalities and Datasets:") and "• UTAH_ARRAY\n  └─ tvsd" in printed
+    assert all(berg.get_model_variants(m) == [] for m in SERVED)
+    with pytest.raises(ModelNotFoundError, match="Model 'fmri-nsd-mem' is one of BERG's models that ned-ray does not "
+                                                 "serve .*image model of another design.*Models ned-ray serves"):
+        berg.get_encoding_model("fmri-nsd-mem", subject=1)
+    for call in (lambda: berg.get_model_variants("brainscore_vision"), lambda: berg.describe("fmri-bmd-s3d"),
+                 lambda: berg.get_model_metadata("ecog-zada2025-gpt2_xl", subject=1)):
+        with pytest.raises(ModelNotFoundError, match="does not serve"):
+            call()
+
+
+def test_bergs_readme_snippets_run_unchanged(ned_dir, fixtures, vit_cache):
+    """BERG's README: fwrf picks its ROI through ``selection``, EEG on device "auto"."""
+    images = np.load(fixtures / "images.npy")
+    berg = BERG(berg_dir=str(ned_dir))
+    fmri_model = berg.get_encoding_model("fmri-nsd-fwrf",
+                                         subject=1,
+                                         selection={"roi": "V1"},
+                                         device="cpu")
+    eeg_model = berg.get_encoding_model("eeg-things_eeg_2-vit_b_32",
+                                        subject=1,
+                                        device="auto")
+    insilico_fmri, insilico_fmri_metadata = berg.encode(fmri_model,
+                                                       images,
+                                                       return_metadata=True)  # if needed
+    insilico_eeg = berg.encode(eeg_model,
+                               images)
+    for got, tag in ((insilico_fmri, "fmri_sub-01_V1"), (insilico_eeg, "eeg_sub-01")):
+        want = np.load(fixtures / "expected" / f"{tag}__images.npy")
+        assert got.shape == want.shape and float(np.abs(got - want).max() / want.std()) <= 1e-4
+    assert "fmri" in insilico_fmri_metadata
+    with pytest.raises(InvalidParameterError, match="Invalid selection key: 'voxels'"):
+        berg.get_encoding_model("fmri-nsd-fwrf", subject=1, selection={"roi": "V1", "voxels": [1]})
+
+
 def test_unknown_ids_subjects_splits_and_selections_list_the_valid_ones(berg_dir, vit_cache):
     berg = BERG(berg_dir)
-    with pytest.raises(ModelNotFoundError, match="Model 'meg-things_meg_2-vit_b_32' not found. Available models: .*meg-things_meg_1"):
+    with pytest.raises(ModelNotFoundError, match="Model 'meg-things_meg_2-vit_b_32' not found in registry. Available models: .*meg-things_meg_1"):
         berg.get_encoding_model("meg-things_meg_2-vit_b_32", subject=1)
     with pytest.raises(InvalidParameterError, match=r"Subject must be one of \['N', 'F'\], got 'G'"):
         berg.get_encoding_model("utah_array-tvsd-vit_b_32", subject="G")

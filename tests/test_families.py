@@ -10,26 +10,46 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ned_ray.families import BERG_IDS, BY_KEY, FAMILIES, FWRF, VIT_B_32, Plot, family, register, unregister
+from ned_ray.families import (
+    ALEXNET,
+    ALEXNET_UNTRAINED,
+    BACKBONES,
+    BERG_IDS,
+    BY_KEY,
+    FAMILIES,
+    FWRF,
+    VIT_B_32,
+    Plot,
+    family,
+    register,
+    unregister,
+)
 from ned_ray.ids import ModelId
+
+KEYS = ["fwrf", "eeg", "fsaverage", "things_fmri", "meg", "tvsd", "eeg_alexnet", "eeg_alexnet_untrained",
+        "fsaverage_alexnet", "fsaverage_alexnet_untrained"]
 
 
 def test_the_registry_lists_every_family_once_by_path_key_and_berg_id():
-    assert list(BY_KEY) == ["fwrf", "eeg", "fsaverage", "things_fmri", "meg", "tvsd"]
-    assert len(FAMILIES) == len(BY_KEY) == len(BERG_IDS) == 6
+    assert list(BY_KEY) == KEYS
+    assert len(FAMILIES) == len(BY_KEY) == len(BERG_IDS) == 10
     assert BERG_IDS["meg-things_meg_1-vit_b_32"] is BY_KEY["meg"] is family("meg")
     with pytest.raises(ValueError, match="unknown model family 'ecog'; valid: fwrf, eeg"):
         family("ecog")
 
 
-@pytest.mark.parametrize("key", ["fwrf", "eeg", "fsaverage", "things_fmri", "meg", "tvsd"])
+@pytest.mark.parametrize("key", KEYS)
 def test_each_family_states_what_the_job_and_the_apis_need(key):
     f = BY_KEY[key]
     assert ModelId.parse(f.example()).family is f  # its example is one of its ids
     assert f.response_layout and f.berg_outputs and f.dims and f.title
-    assert (f.full_shape is not None) == (key in ("fwrf", "eeg"))  # NED's formats state theirs; BERG's use the rule
-    assert f.has_heads == (f.backbone == VIT_B_32) == (key != "fwrf")  # one ViT pass feeds every ViT family
-    assert f.backbone in (VIT_B_32, FWRF) and f.input == f.backbone.input and f.plot.kind in ("timecourses", "distributions")
+    assert (f.full_shape is not None) == (key.split("_")[0] in ("fwrf", "eeg"))  # NED's formats state theirs (and
+    # BERG's EEG on AlexNet, laid out as NED's); BERG's others use the rule
+    assert f.has_heads == f.backbone.shared == (key != "fwrf")  # one pass per backbone feeds every family on it
+    backbone = FWRF if key == "fwrf" else ALEXNET_UNTRAINED if key.endswith("untrained") else ALEXNET if "alexnet" in key \
+        else VIT_B_32
+    assert f.backbone == backbone
+    assert f.backbone in BACKBONES and f.input == f.backbone.input and f.plot.kind in ("timecourses", "distributions")
     assert (f.plot.kind == "timecourses") == ("time" in f.dims) == (f.plot.unit_groups is not None)
     assert bool(f.ned_options) == (f.ned_accuracy is not None) == (key in ("fwrf", "eeg"))  # NED's own two families
     assert f.repetitions == ("repetition" in f.dims)
@@ -55,7 +75,7 @@ def test_berg_file_names_and_patterns_agree(key, subject, variant):
 def test_a_registered_name_cannot_be_registered_again():
     with pytest.raises(ValueError, match="'meg' is already registered"):
         register(dataclasses.replace(BY_KEY["meg"], train_dataset="other", model="other"))
-    assert len(BY_KEY) == 6
+    assert len(BY_KEY) == 10
 
 
 # -- a family ned-ray does not ship, added as one module would add it ------------------------------

@@ -99,6 +99,28 @@ def fixture_image_folder(tmp_path_factory, fixture_images) -> Path:
     return folder
 
 
+def check_berg_cases(output, cases: dict[str, list[str]], expected_dir: Path) -> None:
+    """Each fixture case's BERG output (``expected_dir``: a BERG fixtures folder) against the job's
+    models it maps to (fsaverage: lh then rh), on the images of the fixture image folder."""
+    from ..conftest import PARITY, berg_expected
+
+    ids = output.images().column("image_id").to_pylist()
+    for case, models in cases.items():
+        for images in ("images", "images_small"):
+            path = expected_dir / "expected" / f"{case}__{images}"
+            if not (path.with_suffix(".npy").exists() or path.with_suffix(".npz").exists()):
+                continue
+            rows = [i for i, name in enumerate(ids) if name.rsplit("_", 1)[0] == images]
+            for mid, want in zip(models, berg_expected(expected_dir, case, images), strict=True):
+                index, values = output.responses(mid)
+                assert index.tolist() == list(range(len(ids)))
+                got = values[rows]
+                assert got.shape == want.shape, (case, mid, got.shape, want.shape)
+                figure = float(np.abs(got - want).max() / want.std())
+                PARITY[f"BERG {mid} {case} x {images} (Ray job)"] = figure
+                assert figure <= 1e-4, (case, mid, images, figure)
+
+
 @contextlib.contextmanager
 def torch_threads(n: int):
     """Compute a reference with the job's thread count: float32 sums depend on how work is split."""

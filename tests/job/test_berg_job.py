@@ -15,8 +15,8 @@ from ned_ray.job.options import EncodeConfig
 from ned_ray.job.run import run_encode
 from ned_ray.models.group import ModelGroup
 
-from ..conftest import PARITY, berg_expected, berg_selection
-from .conftest import torch_threads
+from ..conftest import berg_selection
+from .conftest import check_berg_cases, torch_threads
 
 pytestmark = pytest.mark.slow
 
@@ -79,21 +79,7 @@ def _job(mixed_dir, images, out, torch_home, models, selection=None) -> tuple[En
 
 
 def _check_cases(output, cases: dict[str, list[str]], berg_fixtures) -> None:
-    ids = output.images().column("image_id").to_pylist()
-    for case, models in cases.items():
-        for images in ("images", "images_small"):
-            path = berg_fixtures / "expected" / f"{case}__{images}"
-            if not (path.with_suffix(".npy").exists() or path.with_suffix(".npz").exists()):
-                continue
-            rows = [i for i, name in enumerate(ids) if name.rsplit("_", 1)[0] == images]
-            for mid, want in zip(models, berg_expected(berg_fixtures, case, images), strict=True):
-                index, values = output.responses(mid)
-                assert index.tolist() == list(range(len(ids)))
-                got = values[rows]
-                assert got.shape == want.shape, (case, mid, got.shape, want.shape)
-                figure = float(np.abs(got - want).max() / want.std())
-                PARITY[f"BERG {case}{'.' + mid[-2:] if len(models) > 1 else ''} x {images} (Ray job)"] = figure
-                assert figure <= 1e-4, (case, mid, images, figure)
+    check_berg_cases(output, cases, berg_fixtures)
 
 
 @pytest.fixture(scope="module")
