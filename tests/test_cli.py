@@ -18,9 +18,10 @@ def test_make_demo_models_then_list_them(tmp_path, capsys):
     assert "NOT trained" in capsys.readouterr().out
     assert main(["models", str(tmp_path / "ned"), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert len(rows) == 15 and rows[0]["id"] == "eeg/things_eeg_2/vit_b_32/sub-01" and rows[-1]["family"] == "tvsd"
+    assert len(rows) == 17 and rows[0]["id"] == "eeg/things_eeg_2/vit_b_32/sub-01" and rows[-1]["family"] == "tvsd"
     families = {r["family"] for r in rows}
-    assert families == {"fwrf", "eeg", "fsaverage", "things_fmri", "meg", "tvsd"}  # one of each, NED's and BERG's
+    assert families == {"fwrf", "eeg", "fsaverage", "things_fmri", "meg", "tvsd",  # one of each, NED's and BERG's
+                        "fsaverage_alexnet_untrained"}
     assert next(r for r in rows if r["id"] == "eeg/things_eeg_2/vit_b_32/sub-04")["format"] == "berg"
     assert main(["make-demo-models", str(tmp_path / "ned_only"), "--ned-only"]) == 0
     capsys.readouterr()
@@ -64,10 +65,11 @@ def test_demo_command_runs_the_job_on_every_demo_model(tmp_path):
     from ned_ray.output import open_output
 
     output = open_output(str(tmp_path / "out"))
-    assert len(output.models) == 15 and output.manifest["images"] == {"total": 14, "ok": 14, "error": 0, "skipped": 0, "file": "images.parquet"}
+    assert len(output.models) == 17 and output.manifest["images"] == {"total": 14, "ok": 14, "error": 0, "skipped": 0, "file": "images.parquet"}
     assert output.responses("fmri/nsd/fwrf/sub-01/V1")[1].shape == (14, 48)
     assert len(list((tmp_path / "out" / "fmri/nsd/fwrf/sub-01/V1").glob("part-*.npy"))) == 2  # responses + index
     assert "images/s" in result.stdout
+    assert "fmri/nsd_fsaverage/alexnet_untrained/sub-01/lh" in result.stdout  # the demo shows an AlexNet model
     assert sorted(p.name for p in (tmp_path / "out" / "plots").iterdir()) == [
         "eeg_timecourses.png", "fmri_distributions.png", "fsaverage_distributions.png", "heatmap.png",
         "meg_timecourses.png", "things_fmri_distributions.png", "tvsd_timecourses.png"]  # one figure per family

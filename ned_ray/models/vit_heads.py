@@ -123,6 +123,18 @@ def read_head(family: str, weights: Any, metadata: Any, selection: Mapping[str, 
 
 
 # -- computing them together -----------------------------------------------------------------------
+READOUT_BLOCK = 1 << 23  # float64 weight values cast at a time (64 MB)
+
+
+def readout64(codes: torch.Tensor, coef: torch.Tensor, bias: torch.Tensor, block: int = READOUT_BLOCK) -> torch.Tensor:
+    """``codes @ coef + bias`` accumulated in float64, rounded once to float32: (B, k) float64 codes,
+    (k, n) float32 weights cast by blocks of output columns (never a float64 copy of a whole head)."""
+    out = torch.empty(codes.shape[0], coef.shape[1], dtype=torch.float32, device=codes.device)
+    step = max(1, block // max(1, coef.shape[0]))
+    for s in range(0, coef.shape[1], step):
+        out[:, s:s + step] = torch.addmm(bias[s:s + step].to(torch.float64), codes, coef[:, s:s + step].to(torch.float64))
+    return out
+
 @contextmanager
 def exact_float32(device: torch.device):
     """Full float32 products, even under autocast or with TF32 allowed (the projections are where
@@ -255,12 +267,14 @@ class HeadStack(nn.Module):
 
     @torch.inference_mode()
     def forward(self, features: torch.Tensor, codes: torch.Tensor | None = None) -> dict[str, dict[str, torch.Tensor]]:
-        """Every head's outputs; ``codes``: :meth:`codes` of these features, when already computed."""
+        """Every head's outputs; ``codes``: :meth:`codes` of these features, when already computed.
+        Each readout accumulates in float64 and rounds once to float32 (as NED's EEG regressions and
+        :func:`~ned_ray.output.codes.rebuild` do: an output stored as codes rebuilds to the same values)."""
         codes = self.codes(features) if codes is None else codes
-        with exact_float32(features.device):
-            pieces: dict[tuple[str, str], list[torch.Tensor]] = {}
-            for (name, part, code), coef, bias in zip(self.slots, self.coefs, self.biases):
-                pieces.setdefault((name, part), []).append(torch.addmm(bias, codes[:, code], coef))
+        wide = codes.to(torch.float64)
+        pieces: dict[tuple[str, str], list[torch.Tensor]] = {}
+        for (name, part, code), coef, bias in zip(self.slots, self.coefs, self.biases):
+            pieces.setdefault((name, part), []).append(readout64(wide[:, code], coef, bias))
         out: dict[str, dict[str, torch.Tensor]] = {}
         for (name, part), values in pieces.items():
             flat = torch.cat(values, dim=1) if len(values) > 1 else values[0]
