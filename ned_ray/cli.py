@@ -20,7 +20,7 @@ from typing import Sequence
 
 from tabulate import tabulate
 
-from .errors import JobInterrupted, NedRayError
+from .errors import JobInterrupted, NedRayError, OutputError
 from .families import BY_KEY
 from .job.options import add_encode_arguments
 from .modeldir import NedDir
@@ -108,6 +108,35 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .output import open_output
+    from .output.exports import parse_rows
+
+    options = {"mean": True} if args.mean else {}
+    if args.mean and args.to != "mne":
+        raise OutputError("--mean applies to --to mne only")
+    print(open_output(args.output).export(args.model, args.to, args.dest, parse_rows(args.images), **options))
+    return 0
+
+
+DEMO_EXPORTS = (  # one of each kind: (model, format, file, options)
+    ("fmri/nsd_fsaverage/vit_b_32/sub-01/lh", "gifti", "fsaverage_sub-01_lh.func.gii", {}),
+    ("fmri/nsd_fsaverage/alexnet_untrained/sub-01/rh", "mgh", "fsaverage_alexnet_untrained_sub-01_rh.mgz", {}),
+    ("fmri/things_fmri_1/vit_b_32/sub-01", "nifti", "things_fmri_sub-01.nii.gz", {}),
+    ("eeg/things_eeg_2/vit_b_32/sub-01", "mne", "eeg_sub-01-epo.fif", {}),
+    ("meg/things_meg_1/vit_b_32/sub-01/full", "mne", "meg_sub-01-ave.fif", {"mean": True}),
+    ("utah_array/tvsd/vit_b_32/sub-F", "netcdf", "tvsd_sub-F.nc", {}),
+    ("eeg/things_eeg_2/vit_b_32/sub-04", "zarr", "eeg_sub-04.zarr", {"mode": "w"}),
+)
+
+
+def _demo_exports(result, folder: Path) -> list[str]:
+    """The demo output in each export format (``ned-ray export``), into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return [result.export(model, to, str(folder / name), **options) for model, to, name, options in DEMO_EXPORTS
+            if model in result.models]
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     """The README's demo: demo models + built-in photographs as files -> the Ray encode job."""
     from .demo import make_demo_models, write_demo_images
@@ -137,6 +166,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print("figures: " + ", ".join(str(p) for p in plot_output(result, out / "plots")))
     except ImportError as exc:
         print(f"(no figures: {exc})")
+    try:
+        print("exports: " + ", ".join(_demo_exports(result, out / "exports")))
+    except ImportError as exc:
+        print(f"(no exports: {exc})")
     print(f"next: ned-ray inspect {out}   |   python examples/tutorial.py   |   "
           f"python -c \"import ned_ray; print(ned_ray.open_output('{out}').to_xarray('{result.models[-1]}'))\"")
     return 0
@@ -209,6 +242,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="an encode job's output folder")
     p.add_argument("--to", default=None, help="folder for the PNGs (default OUTPUT/plots; local)")
     p.add_argument("--models", default=None, help="comma-separated model ids (default: all in the output)")
+
+    p = _command(sub, "export", "one model of an output as GIFTI, MGH, NIfTI, MNE (FIF), netCDF or Zarr",
+                 ["ned-ray export out/ --model fmri/nsd_fsaverage/vit_b_32/sub-01/lh --to gifti --dest lh.func.gii",
+                  "ned-ray export out/ --model eeg/things_eeg_2/vit_b_32/sub-01 --to mne --images 0:100 --dest eeg-epo.fif",
+                  "ned-ray export out/ --model meg/things_meg_1/vit_b_32/sub-01/full --to mne --mean --dest meg-ave.fif",
+                  "ned-ray export out/ --model fmri/things_fmri_1/vit_b_32/sub-01 --to nifti --dest sub-01.nii.gz",
+                  "ned-ray export out/ --model utah_array/tvsd/vit_b_32/sub-F --to zarr --dest s3://bucket/tvsd.zarr"],
+                 _cmd_export)
+    p.add_argument("output", help="an encode job's output folder (local or fsspec URL)")
+    p.add_argument("--model", required=True, help="the model id to export")
+    p.add_argument("--to", required=True, choices=["gifti", "mgh", "nifti", "mne", "netcdf", "zarr"],
+                   help="gifti/mgh: fsaverage; nifti: NSD fwrf, THINGS-fMRI; mne: EEG, MEG, Utah arrays; netcdf/zarr: any")
+    p.add_argument("--dest", required=True, help="the file (or Zarr store) to write")
+    p.add_argument("--images", default=None, help="rows to export, START:END or i,j,k in output order (default all)")
+    p.add_argument("--mean", action="store_true", help="mne: one Evoked of the mean over the images")
 
     p = _command(sub, "demo", "run the encode job on demo models and built-in photos (no downloads)",
                  ["ned-ray demo --workdir .demo"], _cmd_demo)

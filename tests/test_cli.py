@@ -70,6 +70,9 @@ def test_demo_command_runs_the_job_on_every_demo_model(tmp_path):
     assert len(list((tmp_path / "out" / "fmri/nsd/fwrf/sub-01/V1").glob("part-*.npy"))) == 2  # responses + index
     assert "images/s" in result.stdout
     assert "fmri/nsd_fsaverage/alexnet_untrained/sub-01/lh" in result.stdout  # the demo shows an AlexNet model
+    exports = sorted(p.name for p in (tmp_path / "out" / "exports").iterdir())  # one export of each kind
+    assert exports == ["eeg_sub-01-epo.fif", "eeg_sub-04.zarr", "fsaverage_alexnet_untrained_sub-01_rh.mgz",
+                       "fsaverage_sub-01_lh.func.gii", "meg_sub-01-ave.fif", "things_fmri_sub-01.nii.gz", "tvsd_sub-F.nc"]
     assert sorted(p.name for p in (tmp_path / "out" / "plots").iterdir()) == [
         "eeg_timecourses.png", "fmri_distributions.png", "fsaverage_distributions.png", "heatmap.png",
         "meg_timecourses.png", "things_fmri_distributions.png", "tvsd_timecourses.png"]  # one figure per family

@@ -320,45 +320,36 @@ class Output:
                               "images.parquet's ok images; the output is damaged")
         return values[order].reshape(len(rows), *shape)
 
+    # -- exports (ned_ray.output.exports) ---------------------------------------------------------
+    def export(self, model_id: str | ModelId, to: str, dest: str, images: slice | list[int] | None = None,
+               **options: Any) -> str:
+        """Write one model as ``to`` (gifti, mgh, nifti, mne, netcdf, zarr) at ``dest``; ``images``:
+        the rows to export (default all). The formats and their options: :mod:`ned_ray.output.exports`."""
+        from .exports import EXPORTS
+
+        if to not in EXPORTS:
+            raise OutputError(f"unknown export format '{to}'; valid: {', '.join(EXPORTS)}")
+        return EXPORTS[to](self, model_id, dest, images, **options)
+
     def to_zarr(self, model_id: str | ModelId, store: str, chunks: int = 1024, **kwargs: Any) -> str:
-        """Write one model's responses, with their coordinates, as a Zarr store (a local path or any
-        fsspec URL; ``kwargs`` go to ``xarray.Dataset.to_zarr``, e.g. ``storage_options``), one chunk
-        of ``chunks`` images at a time. Needs xarray, dask and zarr (``pip install 'ned-ray[analysis]'``)."""
-        try:
-            import zarr  # noqa: F401
-        except ImportError:
-            raise MissingDependencyError("Output.to_zarr needs zarr: pip install 'ned-ray[analysis]'") from None
-        data = self.to_xarray(model_id, chunks=chunks)
-        dataset = data.to_dataset(name="responses")
-        dataset.attrs.update(data.attrs)
-        for name, coord in dataset.coords.items():  # names as variable-length strings (Zarr v3's specified string type)
-            if coord.dtype.kind == "U":
-                dataset = dataset.assign_coords({name: coord.astype(object)})
-        dataset.to_zarr(store, mode=kwargs.pop("mode", "w-"), consolidated=kwargs.pop("consolidated", False), **kwargs)
-        return store
+        """One model's responses with their coordinates as a Zarr store (:func:`~.exports.to_zarr`)."""
+        from .exports import to_zarr
+
+        return to_zarr(self, model_id, store, chunks=chunks, **kwargs)
 
     def to_nifti(self, model_id: str | ModelId, path: str, images: slice | list[int] | None = None,
                  fill: float = 0.0) -> str:
-        """Write fMRI responses as a 4-D NIfTI volume (x, y, z, image) in the subject's native space:
-        voxel v goes to the v-th True entry (C order) of NED's ``roi_mask_volume``, with NED's
-        ``fmri_affine``; everything else is ``fill``. ``images``: which rows (default all). Needs nibabel."""
-        try:
-            import nibabel as nib
-        except ImportError:
-            raise MissingDependencyError("Output.to_nifti needs nibabel: pip install 'ned-ray[analysis]'") from None
-        key = self._key(model_id)
-        meta = self.metadata(key)
-        if "fmri/roi_mask_volume" not in meta["npz"]:
-            raise OutputError(f"{key} is not an NSD fwrf model; only their responses map to NED's brain volume")
-        mask, affine = meta["npz"]["fmri/roi_mask_volume"].astype(bool), meta["npz"]["fmri/fmri_affine"]
-        _, values = self.responses(key)
-        values = values if images is None else values[images]
-        full = np.full((len(values), int(mask.sum())), fill, dtype=np.float32)
-        full[:, self.coords(key)["voxel"]] = values
-        volume = np.full((*mask.shape, len(values)), fill, dtype=np.float32)
-        volume[mask] = full.T  # boolean indexing walks the mask in C order, as NED's vol[mask] = response
-        nib.save(nib.Nifti1Image(volume, np.asarray(affine, dtype=np.float64)), path)
-        return path
+        """fMRI responses as a 4-D NIfTI volume (:func:`~.exports.to_nifti`)."""
+        from .exports import to_nifti
+
+        return to_nifti(self, model_id, path, images, fill)
+
+    def to_mne(self, model_id: str | ModelId, images: slice | list[int] | None = None, mean: bool = False,
+               repetition: int | None = None):
+        """An ``mne.EvokedArray`` (one image, or the mean) or ``mne.EpochsArray`` (:func:`~.exports.to_mne`)."""
+        from .exports import to_mne
+
+        return to_mne(self, model_id, images, mean, repetition)
 
     def _key(self, model_id: str | ModelId) -> str:
         key = str(model_id)
