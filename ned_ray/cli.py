@@ -99,10 +99,11 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 def _cmd_plot(args: argparse.Namespace) -> int:
     from .output import open_output
-    from .plots import plot_output
+    from .plots import TOPO_TIMES, plot_output
 
     models = [m.strip() for m in args.models.split(",")] if args.models else None
-    paths = plot_output(open_output(args.output), args.to or Path(args.output) / "plots", models)
+    times = tuple(float(t) for t in args.times.split(",")) if args.times else TOPO_TIMES
+    paths = plot_output(open_output(args.output), args.to or Path(args.output) / "plots", models, times=times)
     for path in paths:
         print(path)
     return 0
@@ -242,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="an encode job's output folder")
     p.add_argument("--to", default=None, help="folder for the PNGs (default OUTPUT/plots; local)")
     p.add_argument("--models", default=None, help="comma-separated model ids (default: all in the output)")
+    p.add_argument("--times", default=None, help="EEG/MEG topographies at these times in seconds (default 0.1,0.2,0.3,0.4)")
 
     p = _command(sub, "export", "one model of an output as GIFTI, MGH, NIfTI, MNE (FIF), netCDF or Zarr",
                  ["ned-ray export out/ --model fmri/nsd_fsaverage/vit_b_32/sub-01/lh --to gifti --dest lh.func.gii",

@@ -133,7 +133,7 @@ def _demo_vit(seed: int) -> VisionTransformer:
 
 def _berg_demo(fs, root: str, rng: np.random.Generator, scaler: dict, pca: dict, k: int) -> None:
     """One small model of each BERG family in BERG's layout (berg-spec §1, §4-§8), on the demo ViT's
-    features: BERG-format EEG (subject 4, a PCA per repetition), fsaverage (subject 1, 1,000
+    features: BERG-format EEG (subject 4, a PCA per repetition), fsaverage (subject 1, 163,842
     vertices per hemisphere), THINGS-fMRI (subject 1, 800 voxels), THINGS-MEG (subject 1, split
     'full', 271 sensors x 281 times), TVSD (monkey F, 1,024 electrodes x 300 times). Random weights."""
     variance = np.asarray(pca["explained_variance_"])
@@ -160,9 +160,9 @@ def _berg_demo(fs, root: str, rng: np.random.Generator, scaler: dict, pca: dict,
                                      "encoding_models": {"correlation_single_repetitions": acc,
                                                          "correlation_averaged_repetitions": acc.mean(0)}})
     from .families.fsaverage import FSAVERAGE_ROIS
-    from .families.meg import MEG_PREFIXES
+    from .families.meg import CTF_275
 
-    n = 1000
+    n = FSAVERAGE_VERTICES  # the whole hemisphere, so that surface figures paint the whole cortex
     save("modality-fmri/train_dataset-nsd_fsaverage/model-vit_b_32", "weights_subject-01.npy",
          {"scaler_param": scaler, "pca_param": pca, "lh_reg_param": regression(n), "rh_reg_param": regression(n)},
          "metadata_subject-01.npy", {"fmri": {"lh_ncsnr": rng.gamma(2, 0.25, n), "rh_ncsnr": rng.gamma(2, 0.25, n),
@@ -177,12 +177,13 @@ def _berg_demo(fs, root: str, rng: np.random.Generator, scaler: dict, pca: dict,
          {"scaler_param": scaler, "pca_param": pca, "reg_param": regression(n)},
          "metadata_sub-01.npy", {"fmri": {"voxel_coords": rng.integers(0, 60, (n, 3)), "n_voxels": n, "subject_id": 1},
                                  "roi": rois(things_rois, n), "encoding_model": {"correlation_results": rng.uniform(0, 0.6, n)}})
-    prefixes = np.asarray([MEG_PREFIXES[i % len(MEG_PREFIXES)] for i in range(271)])
+    sensors = CTF_275[:271]  # real CTF names, so that sensor topographies can place them
+    prefixes = np.asarray([name[:3] for name in sensors])
     regions = {"C": "Central", "F": "Frontal", "O": "Occipital", "P": "Parietal", "T": "Temporal"}
     save("modality-meg/train_dataset-things_meg_1/model-vit_b_32", "weights_P1_full.npy",
          {"scaler_param": scaler, "pca_param": pca, "reg_param": regression(271 * 281)},
          "metadata_P1.npy", {"meg": {"times": np.round(np.arange(281) * 0.005 - 0.1, 3), "subject_id": 1},
-                             "sensors": {"sensor_names": np.asarray([f"{p}{i:02d}-4408" for i, p in enumerate(prefixes)]),
+                             "sensors": {"sensor_names": np.asarray([f"{name}-4408" for name in sensors]),
                                          "sensor_prefixes": prefixes,
                                          "sensor_hemispheres": np.asarray([p[1] for p in prefixes]),
                                          "sensor_regions": np.asarray([regions[p[2]] for p in prefixes]), "n_sensors": 271},
@@ -195,6 +196,9 @@ def _berg_demo(fs, root: str, rng: np.random.Generator, scaler: dict, pca: dict,
                                   "roi": {"roi_assignments": assignments, "roi_labels": ["V1", "V4", "IT"]},
                                   "encoding_model": {"oracle": rng.uniform(0, 0.8, 1024),
                                                      "ncsnr": rng.gamma(2, 0.25, 1024)}})
+
+
+FSAVERAGE_VERTICES = 163_842  # per hemisphere
 
 
 def _fitted_projection(feats: np.ndarray, n_components: int) -> tuple[dict, dict, int]:
@@ -223,9 +227,9 @@ def _demo_views(images: np.ndarray) -> list[np.ndarray]:
 
 
 def _alexnet_demo(fs, root: str, rng: np.random.Generator, n_components: int) -> None:
-    """BERG's untrained-AlexNet fsaverage model (subject 1, 1,000 vertices per hemisphere): the real
+    """BERG's untrained-AlexNet fsaverage model (subject 1): the real
     untrained network (it needs no download), a scaler and PCA fitted to its features of the demo
-    photographs, random regressions."""
+    photographs, random regressions (the whole hemisphere: 163,842 vertices)."""
     from .families.alexnet import FSAVERAGE_ROIS
     from .models.alexnet import alexnet_features, untrained_alexnet
 
@@ -236,7 +240,7 @@ def _alexnet_demo(fs, root: str, rng: np.random.Generator, n_components: int) ->
     scaler, pca, k = _fitted_projection(feats, n_components)
     variance = np.asarray(pca["explained_variance_"])
     scale = 1 / math.sqrt(k) / np.sqrt(np.maximum(variance, variance[0] * 1e-2))
-    n = 1000
+    n = FSAVERAGE_VERTICES
     weights = {"scaler_param": scaler, "pca_param": pca}
     for h in ("lh", "rh"):
         weights[f"{h}_reg_param"] = {"coef_": (rng.normal(0, 1, (n, k)) * scale).astype(np.float32),

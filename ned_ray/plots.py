@@ -7,9 +7,13 @@ One figure per model family in the output:
   parietal, C central, T temporal, F/A frontal), with the spread (+-1 sd) across images.
 * ``meg_timecourses.png``: per MEG model, the same per sensor region (CTF names: MLO = left occipital).
 * ``tvsd_timecourses.png``: per Utah-array model, the same per array area (V1, V4, IT).
-* ``fmri_distributions.png`` (NSD fwrf), ``fsaverage_distributions.png``,
-  ``things_fmri_distributions.png``: the distribution of responses (all voxels or vertices x images)
-  per model.
+* ``fmri_distributions.png`` (NSD fwrf), ``things_fmri_distributions.png``: the distribution of
+  responses (all voxels x images) per model.
+* ``fsaverage_surface.png`` (and one per AlexNet fsaverage family): per subject, the mean response
+  over images on the inflated cortical surface, lateral and medial views of each hemisphere
+  (nilearn's bundled fsaverage5 mesh, whose 10,242 vertices are the first 10,242 of fsaverage).
+* ``eeg_topomaps.png``, ``meg_topomaps.png``: per model, scalp (EEG: standard 10-20 montage) or
+  sensor (MEG: the CTF-275 layout) topographies of the mean response at chosen times (MNE).
 * ``heatmap.png``: image x model, each model's mean response per image, z-scored across images.
 """
 
@@ -136,8 +140,102 @@ def _heatmap(out: Output, models: list[str], path: Path, max_images: int = 200) 
     plt.close(fig)
 
 
-def plot_output(out: Output, folder: str | os.PathLike, models: list[str] | None = None, seed: int = 0) -> list[Path]:
-    """Write the figures of ``out`` (restricted to ``models``) into ``folder``; returns the PNG paths."""
+FSAVERAGE5 = 10_242  # vertices per hemisphere of fsaverage5: the first 10,242 of fsaverage's
+TOPO_TIMES = (0.1, 0.2, 0.3, 0.4)  # seconds after image onset: the topographies' default times
+
+
+def _nilearn():
+    try:
+        from nilearn import datasets, plotting
+    except ImportError:
+        raise MissingDependencyError("surface figures need nilearn: pip install 'ned-ray[plot]'") from None
+    return datasets, plotting
+
+
+def _surface(out: Output, models: list[str], path: Path, what: str) -> None:
+    """Per subject a row: each hemisphere's mean response, lateral and medial views, on fsaverage5."""
+    from .output.exports import surface_maps
+
+    plt = _pyplot()
+    datasets, plotting = _nilearn()
+    mesh = datasets.load_fsaverage("fsaverage5")["inflated"]
+    ids = [ModelId.parse(m) for m in models]
+    subjects = sorted({m.subject for m in ids})
+    maps = {}
+    for mid in ids:
+        hemisphere, _, full = surface_maps(out, str(mid))
+        if full.shape[1] < FSAVERAGE5:
+            raise OutputError(f"{mid} has {full.shape[1]} vertices: not an fsaverage hemisphere (fsaverage5 needs "
+                              f"the first {FSAVERAGE5})")
+        maps[(mid.subject, hemisphere)] = np.nanmean(full[:, :FSAVERAGE5], axis=0)
+    finite = np.concatenate([v[np.isfinite(v)] for v in maps.values()])
+    vmax = float(np.percentile(np.abs(finite), 99)) if finite.size else 1.0
+    views = [("lh", "lateral"), ("lh", "medial"), ("rh", "lateral"), ("rh", "medial")]
+    fig, axes = plt.subplots(len(subjects), 4, figsize=(FIGSIZE[0], max(3.0, 2.6 * len(subjects))), dpi=DPI,
+                             subplot_kw={"projection": "3d"}, squeeze=False)
+    for row, subject in enumerate(subjects):
+        for col, (hemisphere, view) in enumerate(views):
+            ax = axes[row, col]
+            if (subject, hemisphere) not in maps:
+                ax.axis("off")
+                continue
+            plotting.plot_surf_stat_map(mesh, maps[(subject, hemisphere)], hemi={"lh": "left", "rh": "right"}[hemisphere],
+                                        view=view, axes=ax, figure=fig, colorbar=False, vmax=vmax, cmap="RdBu_r")
+            ax.set_title(f"sub-{subject:02d} {hemisphere} {view}" if isinstance(subject, int) else f"{subject}", fontsize=9)
+    mappable = plt.cm.ScalarMappable(cmap="RdBu_r", norm=plt.Normalize(-vmax, vmax))
+    fig.colorbar(mappable, ax=axes.ravel().tolist(), shrink=0.6, label="mean response over images")
+    fig.suptitle(f"{what}: mean response over {out.manifest['images']['ok']} images on the inflated surface "
+                 f"(fsaverage5: fsaverage's first {FSAVERAGE5} vertices; grey: not selected)\n{out.uri}", fontsize=10)
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+
+
+def _sensor_positions(mne, names: list[str]) -> np.ndarray:
+    """2-D positions of CTF MEG sensors (BERG's names, e.g. MLC11-4408) from MNE's CTF-275 layout."""
+    layout = mne.channels.read_layout("CTF-275")
+    where = {name.split("-")[0]: i for i, name in enumerate(layout.names)}
+    missing = [n for n in names if n.split("-")[0] not in where]
+    if missing:
+        raise OutputError(f"MEG sensors not in the CTF-275 layout: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    pos = layout.pos[[where[n.split("-")[0]] for n in names]]
+    centre = pos[:, :2] + pos[:, 2:] / 2
+    return (centre - centre.mean(0)) / np.ptp(centre, axis=0).max() * 0.19  # a head of radius ~0.1
+
+
+def _topomaps(out: Output, models: list[str], path: Path, what: str, times: tuple[float, ...]) -> None:
+    """Per model a row: the mean response's topography at each of ``times`` (nearest time point)."""
+    plt = _pyplot()
+    try:
+        import mne
+    except ImportError:
+        raise MissingDependencyError("topography figures need mne: pip install 'ned-ray[plot]'") from None
+    fig, axes = plt.subplots(len(models), len(times), figsize=(FIGSIZE[0], max(3.0, 2.8 * len(models))), dpi=DPI,
+                             squeeze=False)
+    for row, mid in enumerate(models):
+        evoked = out.to_mne(mid, mean=True)
+        data = evoked.data
+        if "mag" in evoked.get_channel_types():
+            pos, sphere = _sensor_positions(mne, evoked.ch_names), 0.1
+        else:
+            pos, sphere = evoked.info, None
+        vmax = float(np.percentile(np.abs(data), 99)) or 1.0
+        for col, t in enumerate(times):
+            ax = axes[row, col]
+            i = int(np.argmin(np.abs(evoked.times - t)))
+            image, _ = mne.viz.plot_topomap(data[:, i], pos, axes=ax, show=False, sphere=sphere, cmap="RdBu_r",
+                                            vlim=(-vmax, vmax), contours=4)
+            ax.set_title(f"{ModelId.parse(mid).label}\n{evoked.times[i] * 1000:.0f} ms", fontsize=8)
+        fig.colorbar(image, ax=axes[row].tolist(), shrink=0.7, label="mean response")
+    fig.suptitle(f"{what}: topographies of the mean response over {out.manifest['images']['ok']} images\n{out.uri}",
+                 fontsize=10)
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+
+
+def plot_output(out: Output, folder: str | os.PathLike, models: list[str] | None = None, seed: int = 0,
+                times: tuple[float, ...] = TOPO_TIMES) -> list[Path]:
+    """Write the figures of ``out`` (restricted to ``models``) into ``folder``; returns the PNG paths.
+    ``times``: the topographies' times in seconds."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     chosen = models or out.models
@@ -148,14 +246,18 @@ def plot_output(out: Output, folder: str | os.PathLike, models: list[str] | None
         raise OutputError(f"{out.uri} has no successfully encoded image to plot")
     written = []
     rng = np.random.default_rng(seed)
-    for family in (f for f in FAMILIES.values() if f.plot is not None):  # one figure per family, in registry order
+    for family in FAMILIES.values():  # one or two figures per family, in registry order
         members = [m for m in chosen if ModelId.parse(m).family == family]
-        if members:
-            path = folder / f"{family.plot.file}.png"
-            if family.plot.kind == "timecourses":
-                _timecourses(out, members, path, family.plot.caption)
+        for plot in (p for p in (family.plot, family.maps) if p is not None and members):
+            path = folder / f"{plot.file}.png"
+            if plot.kind == "timecourses":
+                _timecourses(out, members, path, plot.caption)
+            elif plot.kind == "surface":
+                _surface(out, members, path, plot.caption)
+            elif plot.kind == "topomaps":
+                _topomaps(out, members, path, plot.caption, times)
             else:
-                _distributions(out, members, path, family.plot.caption, rng)
+                _distributions(out, members, path, plot.caption, rng)
             written.append(path)
     _heatmap(out, chosen, folder / "heatmap.png")
     written.append(folder / "heatmap.png")

@@ -177,6 +177,22 @@ def alexnet_weights(alexnet_file: Path, monkeypatch: pytest.MonkeyPatch) -> Path
 
 
 @pytest.fixture(scope="session")
+def families_output(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every demo model (one of each family, AlexNet included) over the built-in photographs, with
+    the in-process executor; the ViT fsaverage models keep ROI V1v (the AlexNet ones every vertex)."""
+    from ned_ray import EncodeConfig, run_encode
+    from ned_ray.demo import make_demo_models, write_demo_images
+
+    root = tmp_path_factory.mktemp("families")
+    make_demo_models(str(root / "ned"), fmri_subjects=(1,), rois=("V1",), eeg_subjects=(1,), berg=True)
+    write_demo_images(root / "images")
+    run_encode(EncodeConfig(str(root / "ned"), str(root / "images"), "all", str(root / "out"), device="cpu",
+                            executor="local", shard_size=7, cpu_threads=1,
+                            berg_selection={"fmri/nsd_fsaverage/vit_b_32/*": {"roi": "V1v"}}))
+    return root / "out"
+
+
+@pytest.fixture(scope="session")
 def torch_home(tmp_path_factory: pytest.TempPathFactory, fixtures: Path) -> Path:
     """A TORCH_HOME whose hub cache holds the fixtures' ViT-B/32 weights (made by their script)."""
     home = tmp_path_factory.mktemp("torch_home")

@@ -170,15 +170,16 @@ def test_plot_writes_pngs_of_the_expected_size(demo_output, tmp_path, capsys):
     assert main(["plot", str(demo_output), "--to", str(tmp_path / "figs")]) == 0
     printed = capsys.readouterr().out.split()
     names = sorted(Path(p).name for p in printed)
-    assert names == ["eeg_timecourses.png", "fmri_distributions.png", "heatmap.png"]
+    assert names == ["eeg_timecourses.png", "eeg_topomaps.png", "fmri_distributions.png", "heatmap.png"]
     for path in printed:
         assert Path(path).stat().st_size > 20_000  # drawn, not blank
         with Image.open(path) as image:
-            assert image.size == (1200, 800) and image.format == "PNG"
+            assert image.size[0] == 1200 and image.format == "PNG"
+            assert image.size[1] == 800 or Path(path).name == "eeg_topomaps.png"  # a row per model
             pixels = np.asarray(image.convert("L"))
             assert pixels.std() > 10  # not a uniform canvas
     assert main(["plot", str(demo_output), "--to", str(tmp_path / "one"), "--models", "eeg/things_eeg_2/vit_b_32/sub-01"]) == 0
-    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == ["eeg_timecourses.png", "heatmap.png"]
+    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == ["eeg_timecourses.png", "eeg_topomaps.png", "heatmap.png"]
 
 
 def test_command_errors_exit_2_with_one_line(demo_output, demo_dir, tmp_path, capsys):

@@ -49,7 +49,9 @@ def test_each_family_states_what_the_job_and_the_apis_need(key):
     backbone = FWRF if key == "fwrf" else ALEXNET_UNTRAINED if key.endswith("untrained") else ALEXNET if "alexnet" in key \
         else VIT_B_32
     assert f.backbone == backbone
-    assert f.backbone in BACKBONES and f.input == f.backbone.input and f.plot.kind in ("timecourses", "distributions")
+    assert f.backbone in BACKBONES and f.input == f.backbone.input and f.plot.kind in ("timecourses", "distributions", "surface")
+    assert (f.plot.kind == "surface") == (f.variant == "hemisphere")  # fsaverage on the cortex
+    assert (f.maps is not None) == (f.key.split("_")[0] in ("eeg", "meg")) and (f.maps is None or f.maps.kind == "topomaps")
     assert (f.plot.kind == "timecourses") == ("time" in f.dims) == (f.plot.unit_groups is not None)
     assert bool(f.ned_options) == (f.ned_accuracy is not None) == (key in ("fwrf", "eeg"))  # NED's own two families
     assert f.repetitions == ("repetition" in f.dims)

@@ -23,13 +23,14 @@ def _variant(base: Family, backbone: Backbone, key: str, title: str, **changes) 
 
 
 def _eeg(backbone: Backbone, key: str, title: str) -> Family:
-    return _variant(eeg.FAMILY, backbone, key, title, plot=Plot("timecourses", f"{key}_timecourses", title, eeg.unit_groups))
+    return _variant(eeg.FAMILY, backbone, key, title, plot=Plot("timecourses", f"{key}_timecourses", title, eeg.unit_groups),
+                    maps=Plot("topomaps", f"{key}_topomaps", title))
 
 
 def _fsaverage(backbone: Backbone, key: str, title: str) -> Family:
     return _variant(fsaverage.FAMILY, backbone, key, title, select_rows=fsaverage.roi_rule(FSAVERAGE_ROIS),
                     accuracy=(("encoding_models", "{variant}_correlation_nsdcore"), "mean r (NSD core)"),
-                    plot=Plot("distributions", f"{key}_distributions", title))
+                    plot=Plot("surface", f"{key}_surface", title))
 
 
 FAMILIES = (

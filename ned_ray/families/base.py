@@ -57,9 +57,11 @@ BY_NAME = {b.name: b for b in BACKBONES}
 @dataclass(frozen=True)
 class Plot:
     """How ``ned-ray plot`` draws a family: ``timecourses`` (mean time course per group of units,
-    groups from ``unit_groups``) or ``distributions`` (response distribution per model)."""
+    groups from ``unit_groups``), ``distributions`` (response distribution per model), ``surface``
+    (mean response on the inflated cortical surface) or ``topomaps`` (scalp or sensor topographies at
+    chosen times)."""
 
-    kind: str  # "timecourses" or "distributions"
+    kind: str  # "timecourses", "distributions", "surface" or "topomaps"
     file: str  # the figure's file name, without .png
     caption: str
     unit_groups: Callable[[dict, dict], list[str]] | None = None  # (coords, output metadata) -> a group per unit
@@ -105,6 +107,7 @@ class Family:
     # BERG's rule with nothing selected (:meth:`response_shape`)
     labels: Callable[..., dict] | None = None  # (metadata, shape, resolved, kept) -> labels of each response axis
     plot: Plot | None = None
+    maps: Plot | None = None  # a second figure: topographies (EEG, MEG)
     pool: str | None = None  # the name of an actor pool that hosts only this family's models (else the input's)
     repetitions: bool = False  # responses have a leading repetition axis that BERG's selections leave whole
     ned_options: tuple[str, ...] = ()  # ned-ray's options selecting NED's models that apply (ned_ray.selection.ned)

@@ -89,4 +89,5 @@ FAMILY = Family(
     berg_files=BergFiles(re.compile(r"^weights_subject-(\d{2})\.npy$"), "weights_subject-{s:02d}.npy",
                          re.compile(r"^metadata_subject-(\d{2})\.npy$"), "metadata_subject-{s:02d}.npy"),
     full_shape=full_shape, labels=labels, plot=Plot("timecourses", "eeg_timecourses", "EEG", unit_groups), pool="eeg",
+    maps=Plot("topomaps", "eeg_topomaps", "EEG"),
     repetitions=True, ned_options=("channels", "times"), ned_accuracy=ned_accuracy)

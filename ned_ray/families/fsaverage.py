@@ -64,4 +64,4 @@ FAMILY = Family(
     accuracy=(("encoding_models", "{variant}_correlation"), "mean r"),
     berg_files=BergFiles(re.compile(r"^weights_subject-(\d{2})\.npy$"), "weights_subject-{s:02d}.npy",
                          re.compile(r"^metadata_subject-(\d{2})\.npy$"), "metadata_subject-{s:02d}.npy"),
-    variant_is_part=True, labels=labels, plot=Plot("distributions", "fsaverage_distributions", "NSD fMRI on fsaverage"))
+    variant_is_part=True, labels=labels, plot=Plot("surface", "fsaverage_surface", "NSD fMRI on fsaverage"))

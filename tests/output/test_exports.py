@@ -20,18 +20,8 @@ TVSD = "utah_array/tvsd/vit_b_32/sub-F"
 
 
 @pytest.fixture(scope="module")
-def output(tmp_path_factory):
-    """Every demo model over the built-in photographs (in-process executor); fsaverage ViT on V1v."""
-    from ned_ray import EncodeConfig, run_encode
-    from ned_ray.demo import make_demo_models, write_demo_images
-
-    root = tmp_path_factory.mktemp("exports")
-    make_demo_models(str(root / "ned"), fmri_subjects=(1,), rois=("V1",), eeg_subjects=(1,), berg=True)
-    write_demo_images(root / "images")
-    run_encode(EncodeConfig(str(root / "ned"), str(root / "images"), "all", str(root / "out"), device="cpu",
-                            executor="local", shard_size=7, cpu_threads=1,
-                            berg_selection={"fmri/nsd_fsaverage/vit_b_32/*": {"roi": "V1v"}}))
-    return open_output(str(root / "out"))
+def output(families_output):
+    return open_output(str(families_output))
 
 
 def test_fsaverage_to_gifti_and_mgh_on_the_whole_mesh(output, tmp_path):
