@@ -43,3 +43,14 @@ def test_select_globs_and_errors():
     with pytest.raises(UnknownModelError) as info:
         select(available, "fmri/nsd/fwrf/sub-01/PPA")
     assert "fmri/nsd/fwrf/sub-01/V1" in str(info.value) and "Valid model ids" in str(info.value)
+
+
+def test_alexnet_ids_and_globs():
+    from ned_ray.ids import select
+
+    ids = [ModelId.parse(t) for t in ("fmri/nsd_fsaverage/alexnet/sub-01/lh", "fmri/nsd_fsaverage/alexnet_untrained/sub-01/lh",
+                                      "fmri/nsd_fsaverage/vit_b_32/sub-01/lh", "eeg/things_eeg_2/alexnet_untrained/sub-02")]
+    assert ids[0].berg == ("fmri-nsd_fsaverage-alexnet", {"subject": 1}) and ids[3].family.key == "eeg_alexnet_untrained"
+    assert [str(m) for m in select(ids, "fmri-nsd_fsaverage-alexnet")] == ["fmri/nsd_fsaverage/alexnet/sub-01/lh"]
+    assert len(select(ids, "*/*/alexnet_untrained/*")) == 2 and len(select(ids, "*/*/alexnet_untrained/*/*")) == 1  # a subject: its hemispheres
+    assert len(select(ids, "fmri/nsd_fsaverage/*/sub-01/lh")) == 3

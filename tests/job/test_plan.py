@@ -185,3 +185,22 @@ def test_dry_run_prints_the_plan(ray_cluster, demo_dir, tmp_path, capsys):
     assert info["plan"]["device"] == "cpu" and info["plan"]["cluster"]["now"]["cpus"] == 2
     assert [p["name"] for p in info["plan"]["pools"]] == ["fmri", "eeg"]
     assert not (tmp_path / "out").exists()  # a dry run writes nothing
+
+
+def test_alexnet_and_vit_models_share_a_pool_with_one_pass_and_the_weights_of_each_backbone():
+    """BERG's AlexNet EEG subjects (0.9 GB files) beside ViT-B/32 models: one pool, each backbone's
+    weights counted once (ViT 350 MB, AlexNet 244 MB), one pass per backbone."""
+    alexnet = [ModelId("eeg", "things_eeg_2", "alexnet", s) for s in range(1, 5)]
+    untrained = [ModelId("fmri", "nsd_fsaverage", "alexnet_untrained", 1, h) for h in ("lh", "rh")]
+    vit = [ModelId("meg", "things_meg_1", "vit_b_32", 1, "full")]
+    models = alexnet + untrained + vit
+    sizes = {**{m: 902 * MB for m in alexnet}, **{m: 11 * MB for m in untrained}, vit[0]: 40 * MB}
+    shared = {"vit_b_32": 350 * MB, "alexnet": 244 * MB, "alexnet_untrained": 244 * MB}
+    config = EncodeConfig("berg", "images", "all", "out")
+    p = make_plan(config, models, ClusterShape.parse("8cpu+1gpu:24GB"), sizes, shared)
+    assert len(p.pools) == 1 and len(p.pools[0].models) == 7
+    assert p.pools[0].weights_bytes == sum(sizes.values()) + sum(shared.values())  # each backbone once
+    assert any("4 alexnet models share one alexnet pass" in n for n in p.notes)
+    assert any("2 alexnet_untrained models share one alexnet_untrained pass" in n for n in p.notes)
+    only = make_plan(config, alexnet, ClusterShape.parse("8cpu+1gpu:24GB"), sizes, shared)
+    assert only.pools[0].name == "alexnet" and only.pools[0].weights_bytes == 4 * 902 * MB + 244 * MB
