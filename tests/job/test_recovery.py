@@ -58,6 +58,13 @@ def _args(demo_dir, images: str, out: str, options: dict) -> list[str]:
             "--shard-size", str(SHARD), "--cpu-threads", "1", "--storage-options", json.dumps(options), "--quiet"]
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    """SIGINT handled by default in the driver, as in a terminal: a test suite started in the background
+    (``cmd &`` in a non-interactive shell, ``nohup``) runs with SIGINT ignored, which a child inherits and
+    Python then keeps (the job would rightly ignore the Ctrl-C it simulates)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _env() -> dict:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("RAY_ADDRESS", None)
@@ -148,7 +155,7 @@ def test_sigint_and_sigterm_stop_a_job_in_one_line_and_the_rerun_resumes(tmp_pat
     args = _args(demo_dir, str(tmp_path / "images"), out, {})
     driver = subprocess.Popen([sys.executable, "-m", "ned_ray.cli", "encode", *args, "--executor", executor],
                               env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              start_new_session=True)
+                              start_new_session=True, preexec_fn=_ctrl_c_as_in_a_terminal)
     fs = filesystem(out)[0]
     try:
         _wait(lambda: len(_listed(fs, f"{out}/_commits/images")) >= 2, "2 commits", driver)
