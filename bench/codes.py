@@ -6,6 +6,10 @@
 2. Real sizes: each family's real output count with BERG's 250-component PCAs (NED's EEG: one shared
    code; BERG's EEG: one PCA per repetition, 1,000 codes), random heads: bytes per image of float32
    responses vs codes (raw arrays, before Parquet), and ``rebuild()`` images/s on this machine's CPU.
+3. What accumulating the job's readouts in float64 costs (so that codes rebuild to the stored
+   responses exactly): one real-size readout (250 codes -> one fsaverage hemisphere) in float32 and
+   in float64 (``ned_ray.models.vit_heads.readout64``), beside a ViT-B/32 forward pass of the same
+   batch, side by side in one run, on this machine's CPU (torch threads as given).
 
     python bench/codes.py --images 512
 """
@@ -83,14 +87,52 @@ def real(batch: int) -> None:
         print(f"| {family} | {outputs * 4:,} | {width * 4:,} | {outputs / width:,.0f}x | {rate:,.0f} |")
 
 
+def readout_cost(batch: int, threads: int) -> None:
+    import torch
+    from torchvision.models import vit_b_32
+
+    from ned_ray.models.vit_heads import readout64
+
+    torch.set_num_threads(threads)
+    rng = np.random.default_rng(0)
+    codes = torch.as_tensor(rng.standard_normal((batch, 250), np.float32))
+    coef = torch.as_tensor(rng.standard_normal((250, 163_842), np.float32))
+    bias = torch.as_tensor(rng.standard_normal(163_842).astype(np.float32))
+    with torch.device("meta"):
+        vit = vit_b_32()
+    vit = vit.to_empty(device="cpu").eval()
+    x = torch.randn(batch, 3, 224, 224)
+
+    def best(fn, repeats: int = 3) -> float:
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        return min(times)
+
+    with torch.inference_mode():
+        f32 = best(lambda: torch.addmm(bias, codes, coef))
+        f64 = best(lambda: readout64(codes.double(), coef, bias))
+        backbone = best(lambda: vit(x), repeats=1)
+    print(f"\nreadout cost, {batch} images, {threads} torch thread(s): one fsaverage hemisphere (250 -> 163,842)\n")
+    print("| step | seconds | per image, ms | vs the ViT-B/32 pass |")
+    print("|---|---|---|---|")
+    for name, seconds in (("ViT-B/32 forward", backbone), ("readout, float32 accumulation", f32),
+                          ("readout, float64 accumulation (the job's)", f64)):
+        print(f"| {name} | {seconds:.3f} | {seconds / batch * 1000:.2f} | {seconds / backbone:.1%} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--batch", type=int, default=256, help="images per rebuild() call at real sizes")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads for the readout cost")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         demo(args.images, Path(tmp))
     real(args.batch)
+    readout_cost(64, args.threads)
 
 
 if __name__ == "__main__":

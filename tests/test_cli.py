@@ -74,12 +74,14 @@ def test_demo_command_runs_the_job_on_every_demo_model(tmp_path):
     assert exports == ["eeg_sub-01-epo.fif", "eeg_sub-04.zarr", "fsaverage_alexnet_untrained_sub-01_rh.mgz",
                        "fsaverage_sub-01_lh.func.gii", "meg_sub-01-ave.fif", "things_fmri_sub-01.nii.gz", "tvsd_sub-F.nc"]
     assert sorted(p.name for p in (tmp_path / "out" / "plots").iterdir()) == [
-        "eeg_timecourses.png", "fmri_distributions.png", "fsaverage_distributions.png", "heatmap.png",
-        "meg_timecourses.png", "things_fmri_distributions.png", "tvsd_timecourses.png"]  # one figure per family
+        "eeg_timecourses.png", "eeg_topomaps.png", "fmri_distributions.png", "fsaverage_alexnet_untrained_surface.png",
+        "fsaverage_surface.png", "heatmap.png", "meg_timecourses.png", "meg_topomaps.png", "things_fmri_distributions.png",
+        "tvsd_timecourses.png"]  # one or two figures per family
+
     assert output.coords("utah_array/tvsd/vit_b_32/sub-F")["time"][0] == -0.1
 
 
-COMMANDS = ("make-demo-models", "models", "encode", "inspect", "plot", "demo")
+COMMANDS = ("make-demo-models", "models", "encode", "inspect", "plot", "export", "demo")
 
 
 def test_help_lists_every_command_and_each_has_examples():
