@@ -1,7 +1,7 @@
 """Compact outputs (``--store codes``): bytes per image per model both ways, and rebuild throughput.
 
 1. The demo models (every family; random weights, PCAs of 16 components) over ``--images`` images
-   (the built-in photographs, repeated), stored as responses and as codes: bytes per image per model,
+   (random crops of the built-in photographs), stored as responses and as codes: bytes per image per model,
    measured from the part files (Parquet, zstd), and the rebuild rate of ``Output.responses`` from codes.
 2. Real sizes: each family's real output count with BERG's 250-component PCAs (NED's EEG: one shared
    code; BERG's EEG: one PCA per repetition, 1,000 codes), random heads: bytes per image of float32
@@ -46,9 +46,15 @@ def demo(images: int, work: Path) -> None:
     photos = write_demo_images(work / "photos")
     folder = work / "images"
     folder.mkdir()
-    for i in range(images):
-        source = photos[i % len(photos)]
-        (folder / f"{i:05d}{source.suffix}").write_bytes(source.read_bytes())
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(images):  # a different crop of a photograph each: no two images (or codes) are the same
+        with Image.open(photos[i % len(photos)]) as photo:
+            w, h = photo.size
+            side = int(min(w, h) * rng.uniform(0.6, 0.95))
+            x, y = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
+            photo.convert("RGB").crop((x, y, x + side, y + side)).save(folder / f"{i:05d}.jpg", quality=90)
     for store in ("responses", "codes"):
         t = time.perf_counter()
         run_encode(EncodeConfig(str(work / "ned"), str(folder), "all", str(work / store), device="cpu",
