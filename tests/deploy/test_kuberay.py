@@ -16,7 +16,7 @@ import yaml
 
 from ned_ray.job.options import add_encode_arguments
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CRD = REPO.parent / "shared" / "kuberay" / "ray.io_rayjobs.yaml"
 MANIFEST = REPO / "deploy" / "kuberay" / "rayjob.yaml"
 
