@@ -118,6 +118,8 @@ class EncodeConfig:
     create_output_bucket: bool = _option(RUN, "create the output's bucket if it does not exist (default: a missing "
                                               "bucket is an error)", False)
     ray_address: str | None = _option(RUN, "Ray cluster to join (default: $RAY_ADDRESS or a new local one)", None)
+    verbose: bool = _option(RUN, "show Ray's and Ray Data's own log lines and progress bars (default: ned-ray's "
+                                 "progress only)", False)
     executor: str = _option(RUN, "ray: Ray Data (a new local Ray instance, or the cluster of --ray-address/"
                                  "$RAY_ADDRESS); local: this process, no Ray; auto (default): local for jobs of at "
                                  "most 2,000 images on one machine with at most one GPU and no Ray cluster given, "

@@ -52,11 +52,26 @@ def connect(config: EncodeConfig) -> bool:
     this call started a Ray instance."""
     if ray.is_initialized():
         return False
+    quiet(config.verbose)
+    level = logging.INFO if config.verbose else logging.WARNING
     if config.ray_address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=config.ray_address, ignore_reinit_error=True, log_to_driver=False)
+        ray.init(address=config.ray_address, ignore_reinit_error=True, log_to_driver=False, logging_level=level)
         return False
-    ray.init(ignore_reinit_error=True, log_to_driver=False, include_dashboard=False)
+    ray.init(ignore_reinit_error=True, log_to_driver=False, include_dashboard=False, logging_level=level)
     return True
+
+
+def quiet(verbose: bool) -> None:
+    """Unless ``verbose``: Ray Data's progress bars and its INFO lines off (ned-ray shows one
+    progress display of its own, :mod:`ned_ray.job.progress`); warnings and errors still show."""
+    level = logging.INFO if verbose else logging.WARNING
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(level)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = verbose
+    for flag in ("enable_operator_progress_bars", "print_on_execution_start"):  # not in every Ray release
+        if hasattr(context, flag):
+            setattr(context, flag, verbose)
 
 
 class RayGroupEncoder(GroupEncoder):
@@ -172,6 +187,7 @@ class RayExecutor(Executor):
 
     def run(self, plan: Plan, stages: Stages) -> None:
         connect(self.config)
+        quiet(self.config.verbose)  # also on a Ray this process had joined before
         context = ray.data.DataContext.get_current()
         context.execution_options.resource_limits = context.execution_options.resource_limits.copy(
             object_store_memory=plan.queued_bytes)  # decoding runs ahead of the actors by a few blocks, no more
