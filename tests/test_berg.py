@@ -190,3 +190,18 @@ def test_a_malicious_pickle_in_a_berg_file_does_not_run(berg_dir, tmp_path, vit_
     with pytest.raises(ModelLoadError, match="weights_monkeyF.npy"):
         BERG(copy).get_encoding_model("utah_array-tvsd-vit_b_32", subject="F", device="cpu")
     assert not marker.exists()
+
+
+def test_the_calls_of_bergs_own_analysis_scripts(berg_dir, alexnet_berg_dir, berg_fixtures, vit_cache, alexnet_weights):
+    """As BERG's paper analyses call it (gifale95/BERG paper_analyses): a loop over subjects, an ROI by
+    name through ``selection``, ``encode`` with and without metadata, ``get_model_metadata``."""
+    images = np.load(berg_fixtures / "images_small.npy")
+    for directory, model_id in ((berg_dir, "fmri-nsd_fsaverage-vit_b_32"), (alexnet_berg_dir, "fmri-nsd_fsaverage-alexnet")):
+        berg = BERG(berg_dir=str(directory))
+        for sub in [1]:
+            model_ffa1 = berg.get_encoding_model(model_id, subject=sub, selection={'roi': 'FFA-1'})
+            lh, rh = berg.encode(model_ffa1, images)
+            (lh_meta, rh_meta), metadata = berg.encode(model_ffa1, images, return_metadata=True)
+            assert lh.shape[0] == rh.shape[0] == 4 and np.array_equal(lh, lh_meta) and "fmri" in metadata
+            assert lh.shape[1] == len(metadata["fmri"]["lh_fsaverage_rois"]["FFA-1"])
+            assert set(berg.get_model_metadata(model_id, subject=sub)) == set(metadata)
