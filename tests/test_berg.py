@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from ned_ray.berg import BERG, InvalidParameterError, ModelLoadError, ModelNotFoundError, StimulusError
+from ned_ray.families import BERG_IDS
 from ned_ray.safeload import Attributes, load_npy_dict
 
 from .conftest import ALEXNET_CASES, BERG_CASES, BERG_FIXTURES, PARITY, berg_expected, berg_runs, berg_selection
@@ -73,7 +74,7 @@ def test_catalogue_and_metadata(berg_dir, vit_cache, capsys):
     berg = BERG(berg_dir)
     here = berg.models_here()
     assert {"fmri-nsd_fsaverage-vit_b_32", "fmri-things_fmri_1-vit_b_32", "meg-things_meg_1-vit_b_32",
-            "utah_array-tvsd-vit_b_32"} == set(here)
+            "utah_array-tvsd-vit_b_32"} <= set(here) <= set(BERG_IDS)  # (+ EEG once its 1.9 GB file is made)
     assert here["meg-things_meg_1-vit_b_32"]["train_splits"] == ["full", "split2"]
     assert here["utah_array-tvsd-vit_b_32"]["subjects"] == ["F"]
     assert berg.describe("meg-things_meg_1-vit_b_32") is None  # BERG prints the card

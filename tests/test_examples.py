@@ -19,7 +19,7 @@ def test_tutorial_runs_on_the_demo(tmp_path):
     for heading in ("1. Browse", "2. Encode", "3. Metadata", "4. Plots", "5. EEG pairwise decoding"):
         assert heading in out
     assert "14 images encoded, 0 errors" in out
-    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["eeg_timecourses.png", "fmri_distributions.png",
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["eeg_timecourses.png", "eeg_topomaps.png", "fmri_distributions.png",
                                                                      "heatmap.png"]
     assert (tmp_path / "responses.nii.gz").stat().st_size > 0
     peak = float(out.split("peak accuracy ")[1].split("%")[0])

@@ -58,7 +58,7 @@ def test_nifti_export_puts_each_voxel_where_neds_mask_says(demo_output, tmp_path
         x, y, z = coords[v]
         assert volume[x, y, z, 1] == values[3, v]
     assert np.all(volume[~mask] == 0)
-    with pytest.raises(ValueError, match="not an NSD fwrf model"):
+    with pytest.raises(ValueError, match="is not a volume model .NSD fwrf or THINGS-fMRI."):
         out.to_nifti(EEG, str(tmp_path / "eeg.nii"))
 
 
