@@ -25,9 +25,7 @@ from torchvision.models import AlexNet, alexnet
 
 from ..errors import ModelLoadError
 from ..modeldir import MissingFileError, NedDir
-from ..safeload import load_torch_checkpoint
-from ..storage import cached_copy, is_local
-from .vit_eeg import vit_filesystem
+from .vit_eeg import first_existing, read_checkpoint
 
 __all__ = ["ALEXNET_FILENAME", "ALEXNET_ENV", "N_FEATURES", "UNTRAINED_SEED", "UNTRAINED_DIGEST", "find_alexnet_weights",
            "load_alexnet", "untrained_alexnet", "alexnet_features", "state_digest"]
@@ -79,10 +77,9 @@ def find_alexnet_weights(explicit: str | os.PathLike | None = None) -> str:
     hub_file = Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_FILENAME
     candidates = [str(explicit)] if explicit else ([os.environ[ALEXNET_ENV]] if os.environ.get(ALEXNET_ENV) else [])
     candidates.append(str(hub_file))
-    for candidate in candidates:
-        fs, path = vit_filesystem(candidate, None)
-        if fs.exists(path):
-            return candidate
+    found = first_existing(candidates, None)
+    if found is not None:
+        return found
     raise MissingFileError(
         f"AlexNet weights not found (looked at: {', '.join(candidates)}). BERG's trained AlexNet models need "
         f"torchvision's ImageNet AlexNet file '{ALEXNET_FILENAME}'. Copy it to '{hub_file}' (set TORCH_HOME to move "
@@ -92,13 +89,7 @@ def find_alexnet_weights(explicit: str | os.PathLike | None = None) -> str:
 
 def load_alexnet(location: str, ned: NedDir | None = None) -> AlexNet:
     """torchvision's AlexNet with the weights at ``location`` (``weights_only=True``; 16 tensors)."""
-    fs, path = vit_filesystem(location, ned)
-    if ned is not None and ned.cache_dir and not is_local(fs):
-        reader = open(cached_copy(fs, path, ned.cache_dir), "rb")
-    else:
-        reader = fs.open(path, "rb")
-    with reader as fh:
-        state = load_torch_checkpoint(fh, source=location)
+    state = read_checkpoint(location, ned)
     if not isinstance(state, dict) or "features.0.weight" not in state:
         raise ValueError(f"{location}: not a torchvision AlexNet state dict (no 'features.0.weight')")
     with torch.device("meta"):  # no random initialisation: the weights replace it

@@ -56,10 +56,9 @@ def find_vit_weights(explicit: str | os.PathLike | None = None, ned: NedDir | No
         if ned is not None and ned.exists(VIT_IN_NED_DIR):
             candidates.append(ned.uri(VIT_IN_NED_DIR))
         candidates.append(str(hub_file))
-    for candidate in candidates:
-        fs, path = vit_filesystem(candidate, ned)
-        if fs.exists(path):
-            return candidate
+    found = first_existing(candidates, ned)
+    if found is not None:
+        return found
     raise MissingFileError(
         f"ViT-B/32 weights not found (looked at: {', '.join(candidates)}). NED's EEG models need "
         f"torchvision's ImageNet ViT-B/32 file '{VIT_FILENAME}'. Copy it to '{hub_file}' (set TORCH_HOME "
@@ -76,19 +75,34 @@ def vit_filesystem(location: str, ned: NedDir | None):
     return fsspec.core.url_to_fs(location, **(ned.storage_options if same else {}))
 
 
+def first_existing(candidates: list[str], ned: NedDir | None) -> str | None:
+    """The first of ``candidates`` (paths or fsspec URLs) that exists, or None."""
+    for candidate in candidates:
+        fs, path = vit_filesystem(candidate, ned)
+        if fs.exists(path):
+            return candidate
+    return None
+
+
+def read_checkpoint(location: str, ned: NedDir | None = None) -> Any:
+    """A backbone's torch file at ``location`` (``weights_only=True``), copied once per node into
+    the NED directory's cache when it is remote and a cache is set, like NED's own files."""
+    fs, path = vit_filesystem(location, ned)
+    if ned is not None and ned.cache_dir and not is_local(fs):
+        reader = open(cached_copy(fs, path, ned.cache_dir), "rb")
+    else:
+        reader = fs.open(path, "rb")
+    with reader as fh:
+        return load_torch_checkpoint(fh, source=location)
+
+
 def load_vit(location: str, ned: NedDir | None = None) -> VisionTransformer:
     """A torchvision VisionTransformer with weights from ``location`` (``weights_only=True``).
 
     The architecture is read off the state dict: ViT-B/32 for NED's real weights, or the small ViT
     that ``make-demo-models`` writes (same structure, fewer layers and channels).
     """
-    fs, path = vit_filesystem(location, ned)
-    if ned is not None and ned.cache_dir and not is_local(fs):  # once per node, like NED's own files
-        reader = open(cached_copy(fs, path, ned.cache_dir), "rb")
-    else:
-        reader = fs.open(path, "rb")
-    with reader as fh:
-        state = load_torch_checkpoint(fh, source=location)
+    state = read_checkpoint(location, ned)
     if not isinstance(state, dict) or "conv_proj.weight" not in state:
         raise ValueError(f"{location}: not a torchvision ViT state dict (no 'conv_proj.weight')")
     hidden, _, patch, _ = state["conv_proj.weight"].shape
