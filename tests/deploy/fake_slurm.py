@@ -1,7 +1,7 @@
 """Slurm's ``srun`` and ``scontrol`` for one machine, to run deploy/slurm/ned-ray.sbatch as Slurm
 would on an allocation (tests/deploy/test_slurm.py): ``scontrol show hostnames node[1-2]`` expands
 the node list; ``srun [-w NODE] [options] CMD...`` runs CMD here with ``SLURMD_NODENAME`` set, as a
-step on NODE would. Installed as two executables on PATH by the test."""
+step on NODE would (in a session of its own). Installed as two executables on PATH by the test."""
 
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ def srun(argv: list[str]) -> None:
         else:
             i += 1 if "=" in argv[i] or argv[i] in ("--exclusive",) else 1
     os.environ["SLURMD_NODENAME"] = node
+    os.setsid()  # a step runs in its own session on its node: a signal to its group stays there
     os.execvp(argv[i], argv[i:])
 
 

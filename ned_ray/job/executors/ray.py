@@ -61,12 +61,37 @@ def connect(config: EncodeConfig) -> bool:
     return True
 
 
+# Ray Data's warnings about what ned-ray chose on purpose: its progress bars off (ned-ray shows its
+# own) and GPU actors that also reserve CPUs (each feeds its GPU from a CPU thread)
+_EXPECTED_WARNINGS = {
+    "ray.data._internal.progress": "Progress bars disabled",
+    "ray.data._internal.execution.operators.map_operator": "Specifying both num_cpus and num_gpus",
+}
+
+
+class _Drop(logging.Filter):
+    """Drops the records whose message starts with ``text``."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.text)
+
+
 def quiet(verbose: bool) -> None:
     """Unless ``verbose``: Ray Data's progress bars and its INFO lines off (ned-ray shows one
     progress display of its own, :mod:`ned_ray.job.progress`); warnings and errors still show."""
     level = logging.INFO if verbose else logging.WARNING
     for name in ("ray", "ray.data"):
         logging.getLogger(name).setLevel(level)
+    for name, text in _EXPECTED_WARNINGS.items():
+        logger = logging.getLogger(name)
+        for old in [f for f in logger.filters if isinstance(f, _Drop)]:
+            logger.removeFilter(old)
+        if not verbose:
+            logger.addFilter(_Drop(text))
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = verbose
     for flag in ("enable_operator_progress_bars", "print_on_execution_start"):  # not in every Ray release
