@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import fsspec
+import pytest
 
 from ned_ray.job.progress import ProgressReporter, format_progress
 from ned_ray.output.layout import COMMITS, IMAGES_WRITER
@@ -59,3 +63,29 @@ def test_format_progress():
         "encoded 512/10000 images (5.1%), 23.4 images/s, ETA 6m45s, 1 error, 0 skipped"
     assert "ETA 1h56m" in format_progress(10, 10_000, 7.0) and "ETA ?" in format_progress(0, 10, 1.0)
 
+
+@pytest.mark.slow
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_a_non_terminal_run_prints_few_lines_and_no_ray_chatter(executor, demo_dir, tmp_path):
+    """What `ray job submit` logs and a redirected run show: ned-ray's lines only, a bounded number."""
+    from ned_ray.demo import write_demo_images
+
+    write_demo_images(tmp_path / "imgs")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("RAY_ADDRESS", None)
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "ned_ray.cli", "encode", "--ned-dir", str(demo_dir), "--images",
+                             str(tmp_path / "imgs"), "--models", "fmri/nsd/fwrf/sub-01/V1,eeg/things_eeg_2/vit_b_32/sub-01",
+                             "--output", str(tmp_path / "o"), "--device", "cpu", "--shard-size", "4",
+                             "--executor", executor, "--progress-every", "2"],
+                            capture_output=True, text=True, timeout=900, env=env)
+    wall = time.monotonic() - started
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stderr.splitlines()
+    chatter = [line for line in lines if " INFO " in line or "Running" in line or "dataset_" in line or "row/s" in line
+               or "Token authentication" in line]
+    assert not chatter, result.stderr[-3000:]  # Ray's INFO lines, Ray Data's bars and its expected warnings: off
+    progress = [line for line in lines if line.startswith("encoded ")]
+    assert progress and progress[-1].startswith("encoded 14/14 images (100.0%)")
+    assert len(progress) <= wall / 2 + 2  # a line every --progress-every seconds, and the last one
+    assert len(lines) <= len(progress) + 8, result.stderr[-3000:]  # Ray's own C++ error line or two at most (README)

@@ -61,9 +61,11 @@ def connect(config: EncodeConfig) -> bool:
     return True
 
 
-# Ray Data's warnings about what ned-ray chose on purpose: its progress bars off (ned-ray shows its
-# own) and GPU actors that also reserve CPUs (each feeds its GPU from a CPU thread)
+# Ray's warnings about what ned-ray chose on purpose: Ray Data's progress bars off (ned-ray shows its
+# own), GPU actors that also reserve CPUs (each feeds its GPU from a CPU thread), and the token
+# authentication of a local Ray instance (Ray's default since 2.52) that the job starts and stops
 _EXPECTED_WARNINGS = {
+    "ray._private.authentication.authentication_token_setup": "Token authentication is enabled",
     "ray.data._internal.progress": "Progress bars disabled",
     "ray.data._internal.execution.operators.map_operator": "Specifying both num_cpus and num_gpus",
 }
