@@ -150,3 +150,21 @@ def test_a_job_in_process_runs_where_ray_cannot_be_imported(demo_dir, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "ran in this process, without Ray" in done.stdout
     assert (out / "_manifest.json").is_file()
+
+
+def test_the_ray_range_is_the_one_ci_tests():
+    """pyproject.toml's Ray range holds the oldest release `make test-ray-oldest` installs (its lower
+    bound) and the Ray these tests run on."""
+    import re
+
+    import ray
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    root = Path(__file__).resolve().parents[1]
+    (line,) = re.findall(r'"(ray\[[^"]+)"', (root / "pyproject.toml").read_text())
+    spec = Requirement(line).specifier
+    (oldest,) = re.findall(r"^RAY_OLDEST := (\S+)$", (root / "Makefile").read_text(), re.MULTILINE)
+    lower = min(Version(s.version) for s in spec if s.operator == ">=")
+    assert oldest in spec and Version(oldest).release[:2] == lower.release[:2], (oldest, str(spec))
+    assert ray.__version__ in spec, f"Ray {ray.__version__} is outside pyproject.toml's {spec}"

@@ -127,6 +127,10 @@ def test_a_second_job_on_a_busy_output_is_refused_in_one_line(store, ray_cluster
             assert "--force" in message and time.monotonic() - begun < 8  # within a renewal or two
             assert first.poll() is None, "the first job ended before the second was refused: use more images"
         log, _ = first.communicate(timeout=300)
+    except BaseException:
+        if first.poll() is not None:  # the first job ended early: its log says why
+            print(f"first job (exit {first.returncode}):\n{first.stdout.read()}")
+        raise
     finally:
         if first.poll() is None:
             os.killpg(first.pid, signal.SIGKILL)

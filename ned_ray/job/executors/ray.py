@@ -232,10 +232,12 @@ class RayExecutor(Executor):
                 compute=ray.data.ActorPoolStrategy(
                     min_size=pool.min_actors, max_size=pool.max_actors, initial_size=pool.initial_actors,
                     max_tasks_in_flight_per_actor=pool.max_tasks_in_flight,
-                    max_concurrent_calls_per_actor=pool.concurrent_calls,
                     enable_true_multi_threading=pool.concurrent_calls > 1),
                 num_gpus=pool.gpus_per_actor or None,
                 num_cpus=pool.cpus_per_actor,
+                # calls at once per actor, as a Ray actor option: what every Ray release of the
+                # supported range reads (ActorPoolStrategy's max_concurrent_calls_per_actor is newer)
+                max_concurrency=pool.concurrent_calls,
             )
         with _ray_data_errors_quiet():
             ds.write_datasink(ImagesDatasink(stages.sink), ray_remote_args={"num_cpus": plan.write_cpus})
