@@ -10,6 +10,7 @@ it is one live bar (tqdm); elsewhere (``ray job submit`` logs, files, pipes) one
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 import sys
 import threading
@@ -37,6 +38,14 @@ def _eta(seconds: float) -> str:
         return "?"
     hours, rest = divmod(int(seconds), 3600)
     return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s" if rest >= 60 else f"{rest}s"
+
+
+def _columns(stream: TextIO) -> int:
+    """The width of the terminal ``stream`` writes to (0 when it has none)."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, OSError, ValueError):
+        return 0
 
 
 class ProgressReporter:
@@ -82,8 +91,10 @@ class ProgressReporter:
         self._already = self.counts()
         self._start = self.clock()
         if self.bar:
-            self._tqdm = tqdm(total=self.total, unit="img", desc="encoding", file=self.stream, dynamic_ncols=True,
-                              smoothing=0.1)
+            sized = _columns(self.stream) > 0  # a terminal without a size yet (a fresh pty): 100x24, else tqdm hides the bar
+            self._tqdm = tqdm(total=self.total, unit="img", desc="encoding", file=self.stream, dynamic_ncols=sized,
+                              ncols=None if sized else 100, nrows=None if sized else 24, smoothing=0.1,
+                              postfix="0 errors, 0 skipped")
         self._thread.start()
         return self
 

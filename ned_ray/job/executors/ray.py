@@ -13,6 +13,7 @@ themselves (their type kept by Ray), in one line.
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import os
 import posixpath
@@ -20,6 +21,7 @@ import re
 import sys
 import time
 import uuid
+import warnings
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any, Callable, Iterable, TextIO
@@ -63,23 +65,24 @@ def connect(config: EncodeConfig) -> bool:
 
 # Ray's warnings about what ned-ray chose on purpose: Ray Data's progress bars off (ned-ray shows its
 # own), GPU actors that also reserve CPUs (each feeds its GPU from a CPU thread), and the token
-# authentication of a local Ray instance (Ray's default since 2.52) that the job starts and stops
+# authentication and object store share of a local Ray instance that the job starts and stops
 _EXPECTED_WARNINGS = {
-    "ray._private.authentication.authentication_token_setup": "Token authentication is enabled",
-    "ray.data._internal.progress": "Progress bars disabled",
-    "ray.data._internal.execution.operators.map_operator": "Specifying both num_cpus and num_gpus",
+    "ray._private.authentication.authentication_token_setup": ("Token authentication is enabled",),
+    "ray.data._internal.progress": ("Progress bars disabled",),
+    "ray.data._internal.execution.operators.map_operator": ("Specifying both num_cpus and num_gpus",),
+    "ray.data._internal.execution.resource_manager": ("⚠️  Ray's object store is configured",),  # Ray 2.55
 }
 
 
 class _Drop(logging.Filter):
-    """Drops the records whose message starts with ``text``."""
+    """Drops the records whose message starts with one of ``texts``."""
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, texts: tuple[str, ...]) -> None:
         super().__init__()
-        self.text = text
+        self.texts = texts
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(self.text)
+        return not str(record.msg).startswith(self.texts)
 
 
 def quiet(verbose: bool) -> None:
@@ -88,17 +91,35 @@ def quiet(verbose: bool) -> None:
     level = logging.INFO if verbose else logging.WARNING
     for name in ("ray", "ray.data"):
         logging.getLogger(name).setLevel(level)
-    for name, text in _EXPECTED_WARNINGS.items():
+    for name, texts in _EXPECTED_WARNINGS.items():
         logger = logging.getLogger(name)
         for old in [f for f in logger.filters if isinstance(f, _Drop)]:
             logger.removeFilter(old)
         if not verbose:
-            logger.addFilter(_Drop(text))
+            logger.addFilter(_Drop(texts))
+    warnings.filterwarnings("default" if verbose else "ignore", message="Tip: In future versions of Ray",
+                            category=FutureWarning)  # Ray 2.55's notice about CUDA_VISIBLE_DEVICES, at ray.init
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = verbose
     for flag in ("enable_operator_progress_bars", "print_on_execution_start"):  # not in every Ray release
         if hasattr(context, flag):
             setattr(context, flag, verbose)
+    detection = getattr(context, "issue_detectors_config", None)  # Ray Data's periodic hints (memory per actor,
+    if detection is not None:  # hanging tasks): ned-ray sizes its actors itself; the hints come back with --verbose
+        _DEFAULT_DETECTORS.setdefault("detectors", list(detection.detectors))
+        detection.detectors = list(_DEFAULT_DETECTORS["detectors"]) if verbose else []
+
+
+_DEFAULT_DETECTORS: dict[str, list] = {}  # Ray Data's own list, kept to restore it
+
+# calls one actor runs at once: an ActorPoolStrategy argument in newer Ray releases (the actor option
+# max_concurrency in Ray 2.55, deprecated as such in 2.60)
+_CALLS_IN_STRATEGY = "max_concurrent_calls_per_actor" in inspect.signature(ray.data.ActorPoolStrategy).parameters
+
+
+def _concurrency(calls: int) -> tuple[dict[str, int], dict[str, int]]:
+    """(ActorPoolStrategy arguments, map_batches arguments) for ``calls`` calls at once per actor."""
+    return ({"max_concurrent_calls_per_actor": calls}, {}) if _CALLS_IN_STRATEGY else ({}, {"max_concurrency": calls})
 
 
 class RayGroupEncoder(GroupEncoder):
@@ -225,6 +246,7 @@ class RayExecutor(Executor):
                             compute=ray.data.TaskPoolStrategy(size=plan.decode_concurrency))
         for stage in stages.encoders:
             pool = stage.pool
+            in_strategy, in_actor = _concurrency(pool.concurrent_calls)
             ds = ds.map_batches(
                 RayGroupEncoder,
                 fn_constructor_args=stage.args,
@@ -232,12 +254,10 @@ class RayExecutor(Executor):
                 compute=ray.data.ActorPoolStrategy(
                     min_size=pool.min_actors, max_size=pool.max_actors, initial_size=pool.initial_actors,
                     max_tasks_in_flight_per_actor=pool.max_tasks_in_flight,
-                    enable_true_multi_threading=pool.concurrent_calls > 1),
+                    enable_true_multi_threading=pool.concurrent_calls > 1, **in_strategy),
                 num_gpus=pool.gpus_per_actor or None,
                 num_cpus=pool.cpus_per_actor,
-                # calls at once per actor, as a Ray actor option: what every Ray release of the
-                # supported range reads (ActorPoolStrategy's max_concurrent_calls_per_actor is newer)
-                max_concurrency=pool.concurrent_calls,
+                **in_actor,
             )
         with _ray_data_errors_quiet():
             ds.write_datasink(ImagesDatasink(stages.sink), ray_remote_args={"num_cpus": plan.write_cpus})
