@@ -93,8 +93,8 @@ class ProgressReporter:
         if self.bar:
             sized = _columns(self.stream) > 0  # a terminal without a size yet (a fresh pty): 100x24, else tqdm hides the bar
             self._tqdm = tqdm(total=self.total, unit="img", desc="encoding", file=self.stream, dynamic_ncols=sized,
-                              ncols=None if sized else 100, nrows=None if sized else 24, smoothing=0.1,
-                              postfix="0 errors, 0 skipped")
+                              ncols=None if sized else 100, nrows=None if sized else 24, smoothing=0,
+                              postfix="0 errors, 0 skipped")  # smoothing=0: the average rate, as the plain lines (commits come in bursts)
         self._thread.start()
         return self
 
