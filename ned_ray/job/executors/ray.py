@@ -72,6 +72,7 @@ _EXPECTED_WARNINGS = {
     "ray.data._internal.execution.operators.map_operator": ("Specifying both num_cpus and num_gpus",),
     "ray.data._internal.execution.resource_manager": ("⚠️  Ray's object store is configured",),  # Ray 2.55
 }
+_DEFAULT_DETECTORS: dict[str, list] = {}  # Ray Data's own issue detectors, kept to restore them with --verbose
 
 
 class _Drop(logging.Filter):
@@ -86,8 +87,9 @@ class _Drop(logging.Filter):
 
 
 def quiet(verbose: bool) -> None:
-    """Unless ``verbose``: Ray Data's progress bars and its INFO lines off (ned-ray shows one
-    progress display of its own, :mod:`ned_ray.job.progress`); warnings and errors still show."""
+    """Unless ``verbose``: Ray Data's progress bars, its INFO lines and hints and the warnings of
+    ``_EXPECTED_WARNINGS`` off (ned-ray shows one progress display of its own,
+    :mod:`ned_ray.job.progress`); other warnings and errors still show."""
     level = logging.INFO if verbose else logging.WARNING
     for name in ("ray", "ray.data"):
         logging.getLogger(name).setLevel(level)
@@ -109,8 +111,6 @@ def quiet(verbose: bool) -> None:
         _DEFAULT_DETECTORS.setdefault("detectors", list(detection.detectors))
         detection.detectors = list(_DEFAULT_DETECTORS["detectors"]) if verbose else []
 
-
-_DEFAULT_DETECTORS: dict[str, list] = {}  # Ray Data's own list, kept to restore it
 
 # calls one actor runs at once: an ActorPoolStrategy argument in newer Ray releases (the actor option
 # max_concurrency in Ray 2.55, deprecated as such in 2.60)
