@@ -17,18 +17,26 @@ all build their paths here (paths are relative to ``OUT``, '/'-separated, on any
 
 Piece names depend only on image indexes, so a rerun rewrites the same names and never duplicates
 rows. Files being written on a local disk start with ``TMP_PREFIX`` until renamed into place.
+
+Every relative path an output's own files name (markers, the manifest) is checked with
+:func:`is_inside` and :func:`owns` before it is read or removed: a path that would leave ``OUT``
+(``..``, an absolute path, another bucket) or is not one of these names is damage, never followed.
+:func:`owns` is also what ``--overwrite`` removes: ned-ray's files, never a user's.
 """
 
 from __future__ import annotations
 
 import hashlib
+import posixpath
+import re
 from typing import Iterable
 
 from ..storage import TMP_PREFIX  # written by storage.write_bytes
 
 __all__ = ["MANIFEST", "JOB_FILE", "LISTING", "LEASE", "COMMITS", "IMAGE_PARTS", "IMAGES", "IMAGES_WRITER",
            "METADATA_JSON", "METADATA_NPZ", "TMP_PREFIX", "FORMAT_VERSION", "writer_key", "piece_name", "part",
-           "index_part", "image_part", "marker", "metadata_files", "piece_of", "code_part", "head_file", "HEAD"]
+           "index_part", "image_part", "marker", "metadata_files", "piece_of", "code_part", "head_file", "HEAD",
+           "PROBE_PREFIX", "is_inside", "is_piece", "is_writer_key", "is_model_folder", "owns"]
 
 FORMAT_VERSION = 1  # of what readers see (parts, images.parquet, manifest); markers are internal
 MANIFEST = "_manifest.json"
@@ -42,6 +50,12 @@ IMAGES_WRITER = "images"  # the image sink's marker folder under COMMITS
 METADATA_JSON = "metadata.json"
 METADATA_NPZ = "metadata.npz"
 HEAD = "head.npz"
+PROBE_PREFIX = ".ned-ray-probe-"  # OUT/.ned-ray-probe-<hex>: the Ray executor's check that every node sees OUT
+
+_PIECE = r"part-\d{5,}(?:-\d{9,})?"
+_TMP = re.compile(r"\.tmp-[0-9a-f]{32}-(?P<name>.+)")  # storage.write_bytes' and the lease's temporary names
+_TOP = {JOB_FILE, LISTING, LEASE, MANIFEST, IMAGES}
+_MODEL_FILE = re.compile(rf"{_PIECE}\.(?:parquet|npy|image_index\.npy|codes\.parquet)")
 
 
 def writer_key(models: Iterable[object]) -> str:
@@ -95,3 +109,56 @@ def marker(writer: str, piece: str) -> str:
 def metadata_files(model: object) -> tuple[str, str]:
     """A model's metadata: (JSON document, arrays)."""
     return f"{model}/{METADATA_JSON}", f"{model}/{METADATA_NPZ}"
+
+
+def is_piece(name: object) -> bool:
+    """Whether ``name`` is a piece name :func:`piece_name` makes."""
+    return isinstance(name, str) and re.fullmatch(_PIECE, name) is not None
+
+
+def is_writer_key(name: object) -> bool:
+    """Whether ``name`` is a marker folder :func:`writer_key` (or the image sink) makes."""
+    return isinstance(name, str) and (name == IMAGES_WRITER or re.fullmatch(r"models-[0-9a-f]{12}", name) is not None)
+
+
+def is_inside(rel: object) -> bool:
+    """Whether ``rel`` is a plain relative path below ``OUT``: '/'-separated names, none empty, ``.``
+    or ``..``; no leading '/', backslash, protocol, or control character. Joined to ``OUT`` it stays
+    inside ``OUT`` (and on object stores inside its bucket and prefix)."""
+    if not isinstance(rel, str) or not rel or rel.startswith("/") or "\\" in rel or "://" in rel:
+        return False
+    if any(ord(c) < 32 or ord(c) == 127 for c in rel):
+        return False
+    return all(part not in ("", ".", "..") for part in rel.split("/"))
+
+
+def is_model_folder(folder: str) -> bool:
+    """Whether ``folder`` is a model's folder: the string form of a valid model id."""
+    from ..ids import ModelId
+
+    try:
+        return str(ModelId.parse(folder)) == folder
+    except (ValueError, TypeError):
+        return False
+
+
+def owns(rel: str) -> bool:
+    """Whether ``OUT/rel`` is a file ned-ray writes in an output (by its name alone): the job's
+    records, listing, lease, manifest and images table, commit markers, image parts, a model's
+    parts, codes, head and metadata, the Ray executor's probe, and the temporary files of each.
+    ``--overwrite`` removes these and nothing else."""
+    if not is_inside(rel):
+        return False
+    folder, name = posixpath.split(rel)
+    temporary = _TMP.fullmatch(name)
+    name = temporary["name"] if temporary else name
+    if not folder:
+        return name in _TOP or (name.startswith(PROBE_PREFIX) and not temporary)
+    if folder == IMAGE_PARTS:
+        return re.fullmatch(rf"{_PIECE}\.parquet", name) is not None
+    head, _, writer = folder.partition("/")
+    if head == COMMITS:
+        return is_writer_key(writer) and re.fullmatch(rf"{_PIECE}\.json", name) is not None
+    if name in (METADATA_JSON, METADATA_NPZ, HEAD) or _MODEL_FILE.fullmatch(name):
+        return is_model_folder(folder)
+    return False

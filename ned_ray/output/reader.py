@@ -21,6 +21,7 @@ from ..errors import IncompleteOutputError, MissingDependencyError, ModelNotInOu
 from ..ids import ModelId
 from ..safeload import read_npy_header
 from ..storage import filesystem
+from ..text import printable
 from . import layout
 from .codes import CodeHead, rebuild, sha256
 
@@ -365,4 +366,35 @@ def open_output(uri: str, storage_options: dict[str, Any] | None = None) -> Outp
     if not fs.exists(path):
         raise IncompleteOutputError(f"'{uri}' is not a finished ned-ray output (no _manifest.json): the job did not "
                                     "complete; rerun the same command to resume it")
-    return Output(uri, json.loads(fs.cat_file(path)), storage_options or {})
+    try:
+        manifest = json.loads(fs.cat_file(path))
+    except ValueError:
+        raise OutputDamagedError(f"'{uri}': its _manifest.json is not JSON; the output is damaged: rerun the job "
+                                 "with --overwrite") from None
+    _check_manifest(uri, manifest)
+    return Output(uri, manifest, storage_options or {})
+
+
+def _check_manifest(uri: str, manifest: Any) -> None:
+    """Every file the manifest names is one of the output's own, inside it (``layout.owns``): a
+    manifest naming ``../x``, an absolute path or another bucket is damage, and nothing is read."""
+    def bad(what: str) -> OutputDamagedError:
+        return OutputDamagedError(f"'{uri}': its manifest {what}; the output is damaged (nothing read): rerun the job "
+                                  "with --overwrite, or use the output it came from")
+
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("models"), dict) or \
+            not isinstance(manifest.get("images"), dict):
+        raise bad("is not a ned-ray manifest")
+    if manifest["images"].get("file") != layout.IMAGES:
+        raise bad(f"names images file {printable(manifest['images'].get('file'))!r}, not {layout.IMAGES}")
+    for key, entry in manifest["models"].items():
+        if not layout.is_model_folder(key):
+            raise bad(f"names model {printable(key)!r}, which is not a model id")
+        parts = entry.get("parts", {}) if isinstance(entry, dict) else None
+        if not isinstance(parts, dict) or not all(isinstance(v, list) for v in parts.values()):
+            raise bad(f"lists the parts of {key} in another shape")
+        head = entry.get("head", {}).get("file", layout.head_file(key)) if isinstance(entry.get("head"), dict) else \
+            layout.head_file(key)
+        for rel in [p for paths in parts.values() for p in paths] + [head]:
+            if not (isinstance(rel, str) and layout.owns(rel) and posixpath.dirname(rel) == key):
+                raise bad(f"names {printable(rel)!r}, which is not a file of {key} inside the output")

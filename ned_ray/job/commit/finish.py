@@ -19,6 +19,7 @@ from ...output import layout
 from ...output.layout import COMMITS, FORMAT_VERSION, IMAGE_PARTS, IMAGES, IMAGES_WRITER, LEASE, MANIFEST, TMP_PREFIX
 from ...storage import fresh_exists, fresh_ls, parquet_bytes, write_bytes
 from .ledger import Ledger
+from .owned import remove
 
 __all__ = ["finalize", "device_summary"]
 
@@ -40,23 +41,27 @@ def _check_complete(ledger: Ledger, output: str, models: Sequence[ModelId], n_im
 
 def _remove_orphans(fs, root: str, models: Sequence[ModelId], ledger: Ledger) -> None:
     """Delete files a crashed run left behind (uncommitted pieces, temporary files in any of the
-    output's folders): readers never see them."""
-    folders: dict[str, set[str] | None] = {posixpath.join(root, IMAGE_PARTS): {m["piece"] for m in ledger.images()}}
+    output's folders): readers never see them. Only ned-ray's own names are removed (:mod:`.owned`)."""
+    folders: dict[str, set[str] | None] = {IMAGE_PARTS: {m["piece"] for m in ledger.images()}}
     for mid in models:
-        folders[posixpath.join(root, str(mid))] = {m["piece"] for m in ledger.model_markers(mid)}
+        folders[str(mid)] = {m["piece"] for m in ledger.model_markers(mid)}
     commits = posixpath.join(root, COMMITS)
-    for folder in [root] + (fresh_ls(fs, commits, detail=False) if fresh_exists(fs, commits) else []):
+    for folder in [""] + ([posixpath.relpath(f, root.rstrip("/")) for f in fresh_ls(fs, commits, detail=False)]
+                          if fresh_exists(fs, commits) else []):
         folders.setdefault(folder, None)  # only temporary files are removed here
+    leftovers = []
     for folder, committed in folders.items():
-        if not fresh_exists(fs, folder):
+        path = posixpath.join(root, folder) if folder else root
+        if not fresh_exists(fs, path):
             continue
-        for path in fresh_ls(fs, folder, detail=False):
-            name = posixpath.basename(path.rstrip("/"))
+        for found in fresh_ls(fs, path, detail=False):
+            name = posixpath.basename(found.rstrip("/"))
             if name.endswith(f"-{LEASE}"):
                 continue  # the lease's own temporary files are the lease's to remove (Lease.release)
             if name.startswith(TMP_PREFIX) or (committed is not None and name.startswith("part-")
                                                and layout.piece_of(name) not in committed):
-                fs.rm(path)
+                leftovers.append(posixpath.join(folder, name) if folder else name)
+    remove(fs, root, leftovers)
 
 
 def _precision_summary(precision: str, ledger: Ledger, models: Sequence[ModelId]) -> dict[str, Any]:

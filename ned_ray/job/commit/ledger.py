@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from ...errors import OutputExistsError
 from ...ids import ModelId
+from ...output import layout
 from ...output.layout import COMMITS, IMAGES_WRITER
 from ...output.layout import marker as marker_path
 from ...safeload import read_npy_header
@@ -68,10 +69,13 @@ class Ledger:
     """Every commit marker of an output, by writer."""
 
     markers: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # writer key -> markers
+    invalid: list[tuple[str, str]] = field(default_factory=list)  # (marker path, why): not followed
 
     @classmethod
     def read(cls, fs, root: str) -> "Ledger":
-        """All markers (from every run). Refuses the marker layout of older ned-ray versions."""
+        """All markers (from every run). Refuses the marker layout of older ned-ray versions. A marker
+        that is not one ned-ray wrote (unreadable, another shape, a path leading out of the output or
+        to a file of another piece) is listed in ``invalid`` and never followed."""
         folder = posixpath.join(root, COMMITS)
         if not fresh_exists(fs, folder):
             return cls()
@@ -82,11 +86,17 @@ class Ledger:
         paths = [p for e in entries if e["type"] == "directory" for p in fresh_ls(fs, e["name"], detail=False)
                  if p.endswith(".json") and not posixpath.basename(p).startswith(".")]
         markers: dict[str, list[dict[str, Any]]] = {}
+        invalid: list[tuple[str, str]] = []
         for path, data in (fs.cat(paths).items() if paths else ()):
-            markers.setdefault(posixpath.basename(posixpath.dirname(path)), []).append(json.loads(data))
+            key = posixpath.basename(posixpath.dirname(path))
+            marker, why = _checked(key, posixpath.basename(path), data)
+            if why:
+                invalid.append((path, why))
+            else:
+                markers.setdefault(key, []).append(marker)
         for found in markers.values():
             found.sort(key=lambda m: m["image_index"][0] if m["image_index"] else -1)
-        return cls(markers)
+        return cls(markers, invalid)
 
     def __bool__(self) -> bool:
         return any(self.markers.values())
@@ -152,15 +162,63 @@ class Ledger:
 
     def drop(self, fs, root: str, damaged: list[tuple[str, dict[str, Any], str]]) -> "Ledger":
         """Uncommit damaged markers (marker first, then their files): their rows are encoded again."""
+        from .owned import remove
+
         for key, marker, _ in damaged:
-            path = posixpath.join(root, marker_path(key, marker["piece"]))
-            if fs.exists(path):
-                fs.rm(path)
-            for rel in marker.get("files", {}):
-                if fs.exists(posixpath.join(root, rel)):
-                    fs.rm(posixpath.join(root, rel))
+            remove(fs, root, [marker_path(key, marker["piece"])])
+            remove(fs, root, list(marker.get("files", {})))
         gone = {id(m) for _, m, _ in damaged}
-        return Ledger({key: [m for m in found if id(m) not in gone] for key, found in self.markers.items()})
+        return Ledger({key: [m for m in found if id(m) not in gone] for key, found in self.markers.items()}, self.invalid)
+
+    def drop_invalid(self, fs, root: str) -> "Ledger":
+        """Remove the markers that are not ned-ray's (:attr:`invalid`): the marker files themselves,
+        inside the output's ``_commits/``, never a file they name."""
+        from .owned import remove
+
+        remove(fs, root, [posixpath.relpath(path, root.rstrip("/")) for path, _ in self.invalid])
+        return Ledger(self.markers)
+
+
+def _checked(key: str, name: str, data: bytes) -> tuple[dict[str, Any], str]:
+    """(marker, "") for a marker ned-ray wrote, else ({}, why): its folder a writer key, its piece its
+    own file name, its rows whole numbers, and every file it lists one of that piece's files inside
+    the output (the image sink's under ``_images/``, a model writer's in its models' folders)."""
+    try:
+        marker = json.loads(data)
+    except ValueError:
+        return {}, "not JSON"
+    if not isinstance(marker, dict):
+        return {}, "not a JSON object"
+    piece, files = marker.get("piece"), marker.get("files", {})
+    if not layout.is_writer_key(key):
+        return {}, f"'{key}' is not a writer's folder"
+    if not layout.is_piece(piece) or f"{piece}.json" != name:
+        return {}, f"its piece {piece!r} is not its own name"
+    index, ids = marker.get("image_index"), marker.get("image_id")
+    if not isinstance(index, list) or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in index):
+        return {}, "its image_index is not a list of image indexes"
+    if ids is not None and (not isinstance(ids, list) or len(ids) != len(index) or not all(isinstance(i, str) for i in ids)):
+        return {}, "its image_id is not a list of ids, one per image_index"
+    if not isinstance(files, dict) or not all(isinstance(v, int) for v in files.values()):
+        return {}, "its files are not a {path: bytes} object"
+    models = marker.get("models", [])
+    if key == IMAGES_WRITER:
+        folders = {layout.IMAGE_PARTS}
+        if not all(isinstance(marker.get(k, 0), int) for k in ("ok", "error", "skipped")) or "ok" not in marker:
+            return {}, "its ok/error/skipped counts are not numbers"
+    elif isinstance(models, list) and models and all(isinstance(m, str) and layout.is_model_folder(m) for m in models):
+        folders = set(models)
+        if not isinstance(marker.get("rows"), int):
+            return {}, "its rows are not a number"
+    else:
+        return {}, "its models are not model ids"
+    for rel in files:
+        if not layout.is_inside(rel):
+            return {}, f"it names a file outside the output: {rel!r}"
+        folder, base = posixpath.split(rel)
+        if folder not in folders or not layout.owns(rel) or layout.piece_of(base) != piece:
+            return {}, f"it names a file that is not one of its piece's: {rel!r}"
+    return marker, ""
 
 
 def _rows_in(fs, path: str) -> int:

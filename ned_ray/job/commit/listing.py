@@ -51,8 +51,8 @@ def write_listing(fs, root: str, listing: pa.Table) -> None:
 
 def reconcile(previous: pa.Table, current: pa.Table, output: str) -> tuple[pa.Table, int]:
     """The listing a rerun works on: the output's recorded listing (its image_index order kept), plus
-    images added to the input since, appended in sorted order; a listing recorded with other columns
-    (an earlier ned-ray) keeps its order and takes the columns of the input now. Returns (listing, number added).
+    images added to the input since, appended in sorted order; every row takes the columns of the
+    input now (the recorded listing gives only the order). Returns (listing, number added).
     Refuses, in one line, inputs that lost images or changed ones (other size or version).
     Compared with one Arrow join (no Python object per image)."""
     import pyarrow.compute as pc
@@ -75,9 +75,10 @@ def reconcile(previous: pa.Table, current: pa.Table, output: str) -> tuple[pa.Ta
                      if modified.num_rows else "")]
         raise ListingChangedError(f"the input changed since output '{output}' was started: {', '.join(parts)}, "
                                   f"{len(added)} added; use --overwrite to start over, or another --output")
-    if previous.schema != current.schema:  # recorded by an earlier ned-ray: its order, and how to read each image now
-        positions = previous.select(["image_id"]).append_column("position", pa.array(np.arange(previous.num_rows)))
-        previous = positions.join(current, keys="image_id", join_type="inner").sort_by("position").select(current.schema.names)
+    # the recorded listing gives the order; how to read each image (its URI, offset, skip) is the input's
+    # as listed now, never what the output's file says (an output received from elsewhere may name anything)
+    positions = previous.select(["image_id"]).append_column("position", pa.array(np.arange(previous.num_rows)))
+    previous = positions.join(current, keys="image_id", join_type="inner").sort_by("position").select(current.schema.names)
     if len(added) == 0:
         return previous, 0
     appended = current.filter(pc.is_in(current.column("image_id"), added)).sort_by("image_id")

@@ -58,12 +58,14 @@ from ...errors import JobInterrupted, LeaseLostError, ListingChangedError, Missi
 from ...ids import ModelId
 from ...output import layout
 from ...selection import Resolved
-from ...storage import bucket_of, filesystem, fresh_exists, fresh_ls, write_bytes
+from ...storage import bucket_of, filesystem, fresh_exists, write_bytes
+from ...text import printable
 from ..interrupts import shielded
 from ..metadata import model_files, recorded_files, write_model_metadata
 from ..options import EncodeConfig
 from ..plan import Plan
 from ..sources import ImageSource
+from . import owned
 from .finish import device_summary, finalize
 from .lease import Lease
 from .ledger import Ledger, Work
@@ -97,6 +99,8 @@ class OutputTransaction:
         with storage_errors("write the output to", self.uri):
             self.fs, self.root = filesystem(config.output, config.storage_options)
             self._check_bucket()
+            if config.overwrite:
+                self._refuse_holding_input()
 
     def _path(self, relative: str) -> str:
         return posixpath.join(self.root, relative)
@@ -117,6 +121,14 @@ class OutputTransaction:
                                      "create it, or pass --create-output-bucket")
         log.warning("creating output bucket %s://%s", protocol, bucket)
         self.fs.mkdir(bucket)
+
+    def _refuse_holding_input(self) -> None:
+        """``--overwrite`` replaces an output; an --output that is the input or holds it is a mistake."""
+        images_fs, images = filesystem(self.config.images, self.config.storage_options)
+        if owned.holds(self.fs, self.root, images_fs, images):
+            raise OutputExistsError(f"--output '{self.uri}' holds the job's input '{self.config.images}': --overwrite "
+                                    "replaces an output, not a folder with its images; choose an --output outside "
+                                    "the input (e.g. a new folder beside it)")
 
     def completed(self, source: ImageSource) -> dict[str, Any] | None:
         """The manifest of an output this exact job already completed, undamaged (its weights checked);
@@ -139,7 +151,8 @@ class OutputTransaction:
             return None
         if job.get("listing", {}).get("fingerprint") != listing_fingerprint(source.listing):
             return None
-        if Ledger.read(fs, self.root).damaged(fs, self.root):
+        ledger = Ledger.read(fs, self.root)
+        if ledger.invalid or ledger.damaged(fs, self.root):
             return None
         return json.loads(fs.cat_file(self._path(layout.MANIFEST)))
 
@@ -173,6 +186,12 @@ class OutputTransaction:
         with storage_errors("read the output at", self.uri):
             self._check_options()
             ledger = Ledger.read(fs, root)
+            if ledger.invalid:
+                path, why = ledger.invalid[0]
+                self._say(f"warning: {len(ledger.invalid)} commit marker(s) of {self.uri} are not ned-ray's (e.g. "
+                          f"{printable(posixpath.relpath(path, root.rstrip('/')))}: {printable(why)}); removing them, "
+                          "never the files they name")
+                ledger = ledger.drop_invalid(fs, root)
             source = self._reconcile_listing(source, ledger)
             self._check_marker_ids(ledger, source)
             damaged = ledger.damaged(fs, root)
@@ -200,11 +219,7 @@ class OutputTransaction:
         when it committed nothing (an attempt that failed early belongs to nobody)."""
         config, fs, root = self.config, self.fs, self.root
         if config.overwrite:
-            if fresh_exists(fs, root):
-                log.warning("overwriting %s", self.uri)
-                for entry in fresh_ls(fs, root, detail=False):  # everything but the lease this job holds
-                    if posixpath.basename(entry.rstrip("/")) != layout.LEASE:
-                        fs.rm(entry, recursive=True)
+            self._replace()
             return
         job_path = self._path(layout.JOB_FILE)
         if not fresh_exists(fs, job_path):
@@ -237,14 +252,27 @@ class OutputTransaction:
         self._say(f"{self.uri}: adding {len(added)} model(s) to the output ({', '.join(added[:3])}"
                   f"{', ...' if len(added) > 3 else ''}); the {len(held)} it holds keep their committed parts")
 
+    def _replace(self) -> None:
+        """``--overwrite``: remove the earlier output's own files (:mod:`.owned`), never a user's; say
+        which files of the folder were kept."""
+        own, foreign = owned.scan(self.fs, self.root)
+        removed = owned.remove(self.fs, self.root, own, keep=self._lease_files(own))
+        if removed:
+            log.warning("overwriting %s: removed %d file(s) of the earlier output", self.uri, removed)
+        if foreign:
+            self._say(f"{self.uri}: --overwrite replaces ned-ray's files only; kept {len(foreign)} other file(s) there "
+                      f"(e.g. {', '.join(printable(f) for f in foreign[:3])})")
+
     def _clear_attempt(self, previous: dict[str, Any]) -> None:
-        """Remove what a job that committed nothing wrote: its options, its models' metadata and any
-        uncommitted parts (only ned-ray's own files; model ids are re-validated, never used as raw paths)."""
-        folders = [str(ModelId.parse(m)) for m in previous.get("models", [])]
-        for path in [self._path(p) for p in [layout.COMMITS, layout.IMAGE_PARTS, layout.LISTING, *folders]]:
-            if fresh_exists(self.fs, path):
-                self.fs.rm(path, recursive=True)
-        self.fs.rm(self._path(layout.JOB_FILE))
+        """Remove what a job that committed nothing wrote: its options, listing, models' metadata and
+        any uncommitted parts (ned-ray's own files only, :mod:`.owned`)."""
+        own, _ = owned.scan(self.fs, self.root)
+        owned.remove(self.fs, self.root, own, keep=self._lease_files(own))
+
+    @staticmethod
+    def _lease_files(rels: list[str]) -> list[str]:
+        """The lease this job holds, and the temporary files of its renewals."""
+        return [r for r in rels if r == layout.LEASE or r.endswith(f"-{layout.LEASE}")]
 
     def _reconcile_listing(self, source: ImageSource, ledger: Ledger) -> ImageSource:
         """The listing this run works on: the output's recorded one plus appended images (invariant 7)."""

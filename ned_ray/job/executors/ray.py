@@ -31,6 +31,7 @@ from ray.data import Datasink
 from ray.data.block import BlockAccessor
 
 from ...errors import DeviceError, NedRayError, StorageError, storage_error
+from ...output.layout import PROBE_PREFIX
 from ...storage import filesystem, is_local, write_bytes
 from ..cluster import ClusterShape
 from ..commit.lease import local_ray_processes, ray_job_actors_alive
@@ -353,7 +354,7 @@ def check_paths_on_nodes(config: EncodeConfig, source: ImageSource, fs, root: st
     token = uuid.uuid4().hex
     probe_file = None
     if "--output" in local and is_local(fs):
-        probe_file = posixpath.join(root, f".ned-ray-probe-{token}")
+        probe_file = posixpath.join(root, f"{PROBE_PREFIX}{token}")
         write_bytes(fs, probe_file, token.encode())
         probes["--output"] = [probe_file]
     if "--images" in local:
