@@ -14,17 +14,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Sequence
 
 from tabulate import tabulate
 
-from .errors import JobInterrupted, NedRayError, OutputError
+from .errors import ConfigError, JobInterrupted, NedRayError, OutputError
 from .families import BY_KEY
 from .job.options import add_encode_arguments
 from .modeldir import NedDir
 from .summaries import format_plan, format_summary, model_summary, output_summary, plan_json
+from .text import printable
 
 
 def _cmd_make_demo_models(args: argparse.Namespace) -> int:
@@ -79,7 +81,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     rows = [{**m, "shape": "x".join(map(str, m["response_shape"]))} for m in info["models"]]
     print(_table(rows, [("id", "model"), ("rows", "rows"), ("shape", "response per image")]))
     for error in info["errors"][:args.max_errors]:
-        print(f"error: {error['image_id']}: {error['error']}")
+        print(f"error: {printable(error['image_id'])}: {printable(error['error'])}")
     if len(info["errors"]) > args.max_errors:
         print(f"... and {len(info['errors']) - args.max_errors} more errors (--max-errors, or --json for all)")
     options = info["options"]
@@ -102,11 +104,24 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     from .plots import TOPO_TIMES, plot_output
 
     models = [m.strip() for m in args.models.split(",")] if args.models else None
-    times = tuple(float(t) for t in args.times.split(",")) if args.times else TOPO_TIMES
+    times = _seconds(args.times, "--times") if args.times else TOPO_TIMES
+    if args.to is None and "://" in args.output and not args.output.startswith("file://"):
+        raise ConfigError(f"figures are written to a local folder: give --to DIR for the output '{args.output}'")
     paths = plot_output(open_output(args.output), args.to or Path(args.output) / "plots", models, times=times)
     for path in paths:
         print(path)
     return 0
+
+
+def _seconds(text: str, flag: str) -> tuple[float, ...]:
+    """``0.1,0.2``: seconds, comma-separated."""
+    try:
+        values = tuple(float(t) for t in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or not all(math.isfinite(v) for v in values):
+        raise ConfigError(f"{flag} must be seconds separated by commas (e.g. 0.1,0.2,0.3), got '{printable(text)}'")
+    return values
 
 
 def _cmd_export(args: argparse.Namespace) -> int:

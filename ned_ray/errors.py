@@ -21,6 +21,8 @@ Ctrl-C and SIGTERM stop a job as an interrupt does, and the command line exits 1
                            changed listing, held by another job (LeaseHeldError, LeaseLostError),
                            incomplete (IncompleteOutputError), damaged (OutputDamagedError)
       StorageError         a location that cannot be reached, read or written (with the errno's fix)
+      DestinationError     where an export or a figure is to go: a missing folder, a file for a folder,
+                           an existing store (DestinationExistsError)
       MissingDependencyError  an optional extra that is not installed
 """
 
@@ -34,7 +36,8 @@ __all__ = ["NedRayError", "ConfigError", "ModelIdError", "UnknownModelError", "M
            "MissingFileError", "UnsafePickleError", "ModelLoadError", "DeviceError", "ClusterError",
            "ClusterSpecError", "PlanError", "InputError", "NoImagesError", "OutputError", "OutputExistsError",
            "MissingBucketError", "ListingChangedError", "LeaseHeldError", "LeaseLostError", "IncompleteOutputError",
-           "OutputDamagedError", "StorageError", "MissingDependencyError", "JobInterrupted", "storage_error"]
+           "OutputDamagedError", "StorageError", "DestinationError", "DestinationExistsError",
+           "MissingDependencyError", "JobInterrupted", "storage_error"]
 
 
 class NedRayError(Exception):
@@ -137,6 +140,15 @@ class OutputDamagedError(OutputError, RuntimeError):
 
 class StorageError(NedRayError, OSError):
     """An input, model or output location cannot be reached, read or written."""
+
+
+class DestinationError(NedRayError, OSError):
+    """Where an export or figure is to be written cannot take it (no such folder, a file where a
+    folder is needed, or the reverse)."""
+
+
+class DestinationExistsError(DestinationError, FileExistsError):
+    """An export's destination exists and is not replaced unless asked."""
 
 
 class MissingDependencyError(NedRayError, ImportError):

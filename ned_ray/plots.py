@@ -29,6 +29,8 @@ from .families import FAMILIES
 from .families.eeg import channel_region
 from .ids import ModelId
 from .output import Output
+from .output.destination import check_folder, written
+from .text import printable
 
 __all__ = ["plot_output", "channel_groups", "FIGSIZE", "DPI"]
 
@@ -45,6 +47,21 @@ def _pyplot():
     except ImportError:
         raise MissingDependencyError("ned-ray plot needs matplotlib: pip install 'ned-ray[analysis]'") from None
     return plt
+
+
+def _label(text: object) -> str:
+    """Text from users' files (image ids, paths) as a figure label: one printable line, and no '$'
+    that matplotlib would read as mathematics."""
+    return printable(text).replace("$", r"\$")
+
+
+def _save(plt, fig, path: Path) -> None:
+    """Save a figure whole or not at all (:func:`~ned_ray.output.destination.written`)."""
+    try:
+        with written(path, flag="--to") as tmp:
+            fig.savefig(tmp, dpi=DPI, format="png")
+    finally:
+        plt.close(fig)
 
 
 def channel_groups(names: list[str] | np.ndarray) -> dict[str, np.ndarray]:
@@ -90,10 +107,9 @@ def _timecourses(out: Output, models: list[str], path: Path, what: str) -> None:
     for ax in axes.ravel()[len(models):]:
         ax.axis("off")
     axes[0, 0].set_ylabel("response (group mean)")
-    fig.suptitle(f"{what}: mean time course per group, +-1 sd across images\n{out.uri}", fontsize=10)
+    fig.suptitle(f"{what}: mean time course per group, +-1 sd across images\n{_label(out.uri)}", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def _distributions(out: Output, models: list[str], path: Path, what: str, rng: np.random.Generator,
@@ -111,10 +127,9 @@ def _distributions(out: Output, models: list[str], path: Path, what: str, rng: n
         body.set_facecolor(f"C{(ord(mid.subject) if isinstance(mid.subject, str) else mid.subject) % 10}")
     ax.set_xticks(range(1, len(labels) + 1), labels, fontsize=7 if len(labels) > 12 else 9, rotation=0)
     ax.set_ylabel("predicted response (all units x images)")
-    ax.set_title(f"{what}: response distribution per model (colour = subject)\n{out.uri}", fontsize=10)
+    ax.set_title(f"{what}: response distribution per model (colour = subject)\n{_label(out.uri)}", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def _heatmap(out: Output, models: list[str], path: Path, max_images: int = 200) -> None:
@@ -131,13 +146,12 @@ def _heatmap(out: Output, models: list[str], path: Path, max_images: int = 200) 
     image = ax.imshow(matrix, aspect="auto", cmap="RdBu_r", vmin=-3, vmax=3, interpolation="nearest")
     ax.set_xticks(range(len(models)), [ModelId.parse(m).label for m in models], rotation=60, ha="right", fontsize=7)
     if len(matrix) <= 40:
-        ax.set_yticks(range(len(matrix)), [str(n) for n in names[:len(matrix)]], fontsize=7)
+        ax.set_yticks(range(len(matrix)), [_label(n) for n in names[:len(matrix)]], fontsize=7)
     ax.set_ylabel(f"image ({len(matrix)} of {len(columns[0])})")
     fig.colorbar(image, ax=ax, label="mean response, z-scored across images")
-    ax.set_title(f"image x model: mean response per image\n{out.uri}", fontsize=10)
+    ax.set_title(f"image x model: mean response per image\n{_label(out.uri)}", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 FSAVERAGE5 = 10_242  # vertices per hemisphere of fsaverage5: the first 10,242 of fsaverage's
@@ -185,9 +199,8 @@ def _surface(out: Output, models: list[str], path: Path, what: str) -> None:
     mappable = plt.cm.ScalarMappable(cmap="RdBu_r", norm=plt.Normalize(-vmax, vmax))
     fig.colorbar(mappable, ax=axes.ravel().tolist(), shrink=0.6, label="mean response over images")
     fig.suptitle(f"{what}: mean response over {out.manifest['images']['ok']} images on the inflated surface "
-                 f"(fsaverage5: fsaverage's first {FSAVERAGE5} vertices; grey: not selected)\n{out.uri}", fontsize=10)
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+                 f"(fsaverage5: fsaverage's first {FSAVERAGE5} vertices; grey: not selected)\n{_label(out.uri)}", fontsize=10)
+    _save(plt, fig, path)
 
 
 def _sensor_positions(mne, names: list[str]) -> np.ndarray:
@@ -228,23 +241,21 @@ def _topomaps(out: Output, models: list[str], path: Path, what: str, times: tupl
         fig.colorbar(image, ax=axes[row].tolist(), shrink=0.7, label="mean response")
     fig.suptitle(f"{what}: topographies of the mean response over {out.manifest['images']['ok']} images\n{out.uri}",
                  fontsize=10)
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_output(out: Output, folder: str | os.PathLike, models: list[str] | None = None, seed: int = 0,
                 times: tuple[float, ...] = TOPO_TIMES) -> list[Path]:
     """Write the figures of ``out`` (restricted to ``models``) into ``folder``; returns the PNG paths.
     ``times``: the topographies' times in seconds."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     chosen = models or out.models
     unknown = [m for m in chosen if m not in out.models]
     if unknown:
         raise ModelNotInOutputError(f"{out.uri} has no model {', '.join(unknown)}; it has: {', '.join(out.models)}")
     if out.manifest["images"]["ok"] == 0:
         raise OutputError(f"{out.uri} has no successfully encoded image to plot")
-    written = []
+    folder = check_folder(folder)
+    paths = []
     rng = np.random.default_rng(seed)
     for family in FAMILIES.values():  # one or two figures per family, in registry order
         members = [m for m in chosen if ModelId.parse(m).family == family]
@@ -258,7 +269,7 @@ def plot_output(out: Output, folder: str | os.PathLike, models: list[str] | None
                 _topomaps(out, members, path, plot.caption, times)
             else:
                 _distributions(out, members, path, plot.caption, rng)
-            written.append(path)
+            paths.append(path)
     _heatmap(out, chosen, folder / "heatmap.png")
-    written.append(folder / "heatmap.png")
-    return written
+    paths.append(folder / "heatmap.png")
+    return paths

@@ -7,6 +7,13 @@ Each exporter takes an :class:`~ned_ray.output.reader.Output`, one model and opt
 (nibabel, mne, xarray). The libraries are optional (``pip install 'ned-ray[export]'``); a missing
 one is one error naming the extra. :data:`EXPORTS` maps each ``--to`` name of ``ned-ray export`` to
 its writer.
+
+The destination is checked before anything is read (:mod:`.destination`) and written under a
+temporary name, renamed into place when whole: a bad ``--dest``, rows that are not the model's, or
+a full disk are one line each, and leave nothing at ``--dest``. Image ids are stored verbatim where
+they are data (netCDF and Zarr coordinates, MNE metadata); where they are labels in markup (GIFTI
+names, MNE comments) non-printable characters are escaped (:func:`~ned_ray.text.printable`); a
+format that cannot hold an id says so.
 """
 
 from __future__ import annotations
@@ -14,9 +21,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from ..errors import MissingDependencyError, OutputError
+from ..errors import DestinationExistsError, MissingDependencyError, OutputError
 from ..ids import ModelId
+from ..text import printable
+from .destination import check_file, is_url, written
 
 if TYPE_CHECKING:
     from .reader import Output
@@ -47,15 +58,41 @@ def parse_rows(text: str | None) -> Rows:
         raise OutputError(f"--images must be START:END or a comma-separated list of rows, got '{text}'") from None
 
 
+def _describe(rows: Rows) -> str:
+    if isinstance(rows, slice):
+        return f"{'' if rows.start is None else rows.start}:{'' if rows.stop is None else rows.stop}"
+    return ",".join(str(int(r)) for r in np.asarray(rows).reshape(-1)[:5]) + (", ..." if np.size(rows) > 5 else "")
+
+
+def _positions(rows: Rows, n: int, key: str) -> np.ndarray | slice:
+    """The rows to export as positions in ``range(n)`` (all: ``slice(None)``); rows that are not the
+    model's, or none at all, are one line saying which rows it has."""
+    has = f"it has {n} image(s): rows 0 to {n - 1}" if n else "it has no image"
+    if rows is None:
+        if not n:
+            raise OutputError(f"no images to export from {key} ({has})")
+        return slice(None)
+    if isinstance(rows, slice):
+        if rows.step is not None and rows.step < 1:
+            raise OutputError(f"--images {_describe(rows)}: a range goes forward (START:END)")
+        picked = np.arange(n)[rows]
+    else:
+        picked = np.asarray(rows, np.int64).reshape(-1)
+        outside = picked[(picked < 0) | (picked >= n)]
+        if len(outside):
+            raise OutputError(f"--images {_describe(rows)}: {', '.join(map(str, outside[:3].tolist()))} "
+                              f"{'is' if len(outside) == 1 else 'are'} not a row of {key} ({has})")
+    if not len(picked):
+        raise OutputError(f"--images {_describe(rows)} selects no image of {key} ({has})")
+    return picked
+
+
 def _values(out: "Output", key: str, rows: Rows) -> tuple[np.ndarray, np.ndarray]:
     """(image ids, float32 responses) of ``rows`` of a model (all rows when None)."""
     index, values = out.responses(key)
+    picked = _positions(rows, len(index), key)
     ids = out.images().column("image_id").to_numpy(zero_copy_only=False)[index]
-    if rows is not None:
-        ids, values = ids[rows], values[rows]
-    if not len(values):
-        raise OutputError(f"no images to export from {key} (rows {rows!r} of {len(index)})")
-    return np.asarray(ids).astype(str), values
+    return np.asarray(ids[picked]).astype(str), values[picked]
 
 
 # -- surfaces ---------------------------------------------------------------------------------------
@@ -79,14 +116,16 @@ def to_gifti(out: "Output", model_id: str | ModelId, dest: str, rows: Rows = Non
     """A GIFTI functional file (``.func.gii``): one float32 data array per image, named by its
     image_id, on the hemisphere's whole mesh (NaN where the selection kept no vertex)."""
     nib = _need("nibabel", "export to GIFTI")
+    path = check_file(dest)
     hemisphere, ids, full = surface_maps(out, model_id, rows)
     structure = {"lh": "CortexLeft", "rh": "CortexRight"}[hemisphere]
     image = nib.gifti.GiftiImage(meta=nib.gifti.GiftiMetaData({"AnatomicalStructurePrimary": structure}))
     for name, values in zip(ids, full):
         image.add_gifti_data_array(nib.gifti.GiftiDataArray(
             values, intent="NIFTI_INTENT_NONE", datatype="NIFTI_TYPE_FLOAT32",
-            meta=nib.gifti.GiftiMetaData({"Name": str(name)})))
-    nib.save(image, dest)
+            meta=nib.gifti.GiftiMetaData({"Name": printable(name)})))  # XML holds no control character
+    with written(path) as tmp:
+        nib.save(image, str(tmp))
     return dest
 
 
@@ -94,8 +133,10 @@ def to_mgh(out: "Output", model_id: str | ModelId, dest: str, rows: Rows = None)
     """A FreeSurfer MGH/MGZ overlay: (vertices, 1, 1, images) float32 on the hemisphere's whole mesh
     (NaN where the selection kept no vertex); image ids are the output's order."""
     nib = _need("nibabel", "export to MGH")
+    path = check_file(dest)
     _, _, full = surface_maps(out, model_id, rows)
-    nib.save(nib.MGHImage(np.ascontiguousarray(full.T)[:, None, None, :], np.eye(4)), dest)
+    with written(path) as tmp:
+        nib.save(nib.MGHImage(np.ascontiguousarray(full.T)[:, None, None, :], np.eye(4)), str(tmp))
     return dest
 
 
@@ -107,6 +148,7 @@ def to_nifti(out: "Output", model_id: str | ModelId, dest: str, rows: Rows = Non
     ``fmri_affine``. THINGS-fMRI: voxel v goes to ``voxel_coords[v]`` of BERG's metadata, in a volume
     just large enough for them, in voxel coordinates (identity affine: the metadata gives no affine)."""
     nib = _need("nibabel", "export to NIfTI")
+    path = check_file(dest)
     key = out._key(model_id)
     npz = out.metadata(key)["npz"]
     if "fmri/roi_mask_volume" not in npz and "fmri/voxel_coords" not in npz:
@@ -125,7 +167,8 @@ def to_nifti(out: "Output", model_id: str | ModelId, dest: str, rows: Rows = Non
         volume = np.full((*(np.asarray(npz["fmri/voxel_coords"]).max(0) + 1), len(values)), fill, dtype=np.float32)
         volume[coords[:, 0], coords[:, 1], coords[:, 2]] = values.T  # a voxel selected twice holds its one value
         affine = np.eye(4)
-    nib.save(nib.Nifti1Image(volume, affine), dest)
+    with written(path) as tmp:
+        nib.save(nib.Nifti1Image(volume, affine), str(tmp))
     return dest
 
 
@@ -168,7 +211,7 @@ def to_mne(out: "Output", model_id: str | ModelId, rows: Rows = None, mean: bool
             info.set_montage(montage)
     data = values.astype(np.float64)
     if mean or len(data) == 1:
-        comment = f"{key}: mean of {len(data)} images" if len(data) > 1 else f"{key}: {ids[0]}"
+        comment = f"{key}: mean of {len(data)} images" if len(data) > 1 else f"{key}: {printable(ids[0])}"
         return mne.EvokedArray(data.mean(axis=0), info, tmin=times[0], nave=len(data), comment=comment, verbose=False)
     events = np.column_stack([np.arange(len(data)), np.zeros(len(data), int), np.ones(len(data), int)])
     metadata = None
@@ -184,20 +227,23 @@ def to_mne(out: "Output", model_id: str | ModelId, rows: Rows = None, mean: bool
 
 def write_mne(out: "Output", model_id: str | ModelId, dest: str, rows: Rows = None, mean: bool = False) -> str:
     """:func:`to_mne` saved as FIF: an Evoked to ``*-ave.fif``, Epochs to ``*-epo.fif`` (MNE's names)."""
+    path = check_file(dest)
     obj = to_mne(out, model_id, rows, mean)
     suffix = "-ave.fif" if type(obj).__name__ == "EvokedArray" else "-epo.fif"
     if not dest.endswith(suffix):
         kind = "one image or --mean gives an Evoked" if suffix == "-ave.fif" else "several images give Epochs"
         raise OutputError(f"--dest must end with '{suffix}' ({kind}; MNE reads files by these names), got '{dest}'")
-    obj.save(dest, overwrite=True, verbose=False)
+    with written(path) as tmp:
+        obj.save(str(tmp), overwrite=True, verbose=False)
     return dest
 
 
 # -- arrays: xarray ----------------------------------------------------------------------------------
 def _dataset(out: "Output", model_id: str | ModelId, rows: Rows, chunks: int | None = None):
     data = out.to_xarray(model_id, chunks=chunks)
+    picked = _positions(rows, data.sizes["image"], out._key(model_id))
     if rows is not None:
-        data = data.isel(image=rows)
+        data = data.isel(image=picked)
     dataset = data.to_dataset(name="responses")
     dataset.attrs.update(data.attrs)
     for name, coord in dataset.coords.items():  # names as variable-length strings (netCDF-4's and Zarr v3's)
@@ -207,19 +253,50 @@ def _dataset(out: "Output", model_id: str | ModelId, rows: Rows, chunks: int | N
 
 
 def to_netcdf(out: "Output", model_id: str | ModelId, dest: str, rows: Rows = None) -> str:
-    """A netCDF-4 file (h5netcdf) of one model: ``responses`` with its named axes and coordinates."""
+    """A netCDF-4 file (h5netcdf) of one model: ``responses`` with its named axes and coordinates.
+    Made in memory, then written whole (HDF5 does not survive a full disk mid-file)."""
     _need("h5netcdf", "export to netCDF")
-    _dataset(out, model_id, rows).to_netcdf(dest, engine="h5netcdf")
+    path = check_file(dest)
+    dataset = _dataset(out, model_id, rows)
+    ids = pa.array(dataset["image"].values, pa.string())
+    nul = ids.filter(pc.match_substring(ids, "\x00"))
+    if len(nul):
+        raise OutputError(f"netCDF cannot store image ids holding a NUL character ({len(nul)} of them, e.g. "
+                          f"'{printable(nul[0].as_py())}'); export --to zarr, which keeps them")
+    data = bytes(dataset.to_netcdf(engine="h5netcdf"))
+    with written(path) as tmp:
+        tmp.write_bytes(data)
     return dest
 
 
 def to_zarr(out: "Output", model_id: str | ModelId, dest: str, rows: Rows = None, chunks: int = 1024,
             **kwargs: Any) -> str:
     """A Zarr store (a local path or any fsspec URL; ``kwargs`` go to ``xarray.Dataset.to_zarr``, e.g.
-    ``storage_options``), written one chunk of ``chunks`` images at a time."""
+    ``storage_options``), written one chunk of ``chunks`` images at a time. An existing store is
+    replaced only with ``mode="w"``; a local store appears whole or not at all, a remote one that
+    fails part-way is removed."""
     _need("zarr", "export to Zarr")
+    mode = kwargs.pop("mode", "w-")
+    consolidated = kwargs.pop("consolidated", False)
+    if not is_url(dest):
+        path = check_file(dest, exists_ok=mode == "w", store=True)
+        dataset = _dataset(out, model_id, rows, chunks=chunks)
+        with written(path) as tmp:
+            dataset.to_zarr(str(tmp), mode="w-", consolidated=consolidated, **kwargs)
+        return dest
+    from ..storage import filesystem
+
+    fs, root = filesystem(dest, kwargs.get("storage_options"))
+    existed = fs.exists(root)
+    if existed and mode != "w":
+        raise DestinationExistsError(f"--dest '{dest}' already exists; remove it or choose another path")
     dataset = _dataset(out, model_id, rows, chunks=chunks)
-    dataset.to_zarr(dest, mode=kwargs.pop("mode", "w-"), consolidated=kwargs.pop("consolidated", False), **kwargs)
+    try:
+        dataset.to_zarr(dest, mode=mode, consolidated=consolidated, **kwargs)
+    except BaseException:
+        if not existed and fs.exists(root):
+            fs.rm(root, recursive=True)
+        raise
     return dest
 
 

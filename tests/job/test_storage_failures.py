@@ -101,3 +101,34 @@ def test_a_read_only_output_is_one_line_naming_it(demo_dir, images, tmp_path):
     err = (tmp_path / "run.err").read_text()
     assert (tmp_path / "run.rc").read_text().strip() == "2" and len(err.strip().splitlines()) == 1, err
     assert f"'{disk}/out" in err and "the filesystem is read-only" in err, err
+
+
+def _reader(command: str, log: str) -> str:
+    return f"{sys.executable} -m ned_ray.cli {command} > {log}.out 2> {log}.err; echo $? > {log}.rc"
+
+
+@needs_namespaces
+def test_reading_commands_on_full_and_read_only_disks_are_one_line_and_leave_nothing(families_output, tmp_path):
+    """``ned-ray export --to netcdf`` onto a full disk (HDF5 used to die there with a segmentation
+    fault), and ``ned-ray plot`` of an output kept on read-only media."""
+    full, media = tmp_path / "full", tmp_path / "media"
+    full.mkdir()
+    media.mkdir()
+    eeg = "eeg/things_eeg_2/vit_b_32/sub-01"
+    script = " && ".join([
+        f"mount -t tmpfs -o size=64k tmpfs {full}",  # the export is ~2 MB
+        _reader(f"export {families_output} --model {eeg} --to netcdf --dest {full}/eeg.nc", "export"),
+        f"ls -A {full} > export.left",
+        f"mount --bind {families_output} {media}", f"mount -o remount,bind,ro {media}",  # the output, read-only
+        _reader(f"plot {media} --models {eeg}", "plot"),
+        _reader(f"plot {media} --models {eeg} --to {tmp_path}/figures", "elsewhere"),
+    ])
+    done = _in_namespace(script, tmp_path)
+    assert done.returncode == 0, done.stderr
+    for log, fix in (("export", "the disk is full"), ("plot", "write the figures elsewhere with --to DIR")):
+        err = (tmp_path / f"{log}.err").read_text()
+        assert (tmp_path / f"{log}.rc").read_text().strip() == "2", err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err and fix in err, err
+    assert (tmp_path / "export.left").read_text() == ""  # no partial file, no temporary file
+    assert (tmp_path / "elsewhere.rc").read_text().strip() == "0", (tmp_path / "elsewhere.err").read_text()
+    assert (tmp_path / "figures" / "heatmap.png").exists()
