@@ -13,7 +13,13 @@ each image's byte range, and decode tasks read a shard's images with merged rang
 members in one request), never the whole shard per image. Nothing is silently lost:
 
 * a member whose bytes do not decode is an error row (decode's usual message);
-* a member cut off by the end of the shard reads short: an error row saying so;
+* a member whose header declares more bytes than the shard holds after it (the shard ends inside
+  it, or the header lies: a PAX size of 1 TiB) is a skipped row saying so, never read: no read is
+  larger than the shard, and its neighbours are read as usual; what follows such a header cannot
+  be located, so the rest of the shard is the unreadable tail;
+* a hard link is read as the member it links to, a symbolic link as the member of the same shard
+  it points to; a link to nothing in the shard, a device, a FIFO or another special member is a
+  skipped row naming its kind (folders are not inputs);
 * a shard whose tail holds no readable header (truncated within a header, or garbage) gets one
   skipped row ``<shard>/(unreadable tail)`` saying from which byte;
 * a sample without an image member is a skipped row naming the members it has;
@@ -82,31 +88,82 @@ class _RangeFile(io.RawIOBase):
 
 @dataclass(frozen=True)
 class ShardIndex:
-    """A shard's regular-file members (name, data offset, size) in archive order, and where its
-    readable part ends (``end``: the byte after the last member's blocks, or the archive's end)."""
+    """A shard's members (name, data offset, size, why it is not read or ''), folders left out, in
+    archive order: regular files and links resolved to one (the data of the member linked to) are
+    read; and where its readable part ends (``end``: the byte after the last member's blocks, or the
+    archive's end)."""
 
-    members: list[tuple[str, int, int]]
+    members: list[tuple[str, int, int, str]]
     size: int
     end: int
     problem: str = ""  # the shard is not a readable tar at all: why
 
 
+_KINDS = {tarfile.CHRTYPE: "a character device", tarfile.BLKTYPE: "a block device", tarfile.FIFOTYPE: "a FIFO"}
+
+
 def index_shard(fs, path: str, size: int) -> ShardIndex:
     """Read a shard's headers (not its data)."""
-    members: list[tuple[str, int, int]] = []
     raw = _RangeFile(fs, path, size)
     try:
         archive = tarfile.open(fileobj=raw, mode="r:")
     except tarfile.TarError as exc:
         return ShardIndex([], size, 0, f"not a readable tar file ({exc})")
+    files: dict[str, tuple[int, int]] = {}  # regular members by name (the first of a repeated name)
+    order: list[tuple[str, tarfile.TarInfo]] = []
+    end = None  # where a header that declares more data than the shard holds stops the reading
     with archive:
         try:
             for member in archive:
-                if member.isfile():
-                    members.append((member.name, member.offset_data, member.size))
-        except tarfile.ReadError:  # the last member's data runs past the end: it is listed, and reads short
+                if member.isdir():
+                    continue  # a folder is not an input
+                order.append((member.name, member))
+                if member.isreg() and member.offset_data + member.size > size:
+                    end = member.offset_data
+                    break
+                if member.isreg():
+                    files.setdefault(posixpath.normpath(member.name), (member.offset_data, member.size))
+        except tarfile.ReadError:  # the last member's data runs past the end: it is listed, and skipped below
             pass
-        return ShardIndex(members, size, archive.offset)
+        end = min(archive.offset, size) if end is None else end
+    links = [(name, member) for name, member in order if member.islnk() or member.issym()]
+    for _ in range(8):  # links to links (a symbolic link to a hard link GNU tar wrote): a few hops
+        found = {posixpath.normpath(name): files[_link_target(member, name)] for name, member in links
+                 if _link_target(member, name) in files and posixpath.normpath(name) not in files}
+        if not found:
+            break
+        files.update(found)
+    members = []
+    for name, member in order:
+        reason = _not_read(member, name, files, size)
+        target = files.get(_link_target(member, name)) if member.islnk() or member.issym() else None
+        members.append((name, *(target or ((0, 0) if reason else (member.offset_data, member.size))), reason))
+    return ShardIndex(members, size, end)
+
+
+def _link_target(member: tarfile.TarInfo, name: str) -> str:
+    """The member a link names (normalised): a hard link's is an archive path, a symbolic link's is
+    relative to its folder."""
+    if member.islnk():
+        return posixpath.normpath(member.linkname)
+    return posixpath.normpath(posixpath.join(posixpath.dirname(name), member.linkname))
+
+
+def _not_read(member: tarfile.TarInfo, name: str, files: dict[str, tuple[int, int]], size: int) -> str:
+    """Why a member is not read ('' when it is): past the shard's end, a link to nothing in the
+    shard, or a special file."""
+    if member.isreg():
+        left = max(0, size - member.offset_data)
+        if member.size > left:
+            return (f"truncated or corrupt tar shard: the member's header declares {member.size} bytes but the shard "
+                    f"holds {left} after it (the shard ends inside it, or its header is corrupt); not read")
+        return ""
+    if member.islnk() or member.issym():
+        kind = "a hard link" if member.islnk() else "a symbolic link"
+        if _link_target(member, name) in files:
+            return ""
+        return f"{kind} to '{member.linkname}', which is not a file of this shard; not read"
+    return f"{_KINDS.get(member.type, 'a special member')} in the tar shard, not a file; not read"
 
 
 def index_shards(fs, shards: list[tuple[str, int]], threads: int = INDEX_THREADS) -> list[ShardIndex]:
@@ -135,20 +192,23 @@ def sample_rows(fs, path: str, shard_id: str, index: ShardIndex, readable: tuple
     """One row per sample of a shard: (image id, data offset, size, skip reason or '')."""
     if index.problem:
         return [(shard_id, 0, index.size, index.problem)]
-    samples: dict[str, dict[str, tuple[int, int]]] = {}
-    for name, offset, size in index.members:
+    samples: dict[str, dict[str, tuple[int, int, str]]] = {}
+    for name, offset, size, reason in index.members:
         key, extension = _key(name)
-        samples.setdefault(key, {}).setdefault(extension, (offset, size))  # a repeated member: the first one
+        samples.setdefault(key, {}).setdefault(extension, (offset, size, reason))  # a repeated member: the first one
     order = {ext.lstrip("."): i for i, ext in enumerate(readable)}
     rows = []
     for key, members in samples.items():
-        images = sorted((e for e in members if e.rsplit(".", 1)[-1] in order), key=lambda e: order[e.rsplit(".", 1)[-1]])
+        images = sorted((e for e in members if e.rsplit(".", 1)[-1] in order),  # a readable one first
+                        key=lambda e: (bool(members[e][2]), order[e.rsplit(".", 1)[-1]]))
         if images:
-            offset, size = members[images[0]]
-            rows.append((f"{shard_id}/{key}", offset, size, ""))
+            offset, size, reason = members[images[0]]
+            rows.append((f"{shard_id}/{key}", offset, size, reason))
         else:
             has = ", ".join(f".{e}" if e else "(no extension)" for e in members)
-            rows.append((f"{shard_id}/{key}", 0, 0, f"no image member in this tar sample (it has {has})"))
+            notes = [f"{f'.{e}' if e else '(no extension)'}: {m[2]}" for e, m in members.items() if m[2]]
+            rows.append((f"{shard_id}/{key}", 0, 0, f"no image member in this tar sample (it has {has})"
+                         + (f"; {notes[0]}" if notes else "")))
     if not _tail_is_padding(fs, path, index):
         rows.append((f"{shard_id}/{TAIL}", index.end, index.size - index.end,
                      f"truncated or corrupt tar shard: no readable tar header at byte {index.end} of {index.size} "

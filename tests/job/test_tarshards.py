@@ -1,9 +1,12 @@
 """WebDataset tar shards as --images: indexed once by their headers, read by ranged reads, every
-member accounted for (a corrupt member, a member cut by the shard's end, an unreadable tail)."""
+member accounted for (a corrupt member, a member cut by the shard's end, an unreadable tail, a header
+that lies about its size, links and special members)."""
 
 from __future__ import annotations
 
 import io
+import os
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -89,14 +92,16 @@ def test_every_member_of_the_shards_is_listed_with_its_fate(shards):
     assert rows["shard-0001.tar/s002"] == "no image member in this tar sample (it has .json, .cls)"
     tail = rows[f"shard-0002.tar/{tarshards.TAIL}"]
     assert tail.startswith("truncated or corrupt tar shard: no readable tar header at byte")
-    assert len(source) == len(good) + 4  # + the corrupt member, the sample without image, the tail, the cut image
+    # + the corrupt member, the sample without image, the tail, the cut image and the tail its header starts
+    assert len(source) == len(good) + 5
     items = dict(zip(source.ids, source.read(0, len(source))))
     for image_id, data in good.items():
         assert items[image_id] == data  # the member's exact bytes
     assert isinstance(items["shard-0001.tar/s002"], Skipped)
     assert decode_image(items["shard-0001.tar/s001"])[1] == "not an image: Pillow cannot identify the file format"
-    cut = items["shard-0003.tar/s002"]
-    assert isinstance(cut, ValueError) and "the shard ends inside it" in str(cut)
+    cut = items["shard-0003.tar/s002"]  # never read: its header declares more than the shard holds
+    assert isinstance(cut, Skipped) and "the shard ends inside it, or its header is corrupt" in cut.reason
+    assert rows["shard-0003.tar/(unreadable tail)"].startswith("truncated or corrupt tar shard")
     assert source.listing.column("version").to_pylist()[0] != ""  # the shard's identity: a changed shard is seen
 
 
@@ -119,10 +124,10 @@ def test_a_shard_is_indexed_from_its_headers_and_read_in_merged_ranges(shards):
     fs = _Counting(skip_instance_cache=True)
     _Counting.read = _Counting.requests = 0
     index = tarshards.index_shard(fs, path, size)
-    assert [name for name, _, _ in index.members][:3] == ["s000.png", "s000.cls", "s000.json"]
+    assert [name for name, _, _, _ in index.members][:3] == ["s000.png", "s000.cls", "s000.json"]
     assert _Counting.read < 0.25 * size and _Counting.requests <= 6  # headers only, ~one request per sample
     _Counting.read = _Counting.requests = 0
-    images = [(offset, length) for name, offset, length in index.members if name.endswith(".png")]
+    images = [(offset, length) for name, offset, length, _ in index.members if name.endswith(".png")]
     data = tarshards.read_members(fs, [path] * len(images), *map(list, zip(*images)))
     with open(path, "rb") as fh:
         raw = fh.read()
@@ -159,11 +164,12 @@ def test_a_job_over_tar_shards_encodes_what_loose_files_give_and_accounts_for_ev
                                                                                           monkeypatch):
     folder, loose, good = shards
     summary = run_encode(_config(demo_dir, folder, tmp_path / "tar", executor="local"))
-    assert summary["images"] == {**summary["images"], "ok": len(good), "error": 2, "skipped": 2}
+    assert summary["images"] == {**summary["images"], "ok": len(good), "error": 1, "skipped": 4}
     status = pq.read_table(tmp_path / "tar" / "images.parquet").to_pydict()
     fate = dict(zip(status["image_id"], status["status"]))
-    assert fate["shard-0001.tar/s001"] == fate["shard-0003.tar/s002"] == "error"
-    assert fate["shard-0001.tar/s002"] == fate[f"shard-0002.tar/{tarshards.TAIL}"] == "skipped"
+    assert fate["shard-0001.tar/s001"] == "error"
+    assert fate["shard-0001.tar/s002"] == fate[f"shard-0002.tar/{tarshards.TAIL}"] == fate["shard-0003.tar/s002"] == \
+        fate[f"shard-0003.tar/{tarshards.TAIL}"] == "skipped"
     run_encode(_config(demo_dir, loose, tmp_path / "loose", executor="local"))
     tar, files = _by_id(tmp_path / "tar"), _by_id(tmp_path / "loose")
     for model in tar:
@@ -193,9 +199,90 @@ def test_tar_shards_on_s3_through_ray_data_match_the_local_job(shards, demo_dir,
     remote = EncodeConfig(str(demo_dir), "s3://ned-ray-tar/shards/shard-{0000..0003}.tar", MODELS, "s3://ned-ray-tar/out",
                           device="cpu", shard_size=4, formats=("parquet",), storage_options=s3_server, executor="ray")
     summary = run_encode(remote)
-    assert (summary["run"]["executor"], summary["images"]["ok"], summary["images"]["error"]) == ("ray", len(good), 2)
+    assert (summary["run"]["executor"], summary["images"]["ok"], summary["images"]["error"]) == ("ray", len(good), 1)
     run_encode(_config(demo_dir, folder, tmp_path / "local", executor="local"))
     a, b = open_output(remote.output, s3_server), open_output(str(tmp_path / "local"))
     assert a.images().column("image_id").to_pylist() == b.images().column("image_id").to_pylist()
     for model in a.models:
         np.testing.assert_array_equal(a.responses(model)[1], b.responses(model)[1])
+
+
+def _patch_size(path: Path, header: int, size: int) -> None:
+    """Rewrite a ustar header's size field (and its checksum, so the header stays valid)."""
+    raw = bytearray(path.read_bytes())
+    block = raw[header:header + 512]
+    assert size < 8**11  # 11 octal digits
+    block[124:136] = f"{size:011o}\0".encode()
+    block[148:156] = b" " * 8
+    block[148:156] = f"{sum(block):06o}\0 ".encode()
+    raw[header:header + 512] = block
+    path.write_bytes(bytes(raw))
+
+
+@pytest.fixture
+def odd_shards(tmp_path: Path) -> tuple[Path, dict[str, bytes], dict[str, str]]:
+    """Shards with headers that lie about sizes, links, special members, and GNU tar's own archive of a
+    folder with links. Returns (folder, {ok image id: bytes}, {skipped image id: words of its reason})."""
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    pngs = [_png(100 + i, side=40) for i in range(4)]
+    with tarfile.open(folder / "pax.tar", "w", format=tarfile.PAX_FORMAT) as tar:  # b's PAX size: 1 TiB
+        for name, data, pax in (("a.png", pngs[0], {}), ("b.png", pngs[1], {"size": str(2**40)}), ("c.png", pngs[2], {})):
+            info = tarfile.TarInfo(name)
+            info.size, info.pax_headers = len(data), pax
+            tar.addfile(info, io.BytesIO(data))
+    offsets = _write_shard(folder / "ustar.tar", [("a", {"png": pngs[0]}), ("b", {"png": pngs[1]}), ("c", {"png": pngs[2]})])
+    _patch_size(folder / "ustar.tar", offsets[1], 4 * 2**30)  # b's ustar size: 4 GiB
+    with tarfile.open(folder / "links.tar", "w", format=tarfile.GNU_FORMAT) as tar:
+        def add(name: str, kind: bytes, data: bytes = b"", link: str = "") -> None:
+            info = tarfile.TarInfo(name)
+            info.type, info.size, info.linkname = kind, len(data), link
+            tar.addfile(info, io.BytesIO(data) if data else None)
+        add("dir", tarfile.DIRTYPE)
+        add("dir/img0.png", tarfile.REGTYPE, pngs[3])
+        add("dir/hard.png", tarfile.LNKTYPE, link="dir/img0.png")
+        add("dir/soft.png", tarfile.SYMTYPE, link="img0.png")
+        add("dir/away.png", tarfile.SYMTYPE, link="../../outside.png")
+        add("dir/dev.png", tarfile.CHRTYPE)
+        add("dir/fifo.png", tarfile.FIFOTYPE)
+        add("dir/fifo", tarfile.FIFOTYPE)
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "x.png").write_bytes(pngs[0])
+    os.link(tree / "x.png", tree / "y.png")
+    (tree / "z.png").symlink_to("x.png")
+    subprocess.run(["tar", "-cf", str(folder / "gnu.tar"), "-C", str(tree), "."], check=True)
+    ok = {"pax.tar/a": pngs[0], "ustar.tar/a": pngs[0], "links.tar/dir/img0": pngs[3], "links.tar/dir/hard": pngs[3],
+          "links.tar/dir/soft": pngs[3], "gnu.tar/./x": pngs[0], "gnu.tar/./y": pngs[0], "gnu.tar/./z": pngs[0]}
+    skipped = {"pax.tar/b": f"declares {2**40} bytes", f"pax.tar/{tarshards.TAIL}": "no readable tar header",
+               "ustar.tar/b": f"declares {4 * 2**30} bytes", f"ustar.tar/{tarshards.TAIL}": "no readable tar header",
+               "links.tar/dir/away": "a symbolic link to '../../outside.png', which is not a file of this shard",
+               "links.tar/dir/dev": "a character device", "links.tar/dir/fifo": "a FIFO"}
+    return folder, ok, skipped
+
+
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_lying_headers_links_and_special_members_are_rows_with_their_reason(odd_shards, demo_dir, tmp_path, executor,
+                                                                           request, capsys):
+    from ned_ray.cli import main
+
+    if executor == "ray":
+        request.getfixturevalue("ray_cluster")
+    folder, ok, skipped = odd_shards
+    out = tmp_path / "out"
+    assert main(["encode", "--ned-dir", str(demo_dir), "--images", str(folder), "--models", "fmri/nsd/fwrf/sub-01/V1",
+                 "--output", str(out), "--device", "cpu", "--cpu-threads", "1", "--quiet", "--executor", executor]) == 0
+    capsys.readouterr()
+    status = pq.read_table(out / "images.parquet").to_pydict()
+    rows = {i.removesuffix(".png"): (s, e) for i, s, e in zip(status["image_id"], status["status"], status["error"])}
+    assert {i for i, (s, _) in rows.items() if s == "ok"} == set(ok)
+    for image_id, words in skipped.items():
+        assert rows[image_id][0] == "skipped" and words in rows[image_id][1], (image_id, rows[image_id])
+    assert set(rows) == set(ok) | set(skipped) | {"links.tar/dir/fifo"}  # every member but the folders is a row
+    assert "a FIFO" in rows["links.tar/dir/fifo"][1]  # a sample without an image says what its member is
+    result = open_output(str(out))
+    ids = result.images().column("image_id").to_pylist()
+    index, values = result.responses("fmri/nsd/fwrf/sub-01/V1")
+    by_id = {ids[i].removesuffix(".png"): v for i, v in zip(index, values)}
+    np.testing.assert_array_equal(by_id["links.tar/dir/hard"], by_id["links.tar/dir/img0"])  # the same bytes
+    np.testing.assert_array_equal(by_id["gnu.tar/./z"], by_id["pax.tar/a"])
