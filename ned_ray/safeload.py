@@ -203,3 +203,6 @@ def load_torch_checkpoint(file: IO[bytes] | str, source: str = "<pt>") -> Any:
         ) from None
     except RuntimeError as exc:
         raise ValueError(f"{source}: not a readable torch checkpoint ({str(exc).splitlines()[0]})") from None
+    except EOFError:  # pickle's end of data: a 0-byte file, or one cut before its first record ended
+        raise ValueError(f"{source}: not a readable torch checkpoint (the file is empty or ends early); "
+                         "re-download it from the official NED/BERG release") from None

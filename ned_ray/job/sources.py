@@ -133,7 +133,10 @@ class ImageSource:
         if self.kind == "npy":
             row = int(np.prod(self.npy_shape[1:]))
             data = fs.cat_file(path, start=self.npy_offset + start * row, end=self.npy_offset + stop * row)
-            return list(np.frombuffer(data, np.uint8).reshape(stop - start, *self.npy_shape[1:]))
+            whole = len(data) // row  # a truncated file: the images it does not hold whole are error rows
+            images: list[Any] = list(np.frombuffer(data, np.uint8, count=whole * row).reshape(whole, *self.npy_shape[1:]))
+            return images + [ValueError(f"truncated .npy input: the file ends before image {start + i} (its header "
+                                        f"promises {self.npy_shape[0]} images)") for i in range(whole, stop - start)]
         rows = rows if rows is not None else self.listing.slice(start, stop - start)
         paths = [fs._strip_protocol(u) for u in rows.column("uri").to_pylist()]
         return read_rows(fs, paths, rows.column("offset").to_numpy(), self.parquet_column)
@@ -496,10 +499,14 @@ def open_source(uri: str, storage_options: dict[str, Any] | None = None, column:
             raise NoImagesError(f"'{uri}': a .npy input must be a C-ordered uint8 array (N, 3, H, W); got {dtype} {shape}")
         if shape[0] == 0:
             raise NoImagesError(f"no images found: '{uri}' holds 0 images (shape {tuple(shape)})")
-        version = _version(fs.info(path))
-        n = shape[0]
-        listing = _table([str(i) for i in range(n)], [""] * n, [int(np.prod(shape[1:]))] * n, [version] * n, [""] * n)
-        return ImageSource(uri, "npy", listing, storage_options, npy_offset=offset, npy_shape=tuple(shape))
+        info = fs.info(path)
+        version = _version(info)
+        n, row = shape[0], int(np.prod(shape[1:]))
+        listing = _table([str(i) for i in range(n)], [""] * n, [row] * n, [version] * n, [""] * n)
+        whole = max(0, int(info.get("size") or 0) - offset) // row
+        notes = [] if whole >= n else [f"warning: '{uri}' is truncated: its header promises {n} images of {row} bytes, "
+                                       f"the file holds {whole} whole; images {whole} to {n - 1} are error rows"]
+        return ImageSource(uri, "npy", listing, storage_options, npy_offset=offset, npy_shape=tuple(shape), notes=notes)
 
     if lower.endswith(".parquet") and not literal_dir and fs.isfile(path):  # (else a glob, or missing)
         info = fs.info(path)

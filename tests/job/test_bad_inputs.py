@@ -176,3 +176,48 @@ def test_a_missing_model_file_on_s3_is_named(s3_server, demo_dir, fixture_image_
         line = _last_line(capsys)
         assert code == 2 and f"model '{model}' is damaged: {Path(relative).name} is missing from " \
             f"'s3://ned-ray-missing/ned/{Path(relative).parent}'" in line, line
+
+
+@pytest.fixture(params=["local", "s3"])
+def empty_weights_ned(request, demo_dir, tmp_path) -> tuple[str, str, tuple[str, ...]]:
+    """A NED directory (local, or on moto's S3) whose fMRI weight file is 0 bytes: (uri, file, options)."""
+    weights = f"{FWRF}/encoding_models_weights/weights_sub-01_roi-V1.pt"
+    if request.param == "local":
+        ned = tmp_path / "ned"
+        shutil.copytree(demo_dir, ned)
+        (ned / weights).write_bytes(b"")
+        return str(ned), weights, ()
+    import json
+
+    from ned_ray.storage import filesystem
+
+    options = request.getfixturevalue("s3_server")
+    fs, _ = filesystem("s3://ned-ray-empty-weights", options)
+    if not fs.exists("ned-ray-empty-weights"):
+        fs.mkdir("ned-ray-empty-weights")
+    for relative in (weights, f"{FWRF}/metadata/metadata_sub-01_roi-V1.npy"):
+        fs.pipe_file(f"ned-ray-empty-weights/ned/{relative}", b"" if relative == weights else (demo_dir / relative).read_bytes())
+    return "s3://ned-ray-empty-weights/ned", weights, ("--storage-options", json.dumps(options))
+
+
+def test_an_empty_weight_file_is_named_as_empty(empty_weights_ned, fixture_image_folder, tmp_path, capsys):
+    ned, weights, extra = empty_weights_ned
+    assert _encode(ned, str(fixture_image_folder), tmp_path / "out", FMRI, "--executor", "local", *extra) == 2
+    line = _last_line(capsys)
+    assert f"{ned}/{weights}: not a readable torch checkpoint (the file is empty or ends early)" in line, line
+
+
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_a_truncated_npy_input_gives_error_rows_for_the_images_it_lacks(demo_dir, tmp_path, capsys, executor, request):
+    if executor == "ray":
+        request.getfixturevalue("ray_cluster")
+    images = np.random.default_rng(0).integers(0, 256, (4, 3, 32, 32), dtype=np.uint8)
+    np.save(tmp_path / "in.npy", images)
+    whole = (tmp_path / "in.npy").read_bytes()
+    (tmp_path / "in.npy").write_bytes(whole[:len(whole) - int(1.5 * 3 * 32 * 32)])  # 2.5 of the 4 images
+    assert _encode(demo_dir, str(tmp_path / "in.npy"), tmp_path / "out", FMRI, "--executor", executor) == 0
+    err = capsys.readouterr().err
+    assert "is truncated: its header promises 4 images of 3072 bytes, the file holds 2 whole" in err, err
+    status = pq.read_table(tmp_path / "out" / "images.parquet").to_pydict()
+    assert status["status"] == ["ok", "ok", "error", "error"]
+    assert all("truncated .npy input: the file ends before image" in e for e in status["error"][2:])
