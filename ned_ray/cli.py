@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -167,6 +168,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         make_demo_models(str(ned_dir), berg=True)
     if not images.is_dir():
         write_demo_images(images)
+    for derived in ("plots", "exports"):  # the demo's own figures and exports, made again below
+        shutil.rmtree(out / derived, ignore_errors=True)
     config = EncodeConfig(ned_dir=str(ned_dir), images=str(images), models="all", output=str(out),
                           device=args.device, formats=("parquet", "npy"), overwrite=True, executor="ray")
     summary = run_encode(config)

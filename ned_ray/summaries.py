@@ -82,6 +82,19 @@ def plan_json(info: dict) -> str:
     return json.dumps({**info, "plan": info["plan"].to_json()}, indent=2)
 
 
+def _pace(run: dict) -> str:
+    """What the overall rate is made of: the fixed costs before the first committed piece, and the
+    steady rate after it (or why there is none)."""
+    first, steady = run.get("first_piece_seconds"), run.get("steady_images_per_second")
+    if first is None:
+        return ""
+    fixed = f"{first:.1f}s to the first committed piece (starting, loading models, the first batch)"
+    if steady is None:
+        return (f" overall, most of it fixed costs: {fixed}; too few images for a steady rate (one piece), "
+                "bench/RESULTS.md has measured ones")
+    return f" overall: {fixed}, then {steady:.2f} images/s"
+
+
 def format_summary(summary: dict, output: str) -> str:
     """A few lines a person reads after a job."""
     run, images = summary["run"], summary["images"]
@@ -89,7 +102,7 @@ def format_summary(summary: dict, output: str) -> str:
     lines = [f"wrote {output}: {images['total']} images ({images['ok']} ok, {images['error']} errors{not_read}) x "
              f"{len(summary['models'])} models",
              f"this run encoded {run['encoded_images']} images ({run['skipped_images']} were already committed) in "
-             f"{run['seconds']:.1f}s = {run['images_per_second']:.2f} images/s"]
+             f"{run['seconds']:.1f}s = {run['images_per_second']:.2f} images/s{_pace(run)}"]
     if run.get("executor") == "local":
         lines.append(f"ran in this process, without Ray: {run['executor_reason']}")
     if images["error"]:

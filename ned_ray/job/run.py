@@ -125,6 +125,7 @@ def run_encode(config: EncodeConfig, progress: float | None = None, stream: Text
     if complete is not None:
         return {**complete, "run": {"encoded_images": 0, "skipped_images": complete["images"]["total"],
                                     "seconds": time.perf_counter() - started, "images_per_second": 0.0,
+                                    "first_piece_seconds": None, "steady_images_per_second": None,
                                     "model_groups": [], "plan": "nothing to do"}}
     executor = choose_executor(config, len(source))
     executor.start()
@@ -145,8 +146,22 @@ def run_encode(config: EncodeConfig, progress: float | None = None, stream: Text
     return {**manifest, "run": {"encoded_images": work.images, "skipped_images": work.skipped, "seconds": elapsed,
                                 "executor": executor.name, "executor_reason": executor.reason,
                                 "images_per_second": work.images / elapsed if elapsed > 0 else 0.0,
+                                **_pace(output.ledger, time.time() - elapsed),
                                 "model_groups": [p.models for p in plan.pools] if plan else [],
                                 "plan": plan.describe() if plan else "nothing to do"}}
+
+
+def _pace(ledger: Ledger, since: float) -> dict[str, Any]:
+    """When this run's images were committed (the image sink's markers, written after every model's):
+    seconds from the run's start to its first piece (the fixed costs: Ray's start, model loading,
+    the first batch), and the steady rate after it (None with fewer than two pieces)."""
+    pieces = sorted((m["time"], len(m["image_index"])) for m in ledger.images()
+                    if isinstance(m.get("time"), (int, float)) and m["time"] >= since)
+    if not pieces:
+        return {"first_piece_seconds": None, "steady_images_per_second": None}
+    span = pieces[-1][0] - pieces[0][0]
+    steady = sum(n for _, n in pieces[1:]) / span if len(pieces) > 1 and span > 0 else None
+    return {"first_piece_seconds": pieces[0][0] - since, "steady_images_per_second": steady}
 
 
 def _execute(config: EncodeConfig, ned, models: list[ModelId], selections: dict, source: ImageSource, work: Work,

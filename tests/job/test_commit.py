@@ -279,3 +279,24 @@ def test_response_columns_are_written_plain():
     assert columns["response"].statistics is None and not columns["response"].has_dictionary_page
     assert columns["image_id"].statistics is not None and columns["image_id"].has_dictionary_page
     assert pq.read_table(io.BytesIO(parquet_bytes(table, plain=("response",)))).equals(table)
+
+
+def test_the_summary_splits_fixed_costs_from_the_steady_rate(demo_dir, tmp_path):
+    """The rate a run reports says what it is made of: the time to its first committed piece (starting,
+    loading models, the first batch) and the rate after it, from the image sink's commit times."""
+    from ned_ray.summaries import format_summary
+
+    from .conftest import random_png
+
+    (tmp_path / "in").mkdir()
+    for i in range(6):
+        (tmp_path / "in" / f"img_{i}.png").write_bytes(random_png(i))
+    config = EncodeConfig(str(demo_dir), str(tmp_path / "in"), "fmri/nsd/fwrf/sub-01/V1", str(tmp_path / "out"),
+                          device="cpu", executor="local", shard_size=2, cpu_threads=1)
+    summary = run_encode(config)
+    run = summary["run"]
+    assert 0 < run["first_piece_seconds"] < run["seconds"] and run["steady_images_per_second"] > 0
+    line = format_summary(summary, config.output).splitlines()[1]
+    assert "to the first committed piece" in line and line.endswith(f"then {run['steady_images_per_second']:.2f} images/s")
+    again = run_encode(config)  # nothing left to do: no piece of this run, nothing to split
+    assert again["run"]["first_piece_seconds"] is None and "first committed piece" not in format_summary(again, "o")

@@ -94,6 +94,7 @@ class OutputTransaction:
         self.config, self.ned, self.models, self.stream = config, ned, models, stream
         self.uri = config.output
         self.lease: Lease | None = None
+        self.ledger = Ledger()  # what commit() found: every marker of the finished output
         self.job: dict[str, Any] = {}
         self.n_images = 0
         with storage_errors("write the output to", self.uri):
@@ -326,7 +327,7 @@ class OutputTransaction:
         """Finish the output (invariant 3): verify every image is committed exactly once for images and
         every model, write images.parquet, then ``_manifest.json``. Returns the manifest."""
         with storage_errors("finish the output", self.uri):
-            ledger = Ledger.read(self.fs, self.root)
+            self.ledger = ledger = Ledger.read(self.fs, self.root)
             self._warn_fallbacks(ledger)
             return finalize(self.fs, self.root, self.uri, self.models, self.config.formats, self.n_images,
                             {**self.job, "plan": plan.to_json() if plan else None,

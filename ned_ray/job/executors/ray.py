@@ -19,6 +19,7 @@ import os
 import posixpath
 import re
 import sys
+import tempfile
 import time
 import uuid
 import warnings
@@ -111,6 +112,46 @@ def quiet(verbose: bool) -> None:
     if detection is not None:  # hanging tasks): ned-ray sizes its actors itself; the hints come back with --verbose
         _DEFAULT_DETECTORS.setdefault("detectors", list(detection.detectors))
         detection.detectors = list(_DEFAULT_DETECTORS["detectors"]) if verbose else []
+
+
+_ACTOR_ARGUMENT_NOTICE = b"has constructor arguments in the object store and max_restarts > 0"
+_notice_taken = False
+
+
+@ray.remote(num_cpus=0, max_restarts=1)
+class _NoticeTaker:
+    """An actor created only to take Ray's once-per-process notice (:func:`take_actor_argument_notice`)."""
+
+    def __init__(self, _argument: Any) -> None:
+        pass
+
+
+def take_actor_argument_notice() -> None:
+    """Ray's core worker logs, once per process, an ERROR line (``core_worker.cc``) when it creates
+    an actor that can restart and has constructor arguments in the object store. Ray Data's map
+    actors always do, whatever the UDF's arguments: their DataContext and transformer go by
+    reference (ray-project/ray#57733), so the line would stand above every run's own lines while
+    saying nothing about the job, and ned-ray keeps actor restarts. One throwaway actor of that
+    kind takes the notice while this process's stderr is captured; anything else written in that
+    moment is written back. ``--verbose`` leaves Ray's line as it is."""
+    global _notice_taken
+    if _notice_taken:
+        return
+    _notice_taken = True
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            taker = _NoticeTaker.remote(ray.put(None))
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        ray.kill(taker)
+        captured.seek(0)
+        rest = [line for line in captured.read().splitlines(keepends=True) if _ACTOR_ARGUMENT_NOTICE not in line]
+    if rest:
+        os.write(2, b"".join(rest))
 
 
 # calls one actor runs at once: an ActorPoolStrategy argument in newer Ray releases (the actor option
@@ -237,6 +278,8 @@ class RayExecutor(Executor):
     def run(self, plan: Plan, stages: Stages) -> None:
         connect(self.config)
         quiet(self.config.verbose)  # also on a Ray this process had joined before
+        if not self.config.verbose:
+            take_actor_argument_notice()
         context = ray.data.DataContext.get_current()
         context.execution_options.resource_limits = context.execution_options.resource_limits.copy(
             object_store_memory=plan.queued_bytes)  # decoding runs ahead of the actors by a few blocks, no more
