@@ -300,8 +300,8 @@ def run_command(name: str, command, *args) -> int:
     except KeyboardInterrupt:
         print(f"{name}: interrupted", file=sys.stderr)
         return 130
-    except NedRayError as exc:
-        print(f"{name}: error: {exc}", file=sys.stderr)
+    except NedRayError as exc:  # one line, inert: a message may quote ids or paths from users' files
+        print(f"{name}: error: {printable(exc)}", file=sys.stderr)
         return 2
 
 

@@ -23,6 +23,7 @@ from ..models.group import weights_bytes
 from ..selection import berg_selections
 from ..selection import resolve_selection as resolve_berg_selection
 from ..storage import filesystem
+from ..text import printable
 from .cluster import ClusterShape
 from .commit import Ledger, OutputTransaction, Work, read_listing
 from .commit.transaction import storage_errors
@@ -118,7 +119,7 @@ def run_encode(config: EncodeConfig, progress: float | None = None, stream: Text
         print(note, file=stream, flush=True)
     if source.duplicates:
         first = source.duplicates[0]
-        print(f"warning: {config.images} lists {len(source.duplicates)} URI(s) more than once (e.g. {first['uri']} on "
+        print(f"warning: {config.images} lists {len(source.duplicates)} URI(s) more than once (e.g. {printable(first['uri'])} on "
               f"lines {first['lines']}); each is encoded once, and the manifest lists them", file=stream, flush=True)
     output = OutputTransaction(config, ned, models, stream)
     complete = output.completed(source)

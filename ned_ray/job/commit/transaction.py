@@ -40,6 +40,9 @@ Invariants
 10. A rerun whose options differ only in ``--models``, naming every model the output holds and more,
    adds the new models: the run computes only them (their own backbone pass), the others' parts
    and markers stay as they are, and the manifest (removed while the run lasts) lists them all.
+11. Only ned-ray's own files are ever removed, and only inside the output (:mod:`.owned`); paths
+   read from markers are checked first (:meth:`.Ledger.read`): one that would lead elsewhere makes its
+   marker invalid, removed itself and never followed.
 """
 
 from __future__ import annotations
@@ -231,7 +234,7 @@ class OutputTransaction:
             return
         if not Ledger.read(fs, root):
             log.warning("output %s: replacing an earlier attempt that committed nothing", self.uri)
-            self._clear_attempt(previous)
+            self._clear_attempt()
             return
         changed = sorted(k for k in set(recorded) | set(identity) if recorded.get(k) != identity.get(k))
         if changed == ["models"]:
@@ -264,7 +267,7 @@ class OutputTransaction:
             self._say(f"{self.uri}: --overwrite replaces ned-ray's files only; kept {len(foreign)} other file(s) there "
                       f"(e.g. {', '.join(printable(f) for f in foreign[:3])})")
 
-    def _clear_attempt(self, previous: dict[str, Any]) -> None:
+    def _clear_attempt(self) -> None:
         """Remove what a job that committed nothing wrote: its options, listing, models' metadata and
         any uncommitted parts (ned-ray's own files only, :mod:`.owned`)."""
         own, _ = owned.scan(self.fs, self.root)
