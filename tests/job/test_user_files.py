@@ -192,3 +192,27 @@ def test_removal_never_follows_a_symbolic_link_out_of_the_output(tmp_path):
     assert owned.remove(fs, root, ["fmri/nsd/fwrf/sub-01/V1/part-00000.parquet", "_job.json", "_listing.parquet"]) == 1
     assert (victim / "V1" / "part-00000.parquet").read_bytes() == b"a user's file"
     assert (out / "_job.json").is_symlink() and not (out / "_listing.parquet").exists()
+
+
+def test_a_recorded_listing_gives_the_order_never_where_to_read(demo_dir, tmp_path, capsys):
+    """A crafted ``_listing.parquet`` pointing an image's row at another file: the rerun reads the input's
+    own file (the listing as listed now), so the responses are the image's, not the other file's."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    images, out = _images(tmp_path / "stimuli"), tmp_path / "out"
+    assert _encode(demo_dir, images, out, "--shard-size", "2") == 0  # two pieces: one stays committed
+    before = open_output(str(out)).responses(FMRI)[1]
+    elsewhere = tmp_path / "elsewhere.png"
+    elsewhere.write_bytes(random_png(1234))
+    listing = pq.read_table(out / "_listing.parquet")
+    uris = listing.column("uri").to_pylist()
+    uris[0] = str(elsewhere)
+    pq.write_table(listing.set_column(listing.schema.get_field_index("uri"), "uri", pa.array(uris)),
+                   out / "_listing.parquet")
+    for marker in (out / "_commits").glob("*/part-00000.json"):  # piece 0 to encode again
+        marker.unlink()
+    (out / "_manifest.json").unlink()
+    assert _encode(demo_dir, images, out, "--shard-size", "2") == 0, capsys.readouterr().err
+    np.testing.assert_array_equal(open_output(str(out)).responses(FMRI)[1], before)
