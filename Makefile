@@ -28,7 +28,8 @@ demo: venv
 test: venv
 	$(BIN)/python -m pytest -q tests
 
-## test-ray-oldest: the Ray job and deploy tests again, on the oldest Ray ned-ray supports (CI runs it after `make test`)
+## test-ray-oldest: the Ray job and deploy tests again, on the oldest Ray ned-ray supports (CI runs it after `make test`);
+## tests that run the job in process only (marked local_executor: no Ray in them) are not run twice
 $(OLDEST)/bin/ned-ray: pyproject.toml
 	$(PY) -m venv $(OLDEST)
 	$(OLDEST)/bin/pip install -q --upgrade pip
@@ -37,7 +38,7 @@ $(OLDEST)/bin/ned-ray: pyproject.toml
 
 test-ray-oldest: $(OLDEST)/bin/ned-ray
 	$(OLDEST)/bin/python -c "import ray; assert ray.__version__ == '$(RAY_OLDEST)', ray.__version__"
-	$(OLDEST)/bin/python -m pytest -q tests/job tests/deploy $(OLDEST_DESELECT)
+	$(OLDEST)/bin/python -m pytest -q tests/job tests/deploy -m "not local_executor" $(OLDEST_DESELECT)
 
 ## lint: ruff over the package, jobs, tests, benchmarks and examples (configured in pyproject.toml)
 lint: venv

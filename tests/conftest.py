@@ -251,6 +251,16 @@ def demo_output(ray_cluster, demo_dir: Path, tmp_path_factory: pytest.TempPathFa
     return root / "out"
 
 
+def pytest_collection_modifyitems(config, items):  # noqa: ARG001
+    """The in-process variants of tests parametrized by executor are ``local_executor`` tests: the local
+    executor never imports Ray (tests/test_structure.py), so the run on the oldest Ray leaves them out
+    (Makefile: test-ray-oldest) and runs their Ray variants."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("executor") == "local":
+            item.add_marker(pytest.mark.local_executor)
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG001
     if PARITY:
         terminalreporter.section("NED parity: max |ours - NED| / std(expected), tolerance 1e-4")

@@ -200,6 +200,7 @@ def empty_weights_ned(request, demo_dir, tmp_path) -> tuple[str, str, tuple[str,
     return "s3://ned-ray-empty-weights/ned", weights, ("--storage-options", json.dumps(options))
 
 
+@pytest.mark.local_executor
 def test_an_empty_weight_file_is_named_as_empty(empty_weights_ned, fixture_image_folder, tmp_path, capsys):
     ned, weights, extra = empty_weights_ned
     assert _encode(ned, str(fixture_image_folder), tmp_path / "out", FMRI, "--executor", "local", *extra) == 2

@@ -53,6 +53,7 @@ def _error_line(capsys) -> str:
     return err.strip().splitlines()[-1]
 
 
+@pytest.mark.local_executor
 @pytest.mark.parametrize("where", ["the input folder", "the input's parent"])
 def test_overwrite_refuses_an_output_folder_that_holds_the_input(demo_dir, tmp_path, capsys, where):
     project = tmp_path / "project"
@@ -68,6 +69,7 @@ def test_overwrite_refuses_an_output_folder_that_holds_the_input(demo_dir, tmp_p
     assert not (out / "_job.json").exists() and not (out / "_lease.json").exists()
 
 
+@pytest.mark.local_executor
 def test_overwrite_in_a_project_folder_keeps_every_file_that_is_not_the_outputs(demo_dir, tmp_path, capsys,
                                                                                  monkeypatch):
     project, images = tmp_path / "project", _images(tmp_path / "stimuli")
@@ -80,6 +82,7 @@ def test_overwrite_in_a_project_folder_keeps_every_file_that_is_not_the_outputs(
     assert open_output(str(project)).responses(FMRI)[1].shape[0] == 4
 
 
+@pytest.mark.local_executor
 def test_overwrite_replaces_an_earlier_output_and_keeps_the_users_files_beside_it(demo_dir, tmp_path, capsys):
     images, results = _images(tmp_path / "stimuli"), tmp_path / "results"
     assert _encode(demo_dir, images, results, models=f"{FMRI},{FMRI_2}") == 0
@@ -112,6 +115,7 @@ def _marker(out: Path, writer: str, piece: str) -> Path:
     return out / "_commits" / writer / f"{piece}.json"
 
 
+@pytest.mark.local_executor
 def test_crafted_markers_never_lead_a_rerun_outside_the_output(demo_dir, tmp_path, capsys):
     images, out = _complete(demo_dir, tmp_path)
     victims = _victims(tmp_path)
@@ -141,6 +145,7 @@ def test_crafted_markers_never_lead_a_rerun_outside_the_output(demo_dir, tmp_pat
     assert result.manifest["images"]["ok"] == 4 and result.responses(FMRI)[1].shape[0] == 4
 
 
+@pytest.mark.local_executor
 def test_a_manifest_naming_files_outside_the_output_is_not_read(demo_dir, tmp_path, capsys):
     _, out = _complete(demo_dir, tmp_path)
     manifest = json.loads((out / "_manifest.json").read_text())
@@ -174,6 +179,7 @@ def test_a_marker_naming_another_bucket_is_not_followed(ray_cluster, demo_dir, b
     assert fs.cat_file(f"{victim}/secret.txt") == b"must survive"
 
 
+@pytest.mark.local_executor
 def test_removal_never_follows_a_symbolic_link_out_of_the_output(tmp_path):
     from ned_ray.job.commit import owned
     from ned_ray.storage import filesystem
@@ -194,6 +200,7 @@ def test_removal_never_follows_a_symbolic_link_out_of_the_output(tmp_path):
     assert (out / "_job.json").is_symlink() and not (out / "_listing.parquet").exists()
 
 
+@pytest.mark.local_executor
 def test_a_recorded_listing_gives_the_order_never_where_to_read(demo_dir, tmp_path, capsys):
     """A crafted ``_listing.parquet`` pointing an image's row at another file: the rerun reads the input's
     own file (the listing as listed now), so the responses are the image's, not the other file's."""
