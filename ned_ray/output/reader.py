@@ -352,6 +352,16 @@ class Output:
 
         return to_mne(self, model_id, images, mean, repetition)
 
+    def parts(self, model_id: str | ModelId, rows: np.ndarray | None = None) -> list[dict[str, Any]]:
+        """A model's parts in image_index order: {"lo", "hi" (its image_index range), and per format
+        held ("parquet", "npy", "codes") the part's path on :meth:`filesystem`}; with ``rows`` (sorted
+        image indexes), only the parts holding one of them."""
+        return self._parts(self._key(model_id), rows)
+
+    def filesystem(self):
+        """(fsspec filesystem, root path) of the output."""
+        return self._fs()
+
     def _key(self, model_id: str | ModelId) -> str:
         key = str(model_id)
         if key not in self.manifest["models"]:

@@ -1,4 +1,4 @@
-"""The Ray Data executor: everything this package does with Ray lives here.
+"""The Ray Data executor: the encode job's Ray code (users' own pipelines: :mod:`ned_ray.data`).
 
     shards ──DecodeShard (CPU tasks, the listing shared once through the object store)──> rows
            ──RayGroupEncoder per pool (an autoscaling actor pool; models loaded once per actor)──> parts
@@ -37,13 +37,13 @@ from ...storage import filesystem, is_local, write_bytes
 from ..cluster import ClusterShape
 from ..commit.lease import local_ray_processes, ray_job_actors_alive
 from ..options import EncodeConfig
-from ..plan import Plan
+from ..plan import Plan, PoolPlan
 from ..sink import ImagesSink
 from ..sources import ImageSource
 from ..stages import GroupEncoder
 from .base import Executor, Stages, decode_listing
 
-__all__ = ["RayExecutor", "connect", "wait_for_gpus", "check_paths_on_nodes"]
+__all__ = ["RayExecutor", "connect", "pool_arguments", "wait_for_gpus", "check_paths_on_nodes"]
 
 log = logging.getLogger("ned_ray")
 
@@ -162,6 +162,18 @@ _CALLS_IN_STRATEGY = "max_concurrent_calls_per_actor" in inspect.signature(ray.d
 def _concurrency(calls: int) -> tuple[dict[str, int], dict[str, int]]:
     """(ActorPoolStrategy arguments, map_batches arguments) for ``calls`` calls at once per actor."""
     return ({"max_concurrent_calls_per_actor": calls}, {}) if _CALLS_IN_STRATEGY else ({}, {"max_concurrency": calls})
+
+
+def pool_arguments(pool: PoolPlan) -> dict[str, Any]:
+    """``map_batches`` arguments that run a planned pool as Ray Data's actor pool: its actors, their
+    GPU and CPU shares, rows per call and calls in flight."""
+    in_strategy, in_actor = _concurrency(pool.concurrent_calls)
+    return {"batch_size": pool.batch_rows,
+            "compute": ray.data.ActorPoolStrategy(
+                min_size=pool.min_actors, max_size=pool.max_actors, initial_size=pool.initial_actors,
+                max_tasks_in_flight_per_actor=pool.max_tasks_in_flight,
+                enable_true_multi_threading=pool.concurrent_calls > 1, **in_strategy),
+            "num_gpus": pool.gpus_per_actor or None, "num_cpus": pool.cpus_per_actor, **in_actor}
 
 
 class RayGroupEncoder(GroupEncoder):
@@ -289,20 +301,7 @@ class RayExecutor(Executor):
         ds = ds.map_batches(stages.decode, batch_size=1, num_cpus=plan.decode_cpus,
                             compute=ray.data.TaskPoolStrategy(size=plan.decode_concurrency))
         for stage in stages.encoders:
-            pool = stage.pool
-            in_strategy, in_actor = _concurrency(pool.concurrent_calls)
-            ds = ds.map_batches(
-                RayGroupEncoder,
-                fn_constructor_args=stage.args,
-                batch_size=pool.batch_rows,
-                compute=ray.data.ActorPoolStrategy(
-                    min_size=pool.min_actors, max_size=pool.max_actors, initial_size=pool.initial_actors,
-                    max_tasks_in_flight_per_actor=pool.max_tasks_in_flight,
-                    enable_true_multi_threading=pool.concurrent_calls > 1, **in_strategy),
-                num_gpus=pool.gpus_per_actor or None,
-                num_cpus=pool.cpus_per_actor,
-                **in_actor,
-            )
+            ds = ds.map_batches(RayGroupEncoder, fn_constructor_args=stage.args, **pool_arguments(stage.pool))
         with _ray_data_errors_quiet():
             ds.write_datasink(ImagesDatasink(stages.sink), ray_remote_args={"num_cpus": plan.write_cpus})
 
