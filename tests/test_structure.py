@@ -168,3 +168,49 @@ def test_the_ray_range_is_the_one_ci_tests():
     lower = min(Version(s.version) for s in spec if s.operator == ">=")
     assert oldest in spec and Version(oldest).release[:2] == lower.release[:2], (oldest, str(spec))
     assert ray.__version__ in spec, f"Ray {ray.__version__} is outside pyproject.toml's {spec}"
+
+
+# Where Ray is imported: the Ray executor, ned_ray.data (Ray Data pipelines), and, inside functions
+# that only Ray jobs call, the cluster's description (ClusterShape.from_ray) and the lease's check
+# that a Ray job is gone (job/commit/lease.py).
+RAY_MODULES = {"ned_ray.job.executors.ray", "ned_ray.data.encode", "ned_ray.data.read", "ned_ray.job.cluster",
+               "ned_ray.job.commit.lease"}
+
+
+def test_ray_is_imported_only_where_it_is_declared():
+    importing = set()
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            if any(n == "ray" or n.startswith("ray.") for n in names):
+                importing.add(_module_name(path))
+    assert importing == RAY_MODULES
+
+
+def test_the_data_package_loads_ray_and_nothing_else_loads_it_for_it():
+    code = ("import sys\nimport ned_ray.output.reader, ned_ray.job.stages\n"
+            "assert 'ray' not in sys.modules\nimport ned_ray.data\nprint(sorted(ned_ray.data.__all__))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "encode" in done.stdout and "read_output" in done.stdout
+
+
+def test_the_torch_range_is_the_one_ci_tests():
+    """pyproject.toml's torch and torchvision ranges hold the oldest releases `make test-ray-oldest`
+    installs (their lower bounds) and the torch these tests run on."""
+    import re
+
+    import torch
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    root = Path(__file__).resolve().parents[1]
+    text, makefile = (root / "pyproject.toml").read_text(), (root / "Makefile").read_text()
+    for name, variable, installed in (("torch", "TORCH_OLDEST", torch.__version__), ("torchvision", "TORCHVISION_OLDEST", None)):
+        (line,) = re.findall(rf'"({name}[<>=][^"]+)"', text)
+        spec = Requirement(line).specifier
+        (oldest,) = re.findall(rf"^{variable} := (\S+)$", makefile, re.MULTILINE)
+        lower = min(Version(s.version) for s in spec if s.operator == ">=")
+        assert oldest in spec and Version(oldest).release[:2] == lower.release[:2], (name, oldest, str(spec))
+        if installed:
+            assert spec.contains(installed.split("+")[0]), f"{name} {installed} is outside pyproject.toml's {spec}"

@@ -2,10 +2,11 @@
 
 A family module states everything about its models: ids (subjects, variants), response axes and
 layout, BERG's files and selection rules, how it is plotted and the backbone it shares
-(:mod:`.base`); a module may define several (``FAMILIES``: :mod:`.alexnet`'s four). Adding a family on
-an existing backbone is one module here, listed in ``_MODULES``,
-plus its tests (tests/test_families.py runs a family defined outside the package end to end, added
-with :func:`register`); model code for a new backbone lives in ``ned_ray/models/``.
+(:mod:`.base`); a module may define several (``FAMILIES``: :mod:`.alexnet`'s four). A family on an
+existing backbone served from BERG's files is one module here, listed in ``_MODULES``, plus its tests
+(tests/test_families.py runs a family defined outside the package end to end, added with
+:func:`register`). Not here yet: NED's own file rules (``ned_ray/modeldir/paths.py``), each family's
+demo model (``ned_ray/demo.py``), and a new backbone's model code (``ned_ray/models/``).
 """
 
 from __future__ import annotations

@@ -204,17 +204,10 @@ class ClusterShape:
 
 
 def _available_memory() -> int:
-    """Bytes of RAM available now (Linux: MemAvailable), else the physical total."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 0
+    """Bytes of RAM available now (psutil: Linux's MemAvailable, macOS's free + inactive)."""
+    import psutil
+
+    return int(psutil.virtual_memory().available)
 
 
 _GROUP = re.compile(r"^(?:(\d+)(?:-(\d+))?x)?(.+)$")

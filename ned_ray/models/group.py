@@ -10,11 +10,13 @@ for all of its models.
 
 from __future__ import annotations
 
-import os
+import pickle
+import zipfile
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
+import psutil
 import torch
 
 from ..errors import DeviceError, ModelLoadError
@@ -44,24 +46,24 @@ def free_memory(device: torch.device) -> int:
     """Free bytes on ``device``: the GPU's free memory, or the host's MemAvailable."""
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    return int(psutil.virtual_memory().available)
+
+
+# what a damaged, truncated, foreign or unreadable model file raises while it loads (torch's own
+# checks: RuntimeError; pickle, zip, HDF5 and numpy readers; storage). Anything else is a bug and
+# stays a traceback.
+LOAD_FAILURES = (OSError, ValueError, RuntimeError, KeyError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile)
 
 
 @contextmanager
 def _naming(model: ModelId | str, ned: NedDir):
-    """Re-raise any loading failure as one ModelLoadError line naming the model (files are in the message)."""
+    """Re-raise a loading failure (:data:`LOAD_FAILURES`) as one ModelLoadError line naming the model
+    (files are in the message)."""
     try:
         yield
     except (MissingFileError, UnknownModelError, UnsafePickleError, ModelFileError, SelectionError):
         raise
-    except Exception as exc:
+    except LOAD_FAILURES as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ModelLoadError(f"model {model} failed to load from {ned.url}: {type(exc).__name__}: {reason}") from exc
 

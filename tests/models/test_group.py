@@ -61,3 +61,19 @@ def test_bf16_is_close_to_fp32_and_its_deviation_is_measured(demo_dir, images):
 def test_unknown_precision_is_refused(demo_dir):
     with pytest.raises(ValueError, match="precision must be one of fp32, tf32, bf16, got 'fp16'"):
         ModelGroup(str(demo_dir), MODELS[:1], "cpu", precision="fp16")
+
+
+@pytest.mark.parametrize("raised, becomes", [(OSError("disk gone"), "ModelLoadError"),
+                                             (RuntimeError("size mismatch for weight"), "ModelLoadError"),
+                                             (TypeError("load_fwrf() got an unexpected keyword"), "TypeError"),
+                                             (AttributeError("'NoneType' object has no attribute 'shape'"), "AttributeError")])
+def test_a_damaged_file_is_one_line_and_a_bug_stays_a_traceback(demo_dir, monkeypatch, raised, becomes):
+    def load(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(group_module, "load_fwrf", load)
+    with pytest.raises(Exception) as caught:
+        ModelGroup(str(demo_dir), MODELS[:1], "cpu")
+    assert type(caught.value).__name__ == becomes
+    if becomes == "ModelLoadError":
+        assert str(caught.value).startswith(f"model {MODELS[0]} failed to load from ") and str(raised) in str(caught.value)
