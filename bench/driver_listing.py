@@ -34,7 +34,7 @@ def measure(n: int, workdir: Path) -> dict:
     from ned_ray.ids import ModelId
     from ned_ray.job.commit import Ledger, listing_fingerprint, write_listing
     from ned_ray.job.executors import Work
-    from ned_ray.job.sources import open_source
+    from ned_ray.job.inputs import open_source
     from ned_ray.storage import filesystem
 
     listing = workdir / f"list_{n}.txt"

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ned_ray.job.sources import open_source
+from ned_ray.job.inputs import open_source
 from ned_ray.storage import filesystem
 
 

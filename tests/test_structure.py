@@ -214,3 +214,19 @@ def test_the_torch_range_is_the_one_ci_tests():
         assert oldest in spec and Version(oldest).release[:2] == lower.release[:2], (name, oldest, str(spec))
         if installed:
             assert spec.contains(installed.split("+")[0]), f"{name} {installed} is outside pyproject.toml's {spec}"
+
+
+def test_input_kinds_are_reached_through_their_registry_only():
+    """Outside ned_ray/job/inputs/ no module imports a kind's module or names a kind: the package's
+    open_source() asks each registered kind whether it opens an input."""
+    paths = sorted(PACKAGE.rglob("*.py"))
+    modules = {_module_name(p) for p in paths}
+    inputs = "ned_ray.job.inputs"
+    for path in paths:
+        name = _module_name(path)
+        if name == inputs or name.startswith(inputs + "."):
+            continue
+        imported = {m for m in _imports(path, modules) if m.startswith(inputs + ".")}
+        assert not imported, f"{name} imports {sorted(imported)}: use ned_ray.job.inputs"
+        text = path.read_text()
+        assert ".kind ==" not in text.replace("plot.kind ==", "").replace("coord.dtype.kind ==", ""), name

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..preprocess import center_square
-from .sources import Skipped
+from .inputs import Skipped
 
 __all__ = ["decode_image"]
 

@@ -28,11 +28,11 @@ from .cluster import ClusterShape
 from .commit import Ledger, OutputTransaction, Work, read_listing
 from .commit.transaction import storage_errors
 from .executors import Executor, build_stages, choose_executor
+from .inputs import ImageSource, open_source
 from .interrupts import shielded, sigterm_interrupts
 from .options import EncodeConfig
 from .plan import Plan, make_plan
 from .progress import ProgressReporter
-from .sources import ImageSource, open_source
 
 __all__ = ["run_encode", "plan_encode", "resolve_selections"]
 

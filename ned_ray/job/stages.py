@@ -28,10 +28,10 @@ from ..preprocess import center_square
 from ..selection import Resolved
 from .commit import Ranges
 from .decode import decode_image
+from .inputs import ImageSource, Skipped
 from .options import EncodeConfig
 from .plan import INPUT_SHAPES, PoolPlan
 from .sink import PartWriter
-from .sources import ImageSource, Skipped
 
 __all__ = ["DecodeShard", "GroupEncoder", "PoolModels", "model_inputs", "node_address"]
 

@@ -158,7 +158,7 @@ def test_a_live_lease_refuses_a_second_job_and_overwrite(ray_cluster, demo_dir, 
 
 
 def test_the_fingerprint_sees_ids_sizes_versions_and_order_but_not_chunking(tmp_path):
-    from ned_ray.job.sources import open_source
+    from ned_ray.job.inputs import open_source
 
     for i in range(5):
         _png(tmp_path / "in" / f"a{i}.png", i)

@@ -15,9 +15,9 @@ from fsspec.implementations.dirfs import DirFileSystem
 from fsspec.implementations.local import LocalFileSystem
 from PIL import Image
 
+from ned_ray.job.inputs import NoImagesError, open_source
 from ned_ray.job.options import EncodeConfig
 from ned_ray.job.run import run_encode
-from ned_ray.job.sources import NoImagesError, open_source
 from ned_ray.output import open_output
 from ned_ray.storage import filesystem
 

@@ -14,9 +14,9 @@ from PIL import Image
 from ned_ray import NED, ModelGroup
 from ned_ray.errors import OutputExistsError
 from ned_ray.job.decode import decode_image
+from ned_ray.job.inputs import NoImagesError
 from ned_ray.job.options import EncodeConfig
 from ned_ray.job.run import run_encode
-from ned_ray.job.sources import NoImagesError
 from ned_ray.modeldir import NedDir
 from ned_ray.output import IncompleteOutputError, open_output
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from ned_ray.job.decode import decode_image
-from ned_ray.job.sources import READABLE, NoImagesError, Skipped, open_source
+from ned_ray.job.inputs import READABLE, NoImagesError, Skipped, open_source
 
 FORMATS = {"jpg": "JPEG", "JPEG": "JPEG", "jfif": "JPEG", "png": "PNG", "webp": "WEBP", "bmp": "BMP", "tiff": "TIFF",
            "gif": "GIF"}

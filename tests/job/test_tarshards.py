@@ -17,11 +17,10 @@ from fsspec.implementations.local import LocalFileSystem
 from PIL import Image
 
 from ned_ray.errors import ListingChangedError
-from ned_ray.job import tarshards
 from ned_ray.job.decode import decode_image
+from ned_ray.job.inputs import NoImagesError, Skipped, open_source, tarshards
 from ned_ray.job.options import EncodeConfig
 from ned_ray.job.run import run_encode
-from ned_ray.job.sources import NoImagesError, Skipped, open_source
 from ned_ray.output import open_output
 from ned_ray.storage import filesystem
 

@@ -63,11 +63,11 @@ from ...output import layout
 from ...selection import Resolved
 from ...storage import bucket_of, filesystem, fresh_exists, write_bytes
 from ...text import printable
+from ..inputs import ImageSource
 from ..interrupts import shielded
 from ..metadata import model_files, recorded_files, write_model_metadata
 from ..options import EncodeConfig
 from ..plan import Plan
-from ..sources import ImageSource
 from . import owned
 from .finish import device_summary, finalize
 from .lease import Lease

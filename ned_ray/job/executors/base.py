@@ -25,10 +25,10 @@ import pyarrow as pa
 from ...families import BY_INPUT
 from ..cluster import ClusterShape
 from ..commit import Work
+from ..inputs import ImageSource
 from ..options import EncodeConfig
 from ..plan import Plan, PoolPlan
 from ..sink import ImagesSink
-from ..sources import ImageSource
 from ..stages import DecodeShard, GroupEncoder
 
 __all__ = ["Executor", "Work", "Stages", "EncoderStage", "build_stages"]

@@ -36,10 +36,10 @@ from ...output.layout import PROBE_PREFIX
 from ...storage import filesystem, is_local, write_bytes
 from ..cluster import ClusterShape
 from ..commit.lease import local_ray_processes, ray_job_actors_alive
+from ..inputs import ImageSource
 from ..options import EncodeConfig
 from ..plan import Plan, PoolPlan
 from ..sink import ImagesSink
-from ..sources import ImageSource
 from ..stages import GroupEncoder
 from .base import Executor, Stages, decode_listing
 

@@ -4,7 +4,7 @@ and most pipelines write), local, on ``hf://`` (with ``huggingface_hub``) or any
 * The image column (``--image-column``, else the first of :data:`BYTES_COLUMNS` holding bytes, else
   the one string column of :data:`PATH_COLUMNS`) holds image bytes (binary, or a struct with a
   binary ``bytes`` field: ``datasets``' ``Image`` feature) or image paths/URIs (a metadata table:
-  read like a ``.txt`` list, by :mod:`ned_ray.job.sources`).
+  read like a ``.txt`` list, by :mod:`ned_ray.job.inputs.parquet`).
 * Image ids: the ``--id-column`` (any column, or ``<image column>.path`` for the struct's field),
   else the first of :data:`ID_COLUMNS`, else the struct's ``path`` field where every row has a
   distinct one, else row numbers (``<file>/<row>`` across several files). Ids must be unique.
@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..errors import NoImagesError
+from ...errors import NoImagesError
 
 __all__ = ["BYTES_COLUMNS", "ID_COLUMNS", "PATH_COLUMNS", "ParquetShard", "describe", "image_column", "holds",
            "image_ids", "read_rows"]

@@ -4,7 +4,7 @@ any fsspec filesystem).
 A shard is a plain tar whose members are grouped into samples by key: the member's path up to the
 first dot of its file name (``n01440764/img_0001.jpg`` and ``n01440764/img_0001.cls`` are one
 sample, key ``n01440764/img_0001``), as WebDataset groups them. A sample's image is its member with
-an extension ned-ray reads (the first in :data:`~ned_ray.job.sources.READABLE` order); the image id
+an extension ned-ray reads (the first in :data:`~ned_ray.job.inputs.files.READABLE` order); the image id
 is ``<shard>/<key>`` (``00012.tar/n01440764/img_0001``).
 
 Each shard is indexed once, on the driver, by reading its headers only (one ranged read per header,
