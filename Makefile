@@ -10,12 +10,13 @@ TORCH_OLDEST := 2.12.1
 TORCHVISION_OLDEST := 0.27.1
 OLDEST  := .venv-ray-oldest
 # what runs on the oldest releases: the tests whose subject is Ray (the job's Ray Data graph, clusters,
-# GPU plans, actor faults, leases held by Ray jobs, progress, job submission, deployments, ned_ray.data)
-# or torch (the models and their parity with NED and BERG). The job's input, commit and storage tests
-# reach Ray only through the executor test_pipeline.py covers: they run once, in `make test`.
+# GPU plans, actor faults, drivers killed and stopped on a shared cluster, leases held by Ray jobs,
+# progress, job submission, deployments, ned_ray.data) or torch (the models and their parity with NED
+# and BERG). The job's input, commit, resume and storage tests reach Ray only through the executor
+# test_pipeline.py and test_concurrency.py cover: they run once, in `make test`.
 OLDEST_TESTS := tests/models tests/test_parity.py tests/deploy tests/data \
 	$(addprefix tests/job/,test_pipeline.py test_cluster.py test_gpu_cluster.py test_faults.py test_concurrency.py \
-	test_lease.py test_progress.py test_submit.py test_recovery.py)
+	test_lease.py test_progress.py test_submit.py)
 # left out on the oldest Ray, said here rather than skipped silently: the job runs faster there, so the
 # first job of this timing-based test ends before the second one's second attempt (issue 23's note);
 # the 1 GB read runs the code the small reads of tests/data/test_read.py run, at a size
